@@ -1,0 +1,27 @@
+# Two commands do everything on a fresh machine:
+#   make lab    set up .venv and start JupyterLab on notebooks/ (tiny profile by default)
+#   make test   set up .venv and run the library tests and every notebook under nbval
+VENV   := .venv
+STAMP  := $(VENV)/.installed
+export LLMOPS_PROFILE ?= tiny
+
+.PHONY: setup lab test lint clean
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml scripts/setup_env.sh
+	scripts/setup_env.sh
+	touch $@
+
+setup: $(STAMP)
+
+lab: setup
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+test: setup
+	$(VENV)/bin/python -m pytest --nbval-lax --nbval-current-env tests notebooks
+
+lint: setup
+	$(VENV)/bin/ruff check llmops_lib tests
+	$(VENV)/bin/ruff format --check llmops_lib tests
+
+clean:
+	rm -rf $(VENV)

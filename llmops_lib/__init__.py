@@ -1,0 +1,32 @@
+"""Support library of the on-prem LLM-Ops course: one `setup()` call per notebook."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+from . import hardware, profiles
+from .session import Session
+
+__all__ = ["Session", "setup"]
+__version__ = "0.1.0"
+
+
+def setup(profile: str | None = None, quiet: bool = False) -> Session:
+    """Detect the machine, pick the profile and print a summary; call once per notebook.
+
+    The profile comes from the argument, else LLMOPS_PROFILE, else the hardware
+    (Colab T4 -> colab-t4, L4/A100 -> colab-l4, anything else -> tiny). An offline
+    profile switches huggingface_hub and transformers to offline mode, so a stray
+    download fails loudly instead of reaching the network.
+    """
+    hw = hardware.detect(check_token=False)
+    chosen = profiles.resolve(profile, hw)
+    if chosen.offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    hw = replace(hw, hf_token=hardware.has_hf_token())
+    session = Session(profile=chosen, hardware=hw)
+    if not quiet:
+        print(session.summary().to_string())
+    return session

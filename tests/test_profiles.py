@@ -1,0 +1,82 @@
+from dataclasses import replace
+
+import pytest
+
+from llmops_lib import catalog, profiles
+from llmops_lib.hardware import Hardware
+
+CPU = Hardware("local", 2, 2, 24.0, None, None, None, False, False)
+T4 = replace(CPU, runtime="colab", gpu_name="Tesla T4", gpu_vram_gb=15.8, compute_capability=(7, 5))
+L4 = replace(
+    CPU,
+    runtime="colab",
+    gpu_name="NVIDIA L4",
+    gpu_vram_gb=23.7,
+    compute_capability=(8, 9),
+    bf16=True,
+)
+
+
+@pytest.mark.parametrize(
+    "hw, expected",
+    [
+        (CPU, "tiny"),
+        (T4, "colab-t4"),
+        (L4, "colab-l4"),
+        (replace(L4, runtime="local"), "tiny"),
+        (replace(CPU, runtime="colab"), "tiny"),
+    ],
+)
+def test_default_profile_follows_runtime_and_gpu(hw, expected, monkeypatch):
+    monkeypatch.delenv("LLMOPS_PROFILE", raising=False)
+    assert profiles.resolve(None, hw).name == expected
+
+
+def test_env_var_and_argument_choose_the_profile(monkeypatch):
+    monkeypatch.setenv("LLMOPS_PROFILE", "local-cpu")
+    assert profiles.resolve(None, CPU).name == "local-cpu"
+    assert profiles.resolve("colab-l4", CPU).name == "colab-l4"
+
+
+def test_unknown_profile_names_value_and_lists_valid_ones():
+    with pytest.raises(ValueError) as err:
+        profiles.get("huge")
+    assert "'huge'" in str(err.value)
+    for name in profiles.PROFILES:
+        assert name in str(err.value)
+
+
+def test_unknown_role_lists_valid_roles():
+    with pytest.raises(KeyError) as err:
+        profiles.get("tiny").choice("translator")
+    assert "'translator'" in str(err.value) and "classifier" in str(err.value)
+
+
+@pytest.mark.parametrize("name", list(profiles.PROFILES))
+def test_every_profile_fills_every_role_with_a_catalog_model(name):
+    profile = profiles.get(name)
+    assert set(profile.roles) == set(profiles.ROLES)
+    for choice in profile.roles.values():
+        assert choice.model in catalog.MODELS
+        assert choice.backend in {"llamacpp", "transformers", "setfit"}
+
+
+def test_only_the_tiny_profile_is_offline_and_uses_packaged_models():
+    tiny = profiles.get("tiny")
+    assert tiny.offline
+    assert all(c.spec.offline_package for c in tiny.roles.values() if c.backend != "transformers")
+    assert not any(p.offline for n, p in profiles.PROFILES.items() if n != "tiny")
+
+
+def test_unknown_model_lists_known_ones():
+    with pytest.raises(KeyError) as err:
+        catalog.get("gpt-5")
+    assert "'gpt-5'" in str(err.value) and "llama-3.1-8b-instruct" in str(err.value)
+
+
+def test_catalog_architecture_numbers_are_consistent():
+    for spec in catalog.MODELS.values():
+        assert spec.n_heads % spec.n_kv_heads == 0, spec.key  # grouped-query attention
+        assert 0 < spec.global_layers() <= spec.n_layers
+        if spec.hf_repo and spec.gated:
+            assert spec.page.startswith("https://huggingface.co/")

