@@ -28,5 +28,6 @@ def setup(profile: str | None = None, quiet: bool = False) -> Session:
     hw = replace(hw, hf_token=hardware.has_hf_token())
     session = Session(profile=chosen, hardware=hw)
     if not quiet:
-        print(session.summary().to_string())
+        for item, value in session.summary()["value"].items():
+            print(f"{item:<18} {value}")
     return session

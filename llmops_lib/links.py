@@ -22,3 +22,27 @@ def badge(notebook: str) -> str:
 def pip_install_url() -> str:
     """What Colab installs: the library straight from the repository."""
     return f"git+https://github.com/{GITHUB_SLUG}@{BRANCH}"
+
+
+def colab_links_markdown(notebooks: list[str]) -> str:
+    """The text of colab_links.md: one badge per notebook, in course order."""
+    lines = [
+        "# Open the notebooks in Google Colab",
+        "",
+        "Each badge opens the notebook from the `main` branch of "
+        f"[{GITHUB_SLUG}](https://github.com/{GITHUB_SLUG}). Pick a GPU runtime "
+        "(Runtime → Change runtime type → T4 or L4) for notebooks 02 and 07; add your Hugging "
+        "Face token as the Colab secret `HF_TOKEN` for the gated Llama models.",
+        "",
+        "| notebook | open |",
+        "|---|---|",
+    ]
+    lines += [f"| `{name}` | {badge(name)} |" for name in notebooks]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m llmops_lib.links > colab_links.md
+    from pathlib import Path
+
+    names = sorted(p.name for p in Path("notebooks").glob("[0-9][0-9]_*.ipynb"))
+    print(colab_links_markdown(names), end="")
