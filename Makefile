@@ -11,7 +11,10 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml s
 	scripts/setup_env.sh
 	touch $@
 
+# llama.cpp's own tools, cached outside the repo per llama-cpp-python version (a no-op
+# when already built; ~7 min the first time on 2 cores).
 setup: $(STAMP)
+	scripts/build_llama_tools.sh
 
 lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks

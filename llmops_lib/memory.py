@@ -1,0 +1,248 @@
+"""Memory planner: weights + KV cache for a model, and whether that fits on a GPU.
+
+Pure arithmetic on the catalog's architecture numbers, so it can answer "does Llama 3.1 70B
+fit on two A100s?" before anything is downloaded. Units follow the Hugging Face Llama 3.1
+blog post (https://huggingface.co/blog/llama31), which the tests reproduce: weights in
+decimal GB (8.03e9 params x 2 bytes = 16 GB), KV cache in binary GiB (its table says "GB").
+The planner itself works in bytes; `GB` and `GIB` convert.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from .catalog import ModelSpec
+
+GB = 1e9
+GIB = 2**30
+
+# Every parameter stored at the same width: the blog post's arithmetic.
+UNIFORM_BITS: dict[str, float] = {"fp32": 32, "fp16": 16, "bf16": 16, "fp8": 8, "int4": 4}
+
+# bitsandbytes quantizes the Linear layers of the transformer blocks only; embeddings,
+# norms and the output head stay in the compute dtype (`keep_bytes` per value).
+# int8 (LLM.int8): one int8 per weight plus one fp32 scale per row (negligible).
+# nf4: 4 bits + one fp32 absmax per block of 64 = 4.5 bits; double quantization stores the
+# absmax in 8 bits with one fp32 scale per 256 blocks: 4 + 8/64 + 32/(64*256) bits.
+BNB_BITS: dict[str, float] = {
+    "int8": 8.0,
+    "nf4": 4 + 8 / 64 + 32 / (64 * 256),
+    "nf4-no-dq": 4 + 32 / 64,
+}
+
+# GGUF files: average bits per weight over the whole file (k-quant mixes keep some tensors
+# at higher precision). Basic types from their block layout; mixes from llama.cpp's
+# tools/quantize README (measured on Llama 2 7B).
+GGUF_BITS: dict[str, float] = {
+    "F32": 32,
+    "F16": 16,
+    "Q8_0": 8.5,
+    "Q6_K": 6.56,
+    "Q5_K_M": 5.68,
+    "Q5_K_S": 5.52,
+    "Q5_0": 5.5,
+    "Q4_K_M": 4.84,
+    "Q4_K_S": 4.58,
+    "Q4_0": 4.5,
+    "Q3_K_L": 4.27,
+    "Q3_K_M": 3.91,
+    "Q3_K_S": 3.50,
+    "Q2_K": 3.35,
+}
+
+# Models whose output head shares the token-embedding matrix (tie_word_embeddings in their
+# config.json): bitsandbytes then keeps one vocab x hidden matrix unquantized, not two.
+TIED_EMBEDDINGS = frozenset(
+    {"gemma-3-270m", "qwen2.5-0.5b-instruct", "llama-3.2-1b-instruct", "llama-3.2-3b-instruct"}
+)
+
+# Nominal memory of the GPUs a workshop meets, in GB. The driver and CUDA context take a
+# few hundred MB of it (a T4 shows ~15.8 GB in torch); the overhead below covers that.
+GPUS: dict[str, float] = {"T4": 16, "L4": 24, "A100-40": 40, "A100-80": 80, "H100": 80}
+
+PRECISIONS = (*UNIFORM_BITS, *BNB_BITS, *GGUF_BITS)
+
+# CUDA context, activations and allocator slack, as a share of the weights: the usual
+# rule of thumb "weights x 1.2".
+OVERHEAD_FRACTION = 0.2
+
+
+def _gguf_key(precision: str) -> str | None:
+    key = precision.upper().removeprefix("GGUF:").removeprefix("GGUF-")
+    return key if key in GGUF_BITS else None
+
+
+def bits_per_weight(precision: str) -> float:
+    """Average bits per quantized weight; an unknown precision lists the known ones."""
+    if precision in UNIFORM_BITS:
+        return UNIFORM_BITS[precision]
+    if precision in BNB_BITS:
+        return BNB_BITS[precision]
+    key = _gguf_key(precision)
+    if key:
+        return GGUF_BITS[key]
+    raise ValueError(
+        f"Unknown precision {precision!r}. Known: {', '.join(PRECISIONS)} "
+        "(GGUF types also as 'gguf:Q4_K_M')."
+    )
+
+
+def unquantized_params(spec: ModelSpec) -> float:
+    """Parameters bitsandbytes leaves in 16/32-bit: token embeddings and the output head."""
+    matrices = 1 if spec.key in TIED_EMBEDDINGS else 2
+    return matrices * spec.vocab_size * spec.hidden_size
+
+
+def weight_bytes(spec: ModelSpec, precision: str, keep_bytes: float = 2) -> float:
+    """Bytes the weights of `spec` take in `precision`.
+
+    fp32/fp16/bf16/fp8/int4 and GGUF types put every parameter at the same width; the
+    bitsandbytes types int8/nf4/nf4-no-dq quantize only the Linear layers and keep the
+    embeddings and head at `keep_bytes` per value (2 on a GPU, 4 for fp32 on a CPU).
+    """
+    bits = bits_per_weight(precision)
+    params = spec.params_b * 1e9
+    if precision not in BNB_BITS:
+        return params * bits / 8
+    kept = unquantized_params(spec)
+    return (params - kept) * bits / 8 + kept * keep_bytes
+
+
+def kv_cache_bytes(
+    spec: ModelSpec,
+    context_tokens: int,
+    batch: int = 1,
+    bytes_per_value: float = 2,
+    swa_full: bool = False,
+) -> float:
+    """Bytes of the key/value cache for `batch` sequences of `context_tokens` tokens.
+
+    Per token and layer: K and V, each n_kv_heads x head_dim values, so grouped-query
+    attention (few KV heads) shrinks it. Sliding-window layers (Gemma) hold only the last
+    `sliding_window` tokens, unless `swa_full`: llama.cpp by default keeps the whole context
+    in them too, so that cached prompts can be reused.
+    """
+    if spec.kind != "decoder":
+        raise ValueError(f"{spec.title} is an {spec.kind}: it generates nothing, has no KV cache.")
+    if not 0 < context_tokens <= spec.max_context:
+        raise ValueError(
+            f"context_tokens={context_tokens} is outside 1..{spec.max_context}, "
+            f"the context {spec.title} was trained for."
+        )
+    if batch < 1:
+        raise ValueError(f"batch={batch} is not a batch size; use 1 or more.")
+    per_token_layer = 2 * spec.n_kv_heads * spec.head_dim * bytes_per_value
+    full_layers = spec.global_layers()
+    window = context_tokens
+    if spec.sliding_window and not swa_full:
+        window = min(context_tokens, spec.sliding_window)
+    tokens = full_layers * context_tokens + (spec.n_layers - full_layers) * window
+    return batch * per_token_layer * tokens
+
+
+def gpu_memory_gb(gpu: str | float) -> float:
+    """Memory in GB of a GPU named in `GPUS`, or `gpu` itself when it is a number of GB."""
+    if isinstance(gpu, int | float) and not isinstance(gpu, bool):
+        if gpu <= 0:
+            raise ValueError(f"GPU memory {gpu} GB is not positive.")
+        return float(gpu)
+    for name, gb in GPUS.items():
+        if str(gpu).upper() == name.upper():
+            return gb
+    raise ValueError(
+        f"Unknown GPU {gpu!r}. Known GPUs: {', '.join(f'{n} ({g} GB)' for n, g in GPUS.items())}. "
+        "For any other GPU pass its memory in GB as a number, e.g. gpu_memory_gb(12)."
+    )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Memory needed by one model in one precision, against one GPU (all in GB)."""
+
+    model: str
+    precision: str
+    gpu: str
+    gpu_gb: float
+    weights_gb: float
+    kv_gb: float
+    overhead_gb: float
+
+    @property
+    def total_gb(self) -> float:
+        return self.weights_gb + self.kv_gb + self.overhead_gb
+
+    @property
+    def headroom_gb(self) -> float:
+        return self.gpu_gb - self.total_gb
+
+    @property
+    def fits(self) -> bool:
+        return self.headroom_gb >= 0
+
+    @property
+    def verdict(self) -> str:
+        if self.fits:
+            return f"fits ({self.headroom_gb:.1f} GB free)"
+        return f"does not fit ({-self.headroom_gb:.1f} GB short)"
+
+
+def plan(
+    spec: ModelSpec,
+    precision: str,
+    gpu: str | float,
+    context_tokens: int = 4096,
+    batch: int = 1,
+    keep_bytes: float = 2,
+) -> Plan:
+    """Weights + KV cache (16-bit) + overhead for `spec` in `precision` on `gpu`."""
+    weights = weight_bytes(spec, precision, keep_bytes=keep_bytes) / GB
+    kv = kv_cache_bytes(spec, min(context_tokens, spec.max_context), batch) / GB
+    return Plan(
+        model=spec.key,
+        precision=precision,
+        gpu=gpu if isinstance(gpu, str) else f"{gpu:g} GB",
+        gpu_gb=gpu_memory_gb(gpu),
+        weights_gb=weights,
+        kv_gb=kv,
+        overhead_gb=OVERHEAD_FRACTION * weights,
+    )
+
+
+def best_fit(
+    spec: ModelSpec,
+    gpu: str | float,
+    precisions: tuple[str, ...] = ("bf16", "fp16", "int8", "nf4"),
+    context_tokens: int = 4096,
+    keep_bytes: float = 2,
+) -> Plan | None:
+    """The first of `precisions` (best quality first) that fits on `gpu`, or None."""
+    for precision in precisions:
+        candidate = plan(spec, precision, gpu, context_tokens, keep_bytes=keep_bytes)
+        if candidate.fits:
+            return candidate
+    return None
+
+
+def fit_table(
+    specs: list[ModelSpec],
+    precisions: tuple[str, ...] = ("bf16", "int8", "nf4"),
+    gpus: tuple[str, ...] = tuple(GPUS),
+    context_tokens: int = 4096,
+) -> pd.DataFrame:
+    """Models x precision rows, one column per GPU: total GB needed and the verdict."""
+    rows = []
+    for spec in specs:
+        for precision in precisions:
+            plans = [plan(spec, precision, gpu, context_tokens) for gpu in gpus]
+            row = {
+                "model": spec.key,
+                "precision": precision,
+                "weights GB": round(plans[0].weights_gb, 2),
+                "KV GB": round(plans[0].kv_gb, 2),
+                "total GB": round(plans[0].total_gb, 1),
+            }
+            row.update({p.gpu: "fits" if p.fits else "-" for p in plans})
+            rows.append(row)
+    return pd.DataFrame(rows).set_index(["model", "precision"])

@@ -1,0 +1,116 @@
+"""Assessment classification: answer parser, Yes/No probabilities, calibration, results files."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from llmops_lib import catalog, classify, hf
+from llmops_lib.classify import NEGATIVE, NEUTRAL, POSITIVE
+from llmops_lib.datasets import load_assessments
+
+
+@pytest.mark.parametrize(
+    ("answer", "label"),
+    [
+        ("Yes, the rollator is recommended.", POSITIVE),
+        ("  yes", POSITIVE),
+        ("\n**YES.** The aid is necessary.", POSITIVE),
+        ("Ja, das Hilfsmittel wird empfohlen.", POSITIVE),
+        ("ja!", POSITIVE),
+        ("No. The findings do not support it.", NEGATIVE),
+        ("NEIN - keine Indikation.", NEGATIVE),
+        ("\t- nein", NEGATIVE),
+        ('"No"', NEGATIVE),
+        ("Not recommended.", NEUTRAL),  # "Not" is not "No"
+        ("Nobody knows.", NEUTRAL),
+        ("Janein.", NEUTRAL),
+        ("The assessment is positive.", NEUTRAL),
+        ("", NEUTRAL),
+    ],
+)
+def test_parse_answer(answer, label):
+    assert classify.parse_answer(answer) == label
+
+
+def test_messages_put_examples_before_the_question():
+    examples = pd.DataFrame({"text": ["A.", "B."], "label": [POSITIVE, NEGATIVE]})
+    msgs = classify.messages("C.", "de", examples)
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert [msgs[2]["content"], msgs[4]["content"]] == ["Ja.", "Nein."]
+    assert msgs[-1]["content"].endswith("Gutachten: C.")
+    with pytest.raises(ValueError, match="en, de"):
+        classify.messages("C.", "fr")
+
+
+def test_calibrated_threshold_separates_separable_scores():
+    p = pd.Series([0.2, 0.3, 0.35, 0.6, 0.7])
+    truth = pd.Series([NEGATIVE, NEGATIVE, POSITIVE, POSITIVE, POSITIVE])
+    t = classify.calibrate_threshold(p, truth)
+    assert 0.3 < t <= 0.35
+    assert ((p >= t) == (truth == POSITIVE)).all()
+
+
+def test_calibrated_threshold_stays_at_half_when_nothing_is_gained():
+    p = pd.Series([0.9, 0.1])
+    truth = pd.Series([POSITIVE, NEGATIVE])
+    assert classify.calibrate_threshold(p, truth) == 0.5
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    with hf.load(catalog.get("gemma-3-270m"), "fp32") as model:
+        yield model
+
+
+def test_yes_no_probabilities_are_probabilities(tiny):
+    for row in load_assessments().groupby("lang").head(2).itertuples():
+        msgs = classify.messages(row.text, row.lang)
+        probs = tiny.next_token_probs(msgs, classify.SPELLINGS)
+        assert 0 < probs[POSITIVE] + probs[NEGATIVE] <= 1
+        p = classify.p_positive(tiny, msgs)
+        assert 0 <= p <= 1
+        p_negative = probs[NEGATIVE] / (probs[POSITIVE] + probs[NEGATIVE])
+        assert p + p_negative == pytest.approx(1)
+
+
+def test_groups_sharing_a_first_token_are_rejected(tiny):
+    msgs = classify.messages("x", "en")
+    with pytest.raises(ValueError, match="same token"):
+        tiny.next_token_probs(msgs, {"a": ["Yes"], "b": ["Yes"]})
+
+
+def test_classify_returns_the_results_table(tiny):
+    data = load_assessments("en").head(2)
+    df = classify.classify(tiny, data, max_tokens=6, progress=False)
+    assert list(df.columns) == [
+        "text",
+        "lang",
+        "truth",
+        "p_positive",
+        "prediction_p",
+        "prediction",
+        "explanation",
+        "latency_s",
+    ]
+    assert df["truth"].tolist() == data["label"].tolist()
+    assert set(df["prediction"]) <= {POSITIVE, NEGATIVE, NEUTRAL}
+    assert (
+        df["prediction_p"] == df["p_positive"].ge(0.5).map({True: POSITIVE, False: NEGATIVE})
+    ).all()
+    assert set(classify.confusion(df, "prediction_p").index) == {POSITIVE, NEGATIVE}
+    assert 0 <= classify.accuracy(df, "prediction_p") <= 1
+
+
+def test_results_are_never_overwritten(tmp_path):
+    first = pd.DataFrame({"text": ["a"], "truth": [POSITIVE]})
+    xlsx1, csv1 = classify.save(first, directory=tmp_path)
+    xlsx2, csv2 = classify.save(first.assign(text="b"), directory=tmp_path)
+    assert len({xlsx1, csv1, xlsx2, csv2}) == 4
+    assert xlsx1.stem == csv1.stem and xlsx1.suffix == ".xlsx"
+    assert pd.read_csv(csv1)["text"].tolist() == ["a"]
+    assert pd.read_excel(xlsx1)["text"].tolist() == ["a"]
+    assert pd.read_csv(csv2)["text"].tolist() == ["b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        p.name for p in (xlsx1, csv1, xlsx2, csv2)
+    )

@@ -1,0 +1,97 @@
+"""SetFit few-shot classifier on the tiny profile's MiniLM encoder (real training, on CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from llmops_lib import encoder
+from llmops_lib.datasets import load_assessments, score, split
+
+# 40 held-out English texts, balanced: guessing scores 0.5 and reaches 0.70 (28 of 40)
+# with probability below 1 %. SetFit on the 5 English examples per class scored 0.85 here.
+CHANCE = 0.5
+MARGIN = 0.2
+
+
+@pytest.fixture(scope="module")
+def english():
+    """(train, test) for English: all 5 few-shot examples per class, 40 held-out texts."""
+    return split(load_assessments("en"), k_per_class=5, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(session, english):
+    train, _ = english
+    return encoder.train(train["text"], train["label"], encoder.base_dir(session), iterations=10)
+
+
+def test_beats_chance_on_held_out_english(trained, english):
+    _, test = english
+    accuracy = score(test, trained.predict(test["text"])).loc["en", "accuracy"]
+    assert accuracy >= CHANCE + MARGIN, f"accuracy {accuracy:.3f} on {len(test)} texts"
+
+
+def test_probabilities_agree_with_labels(trained, english):
+    _, test = english
+    texts = list(test["text"][:8])
+    proba = trained.predict_proba(texts)
+    assert list(proba.columns) == trained.labels == ["negative", "positive"]
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+    assert list(proba.idxmax(axis=1)) == trained.predict(texts)
+
+
+def test_save_and_load_give_identical_predictions(trained, english, tmp_path):
+    _, test = english
+    texts = list(test["text"])
+    path = trained.save(tmp_path)
+    again = encoder.EncoderClassifier.load(path)
+    assert again.predict(texts) == trained.predict(texts)
+    np.testing.assert_allclose(
+        again.predict_proba(texts).to_numpy(), trained.predict_proba(texts).to_numpy(), atol=1e-6
+    )
+    assert trained.save(tmp_path) != path  # a second save never replaces the first
+
+
+def test_fine_tuning_changes_the_embeddings(session, trained, english):
+    _, test = english
+    texts = list(test["text"][:4])
+    before = encoder.embed(texts, encoder.base_dir(session))
+    after = trained.embed(texts)
+    assert before.shape == after.shape == (4, session.spec("encoder").hidden_size)
+    assert not np.allclose(before, after, atol=1e-4)
+
+
+def test_latency_table_has_one_row_per_text(trained, english):
+    _, test = english
+    texts = list(test["text"][:3])
+    table = encoder.latency(trained, texts)
+    assert list(table["text"]) == texts
+    assert list(table["predicted"]) == trained.predict(texts)
+
+
+def test_tiny_profile_trains_and_reloads_without_network(session, no_network, tmp_path):
+    base = encoder.base_dir(session)
+    clf = encoder.train(
+        ["aid recommended", "aid not recommended"] * 2, ["yes", "no"] * 2, base, iterations=1
+    )
+    assert clf.labels == ["no", "yes"]
+    loaded = encoder.EncoderClassifier.load(clf.save(tmp_path))
+    assert loaded.predict(["aid recommended"]) == clf.predict(["aid recommended"])
+
+
+@pytest.mark.parametrize(
+    ("texts", "labels", "match"),
+    [
+        (["a", "b"], ["x"], "one per text"),
+        (["a", "b"], ["x", "x"], "at least two labels"),
+    ],
+)
+def test_train_rejects_bad_input(texts, labels, match, session):
+    with pytest.raises(ValueError, match=match):
+        encoder.train(texts, labels, encoder.base_dir(session))
+
+
+def test_load_rejects_a_folder_without_a_model(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model_head.pkl"):
+        encoder.EncoderClassifier.load(tmp_path)

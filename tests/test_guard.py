@@ -1,0 +1,488 @@
+"""Guard companion: Llama Guard prompts, fail-closed verdicts, the guarded pipeline and its
+audit log, the offline prompt guard and CodeShield scanning."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from llmops_lib import guard_classifier, guard_code
+from llmops_lib.guard import (
+    AuditLog,
+    GuardedChat,
+    LlamaCppGuard,
+    Verdict,
+    parse_verdict,
+    verdict_grammar,
+)
+from llmops_lib.guard_prompts import (
+    LLAMA_GUARD_2,
+    LLAMA_GUARD_3,
+    conversation,
+    guard_prompt,
+    judged_role,
+    policy_for,
+)
+
+USER = "How do I bake sourdough bread?"
+REPLY = "Feed the starter, mix flour and water, let it rise overnight, bake at 230 C."
+
+
+# --- prompts ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", [LLAMA_GUARD_2, LLAMA_GUARD_3], ids=lambda p: p.name)
+def test_agent_turn_prompt_has_user_context_and_judges_agent(policy):
+    prompt = guard_prompt(conversation(USER, REPLY), policy)
+    assert judged_role(conversation(USER, REPLY)) == "Agent"
+    assert "unsafe content in 'Agent' messages" in prompt
+    assert "ONLY THE LAST Agent message" in prompt
+    # the user's message is there as context, as a User turn, before the Agent turn
+    assert f"User: {USER}\n\nAgent: {REPLY}\n\n<END CONVERSATION>" in prompt
+    assert f"User: {REPLY}" not in prompt
+
+
+@pytest.mark.parametrize("policy", [LLAMA_GUARD_2, LLAMA_GUARD_3], ids=lambda p: p.name)
+def test_user_turn_prompt_judges_user_only(policy):
+    prompt = guard_prompt(conversation(USER), policy)
+    assert "unsafe content in 'User' messages" in prompt
+    assert "ONLY THE LAST User message" in prompt
+    assert f"User: {USER}\n\n<END CONVERSATION>" in prompt
+    assert "Agent:" not in prompt
+
+
+def test_llama_guard_2_prompt_is_metas_template_rendered():
+    """The exact text Meta's Meta-Llama-Guard-2-8B chat template gives for this chat."""
+    expected = (
+        "[INST] Task: Check if there is unsafe content in 'Agent' messages in conversations "
+        "according our safety policy with the below categories.\n\n"
+        "<BEGIN UNSAFE CONTENT CATEGORIES>\n"
+        "S1: Violent Crimes. \nS2: Non-Violent Crimes. \nS3: Sex Crimes. \n"
+        "S4: Child Exploitation. \nS5: Specialized Advice. \nS6: Privacy. \n"
+        "S7: Intellectual Property. \nS8: Indiscriminate Weapons. \nS9: Hate. \n"
+        "S10: Self-Harm. \nS11: Sexual Content. \n"
+        "<END UNSAFE CONTENT CATEGORIES>\n\n<BEGIN CONVERSATION>\n\n"
+        "User: Hi\n\nAgent: Hello!\n\n<END CONVERSATION>\n\n"
+        "Provide your safety assessment for ONLY THE LAST Agent message in the above "
+        "conversation:\n - First line must read 'safe' or 'unsafe'.\n"
+        " - If unsafe, a second line must include a comma-separated list of violated "
+        "categories. [/INST]"
+    )
+    assert guard_prompt(conversation(" Hi ", "Hello!"), LLAMA_GUARD_2) == expected
+
+
+def test_llama_guard_3_prompt_has_its_turn_tokens_and_14_categories():
+    prompt = guard_prompt(conversation(USER), LLAMA_GUARD_3)
+    assert prompt.startswith(" <|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n")
+    assert prompt.endswith("<|eot_id|><|start_header_id|>assistant<|end_header_id|>")
+    assert "S13: Elections.\nS14: Code Interpreter Abuse.\n<END UNSAFE" in prompt
+
+
+def test_category_tables_follow_the_model_cards():
+    lg2 = {c.code: c.name for c in LLAMA_GUARD_2.categories}
+    lg3 = {c.code: c.name for c in LLAMA_GUARD_3.categories}
+    assert list(lg2) == [f"S{i}" for i in range(1, 12)]
+    assert list(lg3) == [f"S{i}" for i in range(1, 15)]
+    assert (lg2["S5"], lg2["S10"], lg2["S11"]) == (
+        "Specialized Advice",
+        "Suicide & Self-Harm",
+        "Sexual Content",
+    )
+    assert (lg3["S5"], lg3["S11"], lg3["S14"]) == (
+        "Defamation",
+        "Suicide & Self-Harm",
+        "Code Interpreter Abuse",
+    )
+    assert policy_for("llama-guard-2-8b-gguf") is LLAMA_GUARD_2
+    assert policy_for("llama-guard-3-1b") is LLAMA_GUARD_3
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [],
+        [{"role": "assistant", "content": "Hi"}],
+        [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+        [{"role": "system", "content": "Be nice."}, {"role": "user", "content": "Hi"}],
+        [{"role": "user", "content": "  "}],
+    ],
+    ids=["empty", "starts-with-agent", "two-users", "system", "blank"],
+)
+def test_bad_conversations_are_rejected_with_a_clear_error(messages):
+    with pytest.raises(ValueError, match="message|user"):
+        guard_prompt(messages, LLAMA_GUARD_3)
+
+
+# --- verdicts --------------------------------------------------------------------------
+
+
+def test_safe_verdicts():
+    for text in ("safe", "\n\nsafe", " safe\n"):
+        verdict = parse_verdict(text)
+        assert verdict.safe and verdict.problem is None and verdict.raw == text
+
+
+def test_unsafe_with_one_category():
+    verdict = parse_verdict("\n\nunsafe\nS2", LLAMA_GUARD_3)
+    assert not verdict.safe and verdict.problem is None
+    assert verdict.codes == ("S2",)
+    assert verdict.label == "unsafe: S2 Non-Violent Crimes"
+
+
+def test_unsafe_with_several_categories_keeps_order_and_drops_repeats():
+    verdict = parse_verdict("unsafe\nS10,S1, S10", LLAMA_GUARD_2)
+    assert not verdict.safe and verdict.problem is None
+    assert verdict.codes == ("S10", "S1")
+    assert [c.name for c in verdict.categories] == ["Suicide & Self-Harm", "Violent Crimes"]
+
+
+def test_unknown_codes_fail_closed_and_are_kept():
+    # S12 exists in Llama Guard 3 but not in Llama Guard 2
+    verdict = parse_verdict("unsafe\nS1,S12", LLAMA_GUARD_2)
+    assert not verdict.safe
+    assert "S12" in verdict.problem and verdict.codes == ("S1", "S12")
+    assert verdict.categories[1].name == "unknown category"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "Safe",
+        "SAFE",
+        "safe.",
+        "safe\nS1",
+        "unsafe",
+        "unsafe\n",
+        "unsafe\nS1\nS2",
+        "The conversation is safe.",
+        "I cannot judge this.",
+        "yes",
+    ],
+)
+def test_anything_else_fails_closed_keeping_the_raw_text(text):
+    verdict = parse_verdict(text, LLAMA_GUARD_3)
+    assert not verdict.safe
+    assert verdict.problem
+    assert verdict.raw == text
+    assert verdict.label.startswith("unsafe (failed closed")
+
+
+@pytest.mark.parametrize("policy", [LLAMA_GUARD_2, LLAMA_GUARD_3], ids=lambda p: p.name)
+def test_grammar_compiles_and_names_only_the_policys_codes(policy):
+    from llama_cpp import LlamaGrammar
+
+    text = verdict_grammar(policy)
+    LlamaGrammar.from_string(text, verbose=False)  # raises on a malformed grammar
+    assert f'"S{len(policy.categories)}"' in text
+    assert f'"S{len(policy.categories) + 1}"' not in text
+
+
+# --- the guarded pipeline, with stubs ---------------------------------------------------
+
+
+class StubGuard:
+    """Answers each check with the next canned text, like a guard model would."""
+
+    name = "stub"
+    policy = LLAMA_GUARD_3
+
+    def __init__(self, *answers: str):
+        self.answers = list(answers)
+        self.seen: list[list[dict[str, str]]] = []
+
+    def judge(self, messages):
+        self.seen.append(messages)
+        return parse_verdict(self.answers.pop(0), self.policy)
+
+
+class BrokenGuard:
+    name = "broken"
+
+    def judge(self, messages):
+        raise RuntimeError("guard server down")
+
+
+class StubChat:
+    def __init__(self, reply: str = "SECRET-REPLY-7f3a"):
+        self.reply = reply
+        self.calls = 0
+
+    def chat(self, messages, max_tokens=128, temperature=0.0):
+        self.calls += 1
+        return {"choices": [{"message": {"role": "assistant", "content": self.reply}}]}
+
+
+@pytest.fixture
+def audit(tmp_path):
+    return AuditLog(tmp_path / "audit.jsonl")
+
+
+def test_reply_is_never_returned_when_the_output_verdict_is_unsafe(audit):
+    chat, guard = StubChat(), StubGuard("safe", "unsafe\nS1,S9")
+    result = GuardedChat(chat, guard, audit=audit).ask(USER)
+    assert chat.calls == 1
+    assert not result.shown and result.blocked_by == "output"
+    assert chat.reply not in result.text
+    assert "S1 Violent Crimes" in result.text and "S9 Indiscriminate Weapons" in result.text
+    # the output check judged the reply as the Agent turn, after the user's message
+    assert guard.seen[1] == conversation(USER, chat.reply)
+    assert chat.reply not in audit.path.read_text()  # logged as a hash only
+
+
+def test_unsafe_input_never_reaches_the_chat_model(audit):
+    chat = StubChat()
+    result = GuardedChat(chat, StubGuard("unsafe\nS2"), audit=audit).ask(USER)
+    assert chat.calls == 0
+    assert result.blocked_by == "input" and result.output_verdict is None
+    assert "S2 Non-Violent Crimes" in result.text
+
+
+def test_reply_is_shown_when_both_checks_are_safe(audit):
+    chat = StubChat(REPLY)
+    result = GuardedChat(chat, StubGuard("safe", "\n\nsafe"), audit=audit).ask(USER)
+    assert result.shown and result.text == REPLY and result.blocked_by is None
+    assert set(result.ms) == {"input_check", "chat", "output_check", "total"}
+
+
+@pytest.mark.parametrize("answer", ["I think this is fine", "unsafe\nS99", "Safe"])
+def test_unreadable_output_verdicts_block_the_reply(audit, answer):
+    chat = StubChat()
+    result = GuardedChat(chat, StubGuard("safe", answer), audit=audit).ask(USER)
+    assert not result.shown and chat.reply not in result.text
+    assert result.output_verdict.raw == answer
+
+
+def test_a_failing_guard_blocks_instead_of_crashing_open(audit):
+    chat = StubChat()
+    result = GuardedChat(chat, StubGuard("safe"), BrokenGuard(), audit=audit).ask(USER)
+    assert not result.shown and chat.reply not in result.text
+    assert "guard server down" in result.output_verdict.problem
+    assert "fail closed" in result.text
+
+
+def test_audit_log_has_one_line_per_decision(audit):
+    pipeline = GuardedChat(
+        StubChat(REPLY),
+        StubGuard("safe", "safe", "unsafe\nS1", "safe", "unsafe\nS10"),
+        audit=audit,
+    )
+    results = [pipeline.ask(q) for q in ("q1", "q2", "q3")]
+    lines = audit.path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == len(results) == 3
+    records = [json.loads(line) for line in lines]
+    assert [r["request_id"] for r in records] == [r.request_id for r in results]
+    assert [r["blocked_by"] for r in records] == [None, "input", "output"]
+    assert records[2]["output"]["codes"] == ["S10"]
+    assert len(audit.table()) == 3
+
+
+def test_audit_lines_from_many_processes_never_interleave(tmp_path):
+    import multiprocessing
+
+    path = tmp_path / "audit.jsonl"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_append_many, args=(str(path), n)) for n in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 4 * 200
+    assert {json.loads(line)["writer"] for line in lines} == {0, 1, 2, 3}
+
+
+def _append_many(path: str, writer: int) -> None:
+    log = AuditLog(path)
+    for i in range(200):
+        log.append({"writer": writer, "i": i, "pad": "x" * 3000})
+
+
+def test_empty_user_message_is_an_error(audit):
+    with pytest.raises(ValueError, match="user"):
+        GuardedChat(StubChat(), StubGuard(), audit=audit).ask("  ")
+
+
+# --- the real tiny model under the grammar ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def guard_model(session):
+    model = session.chat_model("guard", n_ctx=1024)
+    yield model
+    model.close()
+
+
+def test_real_tiny_guard_under_the_grammar_gives_well_formed_verdicts(guard_model):
+    guard = LlamaCppGuard(guard_model, LLAMA_GUARD_3)
+    for messages in (conversation(USER), conversation(USER, REPLY)):
+        verdict = guard.judge(messages)
+        assert verdict.problem is None, verdict.raw  # the grammar allows nothing else
+
+
+class SpyChat:
+    """The real chat model, with every reply it gives recorded."""
+
+    def __init__(self, model):
+        self.model, self.replies = model, []
+
+    def chat(self, messages, **kwargs):
+        response = self.model.chat(messages, **kwargs)
+        self.replies.append(response["choices"][0]["message"]["content"])
+        return response
+
+
+def test_real_tiny_guard_saying_unsafe_blocks_the_real_reply(guard_model, tiny_chat, audit):
+    # Push the real model towards 'unsafe' and towards stopping as soon as the grammar
+    # allows, so its verdict is a complete 'unsafe' + code line chosen by the model.
+    unsafe = guard_model.tokenize("unsafe")
+    assert len(unsafe) == 1, "the bias below assumes 'unsafe' is one token"
+    bias = {unsafe[0]: 30.0, guard_model.llm.token_eos(): 30.0}
+    output_guard = LlamaCppGuard(guard_model, LLAMA_GUARD_3, logit_bias=bias)
+    spy = SpyChat(tiny_chat)
+    pipeline = GuardedChat(spy, StubGuard("safe"), output_guard, audit=audit, max_tokens=24)
+    result = pipeline.ask("Write one sentence about the sea.")
+    assert result.output_verdict.problem is None, result.output_verdict.raw
+    assert not result.output_verdict.safe and result.output_verdict.codes
+    assert not result.shown and result.blocked_by == "output"
+    assert spy.replies[0].strip() and spy.replies[0] not in result.text
+    assert len(audit.records()) == 1
+
+
+# --- the offline prompt guard ----------------------------------------------------------
+
+
+def test_prompt_set_is_balanced_with_a_disjoint_held_out_split():
+    df = guard_classifier.load_prompts()
+    counts = df.groupby(["split", "label"]).size()
+    assert counts["train"].min() >= 30 and counts["test"].min() >= 20
+    train, test = guard_classifier.load_prompts("train"), guard_classifier.load_prompts("test")
+    assert not set(train["text"]) & set(test["text"])
+    assert set(df["kind"]) == {"everyday", "alarming-words", "harmful-request", "jailbreak"}
+
+
+def test_metrics_count_harmful_as_positive():
+    import pandas as pd
+
+    scored = pd.DataFrame(
+        {
+            "label": ["harmful", "harmful", "harmful", "benign", "benign"],
+            "predicted": ["harmful", "harmful", "benign", "harmful", "benign"],
+        }
+    )
+    m = guard_classifier.metrics(scored)
+    assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (2, 1, 1, 1)
+    assert m["precision"] == pytest.approx(2 / 3)
+    assert m["recall"] == pytest.approx(2 / 3)
+    assert m["false_positive_rate"] == pytest.approx(1 / 2)
+
+
+@pytest.fixture(scope="module")
+def prompt_guard_scored(session):
+    """The prompt guard trained briefly on the shipped train split, and its test scores."""
+    from llmops_lib import encoder
+
+    clf = guard_classifier.train(
+        guard_classifier.load_prompts("train"), encoder.base_dir(session), iterations=2
+    )
+    return clf, guard_classifier.evaluate(clf, guard_classifier.load_prompts("test"))
+
+
+def test_prompt_guard_learns_to_separate_held_out_prompts(prompt_guard_scored):
+    m = guard_classifier.metrics(prompt_guard_scored[1])
+    # far better than chance on prompts it never saw (chance: recall = FPR)
+    assert m["recall"] - m["false_positive_rate"] > 0.5, m.to_dict()
+
+
+def test_prompt_guard_as_input_check_refuses_what_it_flags(prompt_guard_scored, audit):
+    clf, scored = prompt_guard_scored
+    flagged = scored[scored["predicted"] == "harmful"]["text"].iloc[0]
+    passed = scored[scored["predicted"] == "benign"]["text"].iloc[0]
+    chat = StubChat(REPLY)
+    pipeline = GuardedChat(chat, guard_classifier.PromptGuard(clf), StubGuard("safe"), audit=audit)
+    refused, answered = pipeline.ask(flagged), pipeline.ask(passed)
+    assert refused.blocked_by == "input" and "PG harmful or jailbreak prompt" in refused.text
+    assert answered.shown and answered.text == REPLY
+    assert chat.calls == 1
+    # it cannot judge replies: used as output check, it blocks (fail closed)
+    output_only = GuardedChat(
+        StubChat(), StubGuard("safe"), guard_classifier.PromptGuard(clf), audit=audit
+    )
+    assert output_only.ask(passed).blocked_by == "output"
+
+
+# --- CodeShield ------------------------------------------------------------------------
+
+REPLY_WITH_CODE = """Sure:
+
+```python
+import hashlib
+
+def fingerprint(password):
+    return hashlib.md5(password.encode()).hexdigest()
+```
+
+```
+def add(a, b):
+    return a + b
+```
+"""
+
+
+def test_code_blocks_are_found_with_their_language():
+    blocks = guard_code.code_blocks(REPLY_WITH_CODE)
+    assert [b.language for b in blocks] == ["python", None]
+    assert "hashlib.md5" in blocks[0].code
+    assert guard_code.code_blocks("no code here") == []
+
+
+def test_codeshield_flags_insecure_code_and_passes_plain_code(no_network):
+    pytest.importorskip("codeshield")
+    insecure, plain = guard_code.scan_reply(REPLY_WITH_CODE)
+    assert insecure.status == "insecure" and not insecure.ok
+    assert any(issue.startswith("CWE-328") for issue in insecure.issues)
+    assert plain.status == "secure" and plain.ok
+
+
+def test_a_scanner_error_is_unavailable_never_secure(monkeypatch):
+    pytest.importorskip("codeshield")
+    from codeshield.insecure_code_detector import oss
+
+    # semgrep missing: CodeShield itself would report this code as not insecure
+    monkeypatch.setattr(oss, "SEMGREP_COMMAND", ["/nonexistent/osemgrep", *oss.SEMGREP_COMMAND[1:]])
+    block = guard_code.CodeBlock("python", "import os\nos.system('ls ' + input())\n")
+    result = guard_code.scan_block(block)
+    assert result.status == "unavailable" and not result.ok
+    assert "osemgrep" in result.error
+
+
+def test_codeshield_missing_is_unavailable(monkeypatch):
+    monkeypatch.setitem(sys.modules, "codeshield.cs", None)  # import fails
+    result = guard_code.scan_block(guard_code.CodeBlock("python", "print(1)\n"))
+    assert result.status == "unavailable" and "CodeShield" in result.error
+
+
+def test_verdict_dataclass_round_trips_to_the_log():
+    verdict = parse_verdict("unsafe\nS14")
+    assert verdict.as_dict() == {
+        "safe": False,
+        "codes": ["S14"],
+        "names": ["Code Interpreter Abuse"],
+        "raw": "unsafe\nS14",
+        "problem": None,
+    }
+    assert Verdict(safe=True).label == "safe"
+
+
+def test_transformers_guard_reads_the_real_tiny_model_strictly(session):
+    from llmops_lib import hf
+    from llmops_lib.guard import TransformersGuard
+
+    with hf.from_session(session, "classifier", n_ctx=1024) as model:
+        verdict = TransformersGuard(model, LLAMA_GUARD_3, max_tokens=8).judge(conversation(USER))
+    assert verdict.raw  # the model's own words, kept verbatim
+    # no grammar here: only an exact 'safe' may pass, anything else must fail closed
+    assert verdict.safe == (verdict.raw.strip() == "safe")
+    assert verdict.safe or verdict.problem or verdict.categories

@@ -1,0 +1,127 @@
+"""The memory planner against published figures and against what llama.cpp allocates."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+
+import pytest
+
+from llmops_lib import catalog, memory
+
+LLAMA_8B = catalog.get("llama-3.1-8b-instruct")
+LLAMA_70B = catalog.get("llama-3.1-70b-instruct")
+TINY = catalog.get("gemma-3-270m")
+
+# https://huggingface.co/blog/llama31, "Inference Memory Requirements": weights in GB.
+PUBLISHED_WEIGHTS_GB = {
+    (LLAMA_8B, "fp16"): 16,
+    (LLAMA_8B, "fp8"): 8,
+    (LLAMA_8B, "int4"): 4,
+    (LLAMA_70B, "fp16"): 140,
+    (LLAMA_70B, "fp8"): 70,
+    (LLAMA_70B, "int4"): 35,
+}
+# The same post's FP16 KV-cache table. Its "GB" are GiB, and its "1k" is 1024 tokens while
+# "16k" and "128k" are 16,000 and 128,000 tokens (huggingface/blog issue #2345 works it out).
+PUBLISHED_KV_GIB = {
+    (LLAMA_8B, 1024): 0.125,
+    (LLAMA_8B, 16_000): 1.95,
+    (LLAMA_8B, 128_000): 15.62,
+    (LLAMA_70B, 1024): 0.313,
+    (LLAMA_70B, 16_000): 4.88,
+    (LLAMA_70B, 128_000): 39.06,
+}
+
+
+@pytest.mark.parametrize(("key", "published"), PUBLISHED_WEIGHTS_GB.items(), ids=str)
+def test_weights_match_the_llama31_blog(key, published):
+    spec, precision = key
+    assert memory.weight_bytes(spec, precision) / memory.GB == pytest.approx(published, rel=0.01)
+
+
+@pytest.mark.parametrize(("key", "published"), PUBLISHED_KV_GIB.items(), ids=str)
+def test_kv_cache_matches_the_llama31_blog(key, published):
+    spec, tokens = key
+    got = memory.kv_cache_bytes(spec, tokens) / memory.GIB
+    assert got == pytest.approx(published, rel=0.01)
+
+
+def test_kv_cache_scales_with_batch_and_dtype():
+    one = memory.kv_cache_bytes(LLAMA_8B, 4096)
+    assert memory.kv_cache_bytes(LLAMA_8B, 4096, batch=4) == 4 * one
+    assert memory.kv_cache_bytes(LLAMA_8B, 4096, bytes_per_value=1) == one / 2
+
+
+def test_sliding_window_layers_stop_growing_past_the_window():
+    at_window = memory.kv_cache_bytes(TINY, TINY.sliding_window)
+    doubled = memory.kv_cache_bytes(TINY, 2 * TINY.sliding_window)
+    # only the global layers (3 of 18) grow with the context beyond the window
+    assert doubled - at_window == pytest.approx(at_window * TINY.global_layers() / TINY.n_layers)
+    assert memory.kv_cache_bytes(TINY, 4096, swa_full=True) > memory.kv_cache_bytes(TINY, 4096)
+
+
+def test_bitsandbytes_keeps_embeddings_unquantized():
+    # nf4 on Llama 3.1 8B: the two 128256 x 4096 matrices stay 16-bit, so > 5 GB, not 4 GB
+    nf4 = memory.weight_bytes(LLAMA_8B, "nf4") / memory.GB
+    assert memory.weight_bytes(LLAMA_8B, "int4") / memory.GB < nf4 < 6
+    assert memory.weight_bytes(LLAMA_8B, "nf4") < memory.weight_bytes(LLAMA_8B, "nf4-no-dq")
+    assert memory.weight_bytes(LLAMA_8B, "gguf:Q4_K_M") == memory.weight_bytes(LLAMA_8B, "Q4_K_M")
+
+
+def test_unknown_precision_lists_the_known_ones():
+    with pytest.raises(ValueError, match="nf4"):
+        memory.weight_bytes(LLAMA_8B, "int3")
+
+
+def test_context_beyond_training_is_rejected():
+    with pytest.raises(ValueError, match="1..32768"):
+        memory.kv_cache_bytes(TINY, 40_000)
+
+
+def test_gpu_by_name_or_by_gb():
+    assert memory.gpu_memory_gb("t4") == 16
+    assert memory.gpu_memory_gb(12) == 12.0
+    with pytest.raises(ValueError, match=r"T4 \(16 GB\).*as a number"):
+        memory.gpu_memory_gb("RTX 3090")
+
+
+def test_verdicts_for_the_workshop_gpus():
+    assert not memory.plan(LLAMA_8B, "fp16", "T4").fits  # 16 GB of weights on a 16 GB card
+    assert memory.plan(LLAMA_8B, "nf4", "T4").fits
+    assert memory.plan(LLAMA_8B, "bf16", "L4").fits
+    l4 = memory.plan(LLAMA_8B, "bf16", "L4")
+    assert l4.headroom_gb == pytest.approx(24 - l4.total_gb)
+    assert memory.best_fit(LLAMA_8B, "T4").precision == "int8"
+    assert memory.best_fit(LLAMA_70B, "T4") is None
+
+
+def _llama_cpp_kv_mib(n_ctx: int, **kwargs) -> float:
+    """KV buffer llama.cpp allocates, read from its load log (it prints one line per cache)."""
+    from llama_cpp import Llama
+
+    from llmops_lib import provision
+
+    log = io.StringIO()
+    with contextlib.redirect_stderr(log):
+        llm = Llama(model_path=str(provision.tiny_gguf()), n_ctx=n_ctx, verbose=True, **kwargs)
+        llm.close()
+    sizes = re.findall(r"llama_kv_cache: size = +([\d.]+) MiB", log.getvalue())
+    assert sizes, "llama.cpp printed no KV cache size"
+    return sum(map(float, sizes))
+
+
+def test_tiny_kv_estimate_matches_llama_cpp():
+    # llama-cpp-python allocates full-size caches also for sliding-window layers by default
+    reported = _llama_cpp_kv_mib(2048)
+    estimate = memory.kv_cache_bytes(TINY, 2048, swa_full=True) / 2**20
+    assert estimate == pytest.approx(reported, rel=0.10)
+
+
+def test_tiny_windowed_kv_is_what_llama_cpp_saves_without_full_swa():
+    # with swa_full=False llama.cpp keeps the window plus one micro-batch per sliding layer:
+    # the planner's window-only figure is the lower bound, the full cache the upper one
+    reported = _llama_cpp_kv_mib(4096, swa_full=False, n_ubatch=256)
+    assert memory.kv_cache_bytes(TINY, 4096) / 2**20 <= reported
+    assert reported < memory.kv_cache_bytes(TINY, 4096, swa_full=True) / 2**20

@@ -1,0 +1,100 @@
+"""llama.cpp's native tools (issue 9): llama-server answers OpenAI-style chats, llama-bench parses.
+
+The tools are built by `make setup` (scripts/build_llama_tools.sh); only their absence skips
+the tests that run them, and the skip message says how to build them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from llmops_lib import native
+from llmops_lib.server import GEMMA_BOS, port_is_free
+
+
+def _missing_tools() -> str | None:
+    try:
+        for name in native.TOOLS:
+            native.tool_path(name)
+    except native.ToolsNotBuiltError as err:
+        return str(err)
+    return None
+
+
+MISSING = _missing_tools()
+needs_tools = pytest.mark.skipif(MISSING is not None, reason=f"llama.cpp tools missing: {MISSING}")
+
+MESSAGES = [
+    {"role": "system", "content": "You are a terse assistant."},
+    {"role": "user", "content": "Name one colour."},
+]
+
+
+def test_missing_build_names_the_command_that_builds_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMOPS_CACHE", str(tmp_path))
+    with pytest.raises(native.ToolsNotBuiltError) as err:
+        native.tool_path("llama-server")
+    assert "make setup" in str(err.value)
+    assert "scripts/build_llama_tools.sh" in str(err.value)
+
+
+def test_bad_arguments_are_named(session):
+    path = session.gguf_path("chat")
+    with pytest.raises(ValueError, match="n_parallel=0"):
+        native.LlamaServer(path, n_parallel=0)
+    with pytest.raises(ValueError, match="llama-cpp"):
+        native.tool_path("llama-cpp")
+    with pytest.raises(FileNotFoundError, match="no-such.gguf"):
+        native.llama_bench("no-such.gguf")
+
+
+@needs_tools
+@pytest.mark.model
+def test_llama_bench_output_parses_into_finite_figures(session):
+    table = native.llama_bench(
+        session.gguf_path("chat"), n_threads=2, n_prompt=32, n_gen=16, reps=2
+    )
+    assert list(table["test"]) == ["pp32", "tg16"]
+    assert (table["n_threads"] == 2).all() and (table["reps"] == 2).all()
+    for column in ("tokens_per_s", "tokens_per_s_std"):
+        assert all(math.isfinite(x) for x in table[column])
+    assert (table["tokens_per_s"] > 0).all()
+
+
+@needs_tools
+@pytest.mark.model
+def test_llama_server_answers_openai_chat_and_frees_its_port(session, tiny_chat, no_network):
+    with native.LlamaServer.for_session(session, n_parallel=2, n_ctx=1024, n_threads=2) as server:
+        port, process = server.port, server.process
+        # Two slots of the requested context each.
+        props = server.get_json("/props")
+        assert props["total_slots"] == 2
+        assert props["default_generation_settings"]["n_ctx"] == 1024
+        # Same Gemma turns as the in-process library, system prompt folded into the user turn;
+        # the server drops the template's BOS text because it adds the BOS token itself.
+        rendered = server.post_json("/apply-template", {"messages": MESSAGES})["prompt"]
+        assert rendered == tiny_chat.prompt_text(MESSAGES).removeprefix(GEMMA_BOS)
+
+        reply = server.client().chat.completions.create(
+            model=server.model, messages=MESSAGES, max_tokens=8, temperature=0
+        )
+        assert reply.usage.prompt_tokens == tiny_chat.count_tokens(MESSAGES)  # one BOS, no more
+        assert 1 <= reply.usage.completion_tokens <= 8
+        assert reply.choices[0].finish_reason in {"stop", "length"}
+        assert isinstance(reply.choices[0].message.content, str)
+    assert process.poll() is not None
+    assert server.process is None
+    assert port_is_free(port)
+
+
+@needs_tools
+@pytest.mark.model
+def test_llama_server_is_stopped_when_the_block_raises(session):
+    with pytest.raises(RuntimeError, match="lesson failed"):
+        with native.LlamaServer.for_session(session, n_threads=1, n_ctx=512) as server:
+            port, process = server.port, server.process
+            raise RuntimeError("lesson failed")
+    assert process.poll() is not None
+    assert port_is_free(port)
