@@ -1,0 +1,141 @@
+"""The memory-bandwidth roofline of decoding: tokens/s <= bandwidth / bytes read per token.
+
+Generating one token multiplies one activation vector by every weight matrix, so
+every weight byte crosses the memory bus once per token (plus the KV cache of the
+context so far), while the arithmetic per byte is tiny. The memory bus, not the
+ALUs, sets the speed limit; this module measures the bus and does that division.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import time
+from concurrent.futures import ThreadPoolExecutor
+from importlib.resources import files
+
+import numpy as np
+import pandas as pd
+
+# The slides' reference table (ms per generated token, LLaMA 7B/13B, llama.cpp, 2023).
+PUBLISHED_SOURCE = (
+    "Slides 'Local LLM Inference' (F. Mehri, Machine Learning Lab, Sharif University of "
+    "Technology, 6 Feb 2024), slide 'Quantization Results'; the figures come from "
+    "llama.cpp's k-quants work (https://github.com/ggml-org/llama.cpp/pull/1684, 2023)."
+)
+
+
+def _positive(name: str, value: float) -> float:
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not (real and math.isfinite(value) and value > 0):
+        raise ValueError(f"{name}={value!r} must be a positive, finite number.")
+    return float(value)
+
+
+def memory_bandwidth(size_mb: int = 256, repeats: int = 5, threads: int = 1) -> float:
+    """Copy bandwidth in GB/s: best of `repeats` copies of a `size_mb` array, read + write.
+
+    The array must be far larger than the CPU caches, or the cache is measured instead
+    of RAM. One core often cannot saturate the memory bus, so `threads` copies
+    disjoint slices in parallel (numpy releases the GIL while copying). The best run
+    is kept: other programs only ever make a copy slower, never faster.
+    """
+    size = int(_positive("size_mb", size_mb) * 1e6)
+    if repeats < 1 or threads < 1:
+        raise ValueError(f"repeats={repeats} and threads={threads} must both be at least 1.")
+    src = np.ones(size, dtype=np.uint8)
+    dst = np.empty_like(src)
+    bounds = np.linspace(0, size, threads + 1, dtype=np.int64)
+    slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+    def copy(part: slice) -> None:
+        np.copyto(dst[part], src[part])
+
+    seconds = []
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(copy, slices))  # the first pass faults the pages in: not timed
+        for _ in range(repeats):
+            start = time.perf_counter()
+            list(pool.map(copy, slices))
+            seconds.append(time.perf_counter() - start)
+    return 2 * size / min(seconds) / 1e9
+
+
+def bytes_per_token(weight_bytes: float, kv_bytes: float = 0.0) -> float:
+    """Bytes a decoder reads to produce one token: all weights plus the KV cache read."""
+    weights = _positive("weight_bytes", weight_bytes)
+    if not (math.isfinite(kv_bytes) and kv_bytes >= 0):
+        raise ValueError(f"kv_bytes={kv_bytes!r} must be zero or a positive, finite number.")
+    return weights + kv_bytes
+
+
+def roofline_tps(bandwidth_gbs: float, bytes_per_tok: float) -> float:
+    """The highest decode speed (tokens/s) the memory bus allows."""
+    return _positive("bandwidth_gbs", bandwidth_gbs) * 1e9 / _positive("bytes", bytes_per_tok)
+
+
+def roofline_fraction(tokens_per_s: float, bandwidth_gbs: float, bytes_per_tok: float) -> float:
+    """Measured decode speed as a fraction of the roofline (1.0 = the bus is saturated)."""
+    return _positive("tokens_per_s", tokens_per_s) / roofline_tps(bandwidth_gbs, bytes_per_tok)
+
+
+def published_ms_per_token() -> pd.DataFrame:
+    """The slides' table: ms per token for LLaMA 7B/13B by quantization and machine."""
+    with files("llmops_lib.data").joinpath("slides_ms_per_token.csv").open() as fh:
+        return pd.read_csv(fh, index_col=["model", "setting"])
+
+
+def published_streamed_gbs() -> pd.DataFrame:
+    """GB/s of weights each published run streamed: file size / seconds per token.
+
+    The same division as the roofline, backwards: how much of its memory bus each machine
+    actually used while decoding.
+    """
+    table = published_ms_per_token()
+    rows = []
+    for _, part in table.groupby(level="model", sort=False):
+        size_gb = part.xs("file size GB", level="setting")
+        timed = part.drop(index="file size GB", level="setting")
+        rows.append(size_gb.to_numpy() / (timed / 1000))
+    return pd.concat(rows).round(1)
+
+
+def plot_roofline(bandwidths: dict[str, float], points: pd.DataFrame, ax=None):
+    """Log-log roofline: one line per measured bandwidth, one marker per measured run.
+
+    `points` needs the columns label, bytes_per_token and generated_tps.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4.5))
+    lo = points["bytes_per_token"].min() / 2
+    hi = points["bytes_per_token"].max() * 2
+    x = np.geomspace(lo, hi, 50)
+    for name, gbs in bandwidths.items():
+        ax.plot(x / 1e6, gbs * 1e9 / x, "--", label=f"roofline {name}: {gbs:.1f} GB/s")
+    for row in points.itertuples():
+        ax.scatter(row.bytes_per_token / 1e6, row.generated_tps, zorder=3)
+        ax.annotate(
+            row.label,
+            (row.bytes_per_token / 1e6, row.generated_tps),
+            textcoords="offset points",
+            xytext=(6, 4),
+            fontsize=8,
+        )
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="bytes read per generated token (MB)",
+        ylabel="generated tokens/s",
+        title="Decode speed vs. the memory-bandwidth roofline",
+    )
+    plain = FuncFormatter(lambda value, _: f"{value:g}")  # 200, not 2 x 10^2
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        axis.set_major_formatter(plain)
+        axis.set_minor_formatter(NullFormatter())
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    return ax
