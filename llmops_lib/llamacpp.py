@@ -199,6 +199,14 @@ class LlamaCppModel:
             **kwargs,
         )
 
+    def reset(self) -> None:
+        """Forget the cached tokens, so the next chat() processes its whole prompt again.
+
+        llama-cpp-python reuses the cached prefix of an identical prompt; a benchmark that
+        repeats one prompt would otherwise time the prefill of a single token.
+        """
+        self.llm.reset()
+
     def timings(self) -> Timings:
         """llama.cpp's counters since the last chat() call started."""
         import llama_cpp

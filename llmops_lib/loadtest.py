@@ -178,27 +178,35 @@ def user_threads_alive() -> int:
     return sum(t.name.startswith(THREAD_PREFIX) for t in threading.enumerate())
 
 
-def plot(summary: pd.DataFrame, title: str = "Load test"):
-    """Throughput and waiting times against the number of concurrent users."""
+def plot(summary: pd.DataFrame | dict[str, pd.DataFrame], title: str = "Load test"):
+    """Throughput and waiting times against the number of concurrent users.
+
+    Pass {label: summary} to draw several servers on the same axes.
+    """
     import matplotlib.pyplot as plt
 
-    n = summary.index
+    summaries = summary if isinstance(summary, dict) else {"": summary}
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
-    axes[0].plot(n, summary["tokens_per_s"], "o-")
+    for i, (label, frame) in enumerate(summaries.items()):
+        n, color = frame.index, f"C{i}"  # one colour per server in every panel
+        prefix = f"{label} " if label else ""
+        axes[0].plot(n, frame["tokens_per_s"], "o-", color=color, label=label or None)
+        axes[1].plot(n, frame["requests_per_s"], "o-", color=color, label=label or None)
+        for ax, figure in ((axes[2], "latency"), (axes[3], "ttft")):
+            ax.plot(n, frame[f"{figure}_p50_s"], "o-", color=color, label=f"{prefix}p50")
+            ax.plot(n, frame[f"{figure}_p95_s"], "s--", color=color, label=f"{prefix}p95")
     axes[0].set_title("generated tokens/s (all users)")
-    axes[1].plot(n, summary["requests_per_s"], "o-")
     axes[1].set_title("requests/s (all users)")
-    for ax, figure in ((axes[2], "latency"), (axes[3], "ttft")):
-        ax.plot(n, summary[f"{figure}_p50_s"], "o-", label="p50")
-        ax.plot(n, summary[f"{figure}_p95_s"], "s--", label="p95")
-        ax.legend()
     axes[2].set_title("request latency (s)")
     axes[3].set_title("time to first token (s)")
+    users = sorted({n for frame in summaries.values() for n in frame.index})
     for ax in axes:
         ax.set_xlabel("concurrent users")
-        ax.set_xticks(list(n))
+        ax.set_xticks(users)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -52,12 +52,6 @@ GGUF_BITS: dict[str, float] = {
     "Q2_K": 3.35,
 }
 
-# Models whose output head shares the token-embedding matrix (tie_word_embeddings in their
-# config.json): bitsandbytes then keeps one vocab x hidden matrix unquantized, not two.
-TIED_EMBEDDINGS = frozenset(
-    {"gemma-3-270m", "qwen2.5-0.5b-instruct", "llama-3.2-1b-instruct", "llama-3.2-3b-instruct"}
-)
-
 # Nominal memory of the GPUs a workshop meets, in GB. The driver and CUDA context take a
 # few hundred MB of it (a T4 shows ~15.8 GB in torch); the overhead below covers that.
 GPUS: dict[str, float] = {"T4": 16, "L4": 24, "A100-40": 40, "A100-80": 80, "H100": 80}
@@ -90,8 +84,11 @@ def bits_per_weight(precision: str) -> float:
 
 
 def unquantized_params(spec: ModelSpec) -> float:
-    """Parameters bitsandbytes leaves in 16/32-bit: token embeddings and the output head."""
-    matrices = 1 if spec.key in TIED_EMBEDDINGS else 2
+    """Parameters bitsandbytes leaves in 16/32-bit: token embeddings and the output head.
+
+    With tied embeddings the head is the embedding matrix, so one matrix stays, not two.
+    """
+    matrices = 1 if spec.tied_embeddings else 2
     return matrices * spec.vocab_size * spec.hidden_size
 
 

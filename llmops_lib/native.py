@@ -10,13 +10,9 @@ tools.json; this module only finds and runs them.
 
 from __future__ import annotations
 
-import atexit
 import json
 import math
 import subprocess
-import tempfile
-import time
-import urllib.error
 import urllib.request
 from importlib.metadata import version
 from pathlib import Path
@@ -26,7 +22,7 @@ import pandas as pd
 
 from .llamacpp import GEMMA_TEMPLATE, check_gguf, default_threads
 from .provision import cache_dir
-from .server import HOST, free_port
+from .server import HOST, ServerProcess
 
 TOOLS = ("llama-server", "llama-bench", "llama-perplexity", "llama-quantize")
 BUILD_HINT = (
@@ -77,21 +73,28 @@ def llama_bench(
     n_prompt: int = 128,
     n_gen: int = 64,
     reps: int = 3,
+    n_depth: tuple[int, ...] = (0,),
     n_gpu_layers: int | None = None,
     timeout_s: float = 600,
 ) -> pd.DataFrame:
     """Run llama-bench: prefill (pp) and decode (tg) tokens/s, mean and std over `reps`.
 
-    One row per test (`pp<n_prompt>`, `tg<n_gen>`). `n_gpu_layers=None` keeps llama-bench's
-    default (all layers on the GPU when the tools were built for CUDA).
+    One row per test and depth (`pp128`, `tg64`, `tg64@d128`). A depth is the number of
+    tokens already in the KV cache when the test starts: decoding after a 128-token prompt,
+    as a chat does, is `tg64@d128`, a little slower than from an empty cache.
+    `n_gpu_layers=None` keeps llama-bench's default (all layers on the GPU when the tools
+    were built for CUDA).
     """
     model = check_gguf(model_path)
     threads = _positive("n_threads", default_threads() if n_threads is None else n_threads)
     _positive("n_prompt", n_prompt)
     _positive("n_gen", n_gen)
     _positive("reps", reps)
+    if not n_depth or any(not isinstance(d, int) or d < 0 for d in n_depth):
+        raise ValueError(f"n_depth={n_depth!r} must be a tuple of whole numbers >= 0, e.g. (0,).")
     cmd = [str(tool_path("llama-bench")), "-m", str(model), "-t", str(threads)]
     cmd += ["-p", str(n_prompt), "-n", str(n_gen), "-r", str(reps), "-o", "json"]
+    cmd += ["-d", ",".join(map(str, n_depth))]
     if n_gpu_layers is not None:
         cmd += ["-ngl", str(n_gpu_layers)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
@@ -106,12 +109,14 @@ def parse_bench_json(text: str) -> pd.DataFrame:
     """llama-bench `-o json` output -> one row per test with finite tokens/s figures."""
     rows = []
     for run in json.loads(text):
-        pp, tg = run["n_prompt"], run["n_gen"]
+        pp, tg, depth = run["n_prompt"], run["n_gen"], run.get("n_depth", 0)
+        test = f"pp{pp}" if not tg else f"tg{tg}" if not pp else f"pp{pp}+tg{tg}"
         rows.append(
             {
-                "test": f"pp{pp}" if not tg else f"tg{tg}" if not pp else f"pp{pp}+tg{tg}",
-                "n_prompt": run["n_prompt"],
-                "n_gen": run["n_gen"],
+                "test": test + (f"@d{depth}" if depth else ""),
+                "n_prompt": pp,
+                "n_gen": tg,
+                "n_depth": depth,
                 "n_threads": run["n_threads"],
                 "tokens_per_s": run["avg_ts"],
                 "tokens_per_s_std": run["stddev_ts"],
@@ -130,17 +135,51 @@ def parse_bench_json(text: str) -> pd.DataFrame:
     return table
 
 
-class LlamaServer:
+def phase_tps(table: pd.DataFrame) -> dict[str, float]:
+    """What a chat call does, from one llama_bench() table: tokens/s of prefill from an empty
+    cache ("prompt") and of decoding right after that prompt ("generated", at depth n_prompt).
+
+    Run llama_bench(..., n_depth=(0, n_prompt)) to get both rows.
+    """
+    prompt = table[(table["n_gen"] == 0) & (table["n_depth"] == 0)]
+    depth = int(prompt["n_prompt"].iloc[0]) if len(prompt) else -1
+    generated = table[(table["n_prompt"] == 0) & (table["n_depth"] == depth)]
+    if prompt.empty or generated.empty:
+        raise ValueError(
+            f"llama-bench table {list(table['test'])} lacks a prefill test at depth 0 or a "
+            f"decode test right after it; run llama_bench(..., n_depth=(0, n_prompt))."
+        )
+    return {
+        "prompt": float(prompt["tokens_per_s"].iloc[0]),
+        "generated": float(generated["tokens_per_s"].iloc[0]),
+    }
+
+
+def versus_library(table: pd.DataFrame, prompt_tps: float, generated_tps: float) -> pd.DataFrame:
+    """The library's tokens/s beside llama-bench's; ratio 1.0 = the library costs nothing."""
+    raw = phase_tps(table)
+    return pd.DataFrame(
+        {
+            "library": [prompt_tps, generated_tps],
+            "llama-bench": [raw["prompt"], raw["generated"]],
+        },
+        index=["prompt tokens/s", "generated tokens/s"],
+    ).assign(ratio=lambda d: d["library"] / d["llama-bench"])
+
+
+class LlamaServer(ServerProcess):
     """llama-server on 127.0.0.1 with `n_parallel` slots, as a context manager.
 
     `n_ctx` is the context of ONE sequence: the server gets n_ctx * n_parallel, which it
     splits evenly over its slots. `chat_template` is a Jinja template (the library's
     GEMMA_TEMPLATE for the tiny base model, which carries none; None = the model's own).
-    The server is always stopped on exit, also when the body raised.
 
         with LlamaServer(path, n_parallel=4, chat_template=GEMMA_TEMPLATE) as server:
             server.client().chat.completions.create(model=server.model, messages=...)
     """
+
+    name = "llama-server"
+    ready_path = "/health"
 
     def __init__(
         self,
@@ -153,44 +192,19 @@ class LlamaServer:
         startup_timeout_s: float = 120,
         extra_args: tuple[str, ...] = (),
     ) -> None:
-        self.model_path = check_gguf(model_path)
+        super().__init__(model_path, n_ctx, n_threads, startup_timeout_s=startup_timeout_s)
         self.n_parallel = _positive("n_parallel", n_parallel)
-        self.n_ctx = _positive("n_ctx", n_ctx)
-        self.n_threads = _positive(
-            "n_threads", default_threads() if n_threads is None else n_threads
-        )
         self.chat_template = chat_template
         self.n_gpu_layers = n_gpu_layers
-        self.startup_timeout_s = startup_timeout_s
         self.extra_args = tuple(extra_args)
-        self.host = HOST
-        self.port: int | None = None
-        self.process: subprocess.Popen | None = None
-        self._tmp: tempfile.TemporaryDirectory | None = None
 
     @classmethod
     def for_session(cls, session: Any, role: str = "chat", **kwargs: Any) -> LlamaServer:
         """A server for the profile's GGUF in `role`, with the course's Gemma turns if needed."""
-        choice = session.choice(role)
-        if choice.backend != "llamacpp":
-            raise ValueError(
-                f"The {role!r} role of profile {session.profile.name!r} runs {choice.model} on "
-                f"{choice.backend}; llama-server needs a GGUF model (a llama.cpp role)."
-            )
-        if choice.spec.turn_format == "gemma":
+        path, gemma = session.llamacpp_model(role, "llama-server needs a GGUF model.")
+        if gemma:
             kwargs.setdefault("chat_template", GEMMA_TEMPLATE)
-        return cls(session.gguf_path(role), **kwargs)
-
-    @property
-    def url(self) -> str:
-        if self.port is None:
-            raise RuntimeError("LlamaServer is not running; use it as `with LlamaServer(...)`.")
-        return f"http://{self.host}:{self.port}"
-
-    @property
-    def base_url(self) -> str:
-        """OpenAI-compatible API root, for openai.OpenAI(base_url=...)."""
-        return self.url + "/v1"
+        return cls(path, **kwargs)
 
     @property
     def model(self) -> str:
@@ -198,65 +212,19 @@ class LlamaServer:
         return self.model_path.name
 
     def command(self) -> list[str]:
-        """The exact llama-server command line (shown in notebooks, run by start())."""
         cmd = [str(tool_path("llama-server")), "-m", str(self.model_path)]
-        cmd += ["--host", self.host, "--port", str(self.port), "-a", self.model]
+        cmd += ["--host", HOST, "--port", str(self.port), "-a", self.model]
         cmd += ["-np", str(self.n_parallel), "-c", str(self.n_ctx * self.n_parallel)]
         cmd += ["-t", str(self.n_threads)]
         if self.n_gpu_layers is not None:
             cmd += ["-ngl", str(self.n_gpu_layers)]
         if self.chat_template is not None:
-            cmd += ["--jinja", "--chat-template-file", str(Path(self._tmp.name) / "template.jinja")]
+            cmd += ["--jinja", "--chat-template-file", str(self._file("template.jinja"))]
         return cmd + list(self.extra_args)
 
-    def start(self) -> LlamaServer:
-        """Launch and wait (bounded) until /health says the model is loaded."""
-        if self.process is not None:
-            raise RuntimeError(f"llama-server is already running at {self.url}.")
-        self._tmp = tempfile.TemporaryDirectory(prefix="llama-server-")
-        tmp = Path(self._tmp.name)
+    def _write_files(self) -> None:
         if self.chat_template is not None:
-            (tmp / "template.jinja").write_text(self.chat_template)
-        self.port = free_port(self.host)
-        self.log_path = tmp / "server.log"
-        atexit.register(self.stop)  # last resort: a notebook kernel shut down mid-lesson
-        try:
-            with self.log_path.open("wb") as log:
-                self.process = subprocess.Popen(
-                    self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-                )
-            self._wait_healthy()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"llama-server exited with code {self.process.returncode} while starting:\n"
-                    f"{self.log_tail()}"
-                )
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass  # not listening yet, or 503 while the model loads
-            time.sleep(0.2)
-        raise TimeoutError(
-            f"llama-server did not report healthy within {self.startup_timeout_s:.0f} s:\n"
-            f"{self.log_tail()}"
-        )
-
-    def log_tail(self, n_chars: int = 3000) -> str:
-        """The end of the server's own log (stdout and stderr)."""
-        try:
-            return self.log_path.read_text(errors="replace")[-n_chars:]
-        except (AttributeError, FileNotFoundError):
-            return ""
+            self._file("template.jinja").write_text(self.chat_template, encoding="utf-8")
 
     def get_json(self, path: str) -> Any:
         """GET a llama-server endpoint such as /props or /slots, decoded."""
@@ -273,32 +241,35 @@ class LlamaServer:
         with urllib.request.urlopen(request, timeout=60) as response:
             return json.loads(response.read())
 
-    def client(self, **kwargs: Any):
-        """An openai.OpenAI client for this server (no key needed on 127.0.0.1)."""
-        from openai import OpenAI
 
-        kwargs.setdefault("timeout", 120)
-        kwargs.setdefault("max_retries", 0)  # a failure shows at once, not after retries
-        return OpenAI(base_url=self.base_url, api_key="no-key-needed", **kwargs)
+def load_test(
+    session: Any,
+    users: tuple[int, ...] = (1, 2, 4, 8),
+    requests_per_user: int = 2,
+    max_tokens: int = 32,
+    n_ctx: int = 1024,
+    n_threads: int | None = None,
+    timeout_s: float = 120.0,
+) -> pd.DataFrame:
+    """loadtest.run against llama-server with N parallel slots for N users.
 
-    def stop(self, timeout_s: float = 10) -> None:
-        """Terminate the server (kill if it does not stop) and remove its temporary files."""
-        atexit.unregister(self.stop)
-        if self.process is not None:
-            if self.process.poll() is None:
-                self.process.terminate()
-                try:
-                    self.process.wait(timeout=timeout_s)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait(timeout=timeout_s)
-            self.process = None
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+    One server per N, each started with `-np N`, so N requests are decoded together in
+    one batch (continuous batching); every server is stopped before the next starts.
+    """
+    from . import loadtest
+    from .server import connect
 
-    def __enter__(self) -> LlamaServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    rows = []
+    for n in users:
+        with LlamaServer.for_session(
+            session, n_parallel=n, n_ctx=n_ctx, n_threads=n_threads
+        ) as srv:
+            summary, _ = loadtest.run(
+                connect(srv.base_url),
+                users=(n,),
+                requests_per_user=requests_per_user,
+                max_tokens=max_tokens,
+                timeout_s=timeout_s,
+            )
+            rows.append(summary)
+    return pd.concat(rows)

@@ -75,53 +75,49 @@ def port_is_free(port: int, host: str = HOST) -> bool:
         return sock.connect_ex((host, port)) != 0
 
 
-class LocalServer:
-    """`python -m llama_cpp.server` as a child process on 127.0.0.1, used as a context manager.
+class ServerProcess:
+    """A model server as a child process on 127.0.0.1, used as a context manager.
 
     The process is stopped on exit from the `with` block, also when the block raises, and at
     interpreter exit as a last resort (a notebook kernel that is shut down mid-lesson).
+    A subclass says how to start it (`command`, `_write_files`) and which path answers 200
+    once the model is loaded (`ready_path`).
     """
+
+    name: str  # the program, as error messages name it
+    ready_path: str  # answers 200 once the model is loaded
 
     def __init__(
         self,
         model_path: str | Path,
-        n_ctx: int = 2048,
+        n_ctx: int,
         n_threads: int | None = None,
-        tokenizer_config: dict[str, str] | None = None,
         port: int | None = None,
         startup_timeout_s: float = 120.0,
     ) -> None:
         self.model_path = check_gguf(model_path)
-        if n_ctx < 1:
-            raise ValueError(f"n_ctx={n_ctx} is not a context size; use a positive number.")
-        self.n_ctx = n_ctx
         # One core is left to the clients on the same machine (the notebook, a load test):
         # a llama.cpp thread that has to share its core stalls all the others at each step.
-        self.n_threads = n_threads or max(1, default_threads() - 1)
-        self.tokenizer_config = tokenizer_config
+        n_threads = n_threads or max(1, default_threads() - 1)
+        for arg, value in (("n_ctx", n_ctx), ("n_threads", n_threads)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{arg}={value!r} must be a positive whole number.")
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
         self._auto_port = port is None
         self.port = port or free_port()
         self.startup_timeout_s = startup_timeout_s
         self.process: subprocess.Popen[bytes] | None = None
         self._workdir: Path | None = None
 
-    @classmethod
-    def for_session(cls, session: Any, role: str = "chat", **kwargs: Any) -> LocalServer:
-        """A server for the profile's model in `role` (its GGUF and, for Gemma, its turns)."""
-        choice = session.choice(role)
-        if choice.backend != "llamacpp":
-            raise ValueError(
-                f"The {role!r} role of profile {session.profile.name!r} runs {choice.model} on "
-                f"{choice.backend}; a local llama.cpp server needs a GGUF model. Serve it with "
-                f"TGI or vLLM and set {ENDPOINT_ENV} to its URL (e.g. http://host:8000/v1)."
-            )
-        if choice.spec.turn_format == "gemma":
-            kwargs.setdefault("tokenizer_config", gemma_tokenizer_config())
-        return cls(session.gguf_path(role), **kwargs)
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
 
     @property
     def base_url(self) -> str:
-        return f"http://{HOST}:{self.port}/v1"
+        """OpenAI-compatible API root, for openai.OpenAI(base_url=...) or connect()."""
+        return self.url + "/v1"
 
     @property
     def log_path(self) -> Path | None:
@@ -129,32 +125,20 @@ class LocalServer:
 
     def command(self) -> list[str]:
         """The exact command line, so it can be run by hand in a terminal too."""
-        cmd = [
-            sys.executable, "-m", "llama_cpp.server",
-            "--model", str(self.model_path),
-            "--host", HOST,
-            "--port", str(self.port),
-            "--n_ctx", str(self.n_ctx),
-            "--n_threads", str(self.n_threads),
-            "--n_threads_batch", str(self.n_threads),
-            # By default a new request cuts off the stream being generated; a load test
-            # must see requests queue instead.
-            "--interrupt_requests", "False",
-        ]  # fmt: skip
-        if self.tokenizer_config is not None:
-            cmd += ["--chat_format", "hf-tokenizer-config"]
-            cmd += ["--hf_tokenizer_config_path", str(self._config_path())]
-        return cmd
+        raise NotImplementedError
 
-    def _config_path(self) -> Path:
+    def _write_files(self) -> None:
+        """Write the files the command line names (see _file) before the process starts."""
+
+    def _file(self, name: str) -> Path:
         if self._workdir is None:
-            raise RuntimeError("LocalServer.command() with a chat template needs start() first.")
-        return self._workdir / "tokenizer_config.json"
+            raise RuntimeError(f"{type(self).__name__}.command() needs start() first.")
+        return self._workdir / name
 
-    def start(self) -> LocalServer:
-        """Start the process and wait (bounded) until /v1/models answers."""
+    def start(self) -> ServerProcess:
+        """Start the process and wait (bounded) until `ready_path` answers."""
         if self.process is not None:
-            raise RuntimeError(f"The server on port {self.port} is already running.")
+            raise RuntimeError(f"{self.name} is already running at {self.url}.")
         if self._auto_port:
             self.port = free_port()
         elif not port_is_free(self.port):
@@ -162,9 +146,7 @@ class LocalServer:
         atexit.register(self.stop)
         try:
             self._workdir = Path(tempfile.mkdtemp(prefix="llmops-server-"))
-            if self.tokenizer_config is not None:
-                config = json.dumps(self.tokenizer_config)
-                self._config_path().write_text(config, encoding="utf-8")
+            self._write_files()
             with self.log_path.open("wb") as log:
                 self.process = subprocess.Popen(
                     self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
@@ -180,26 +162,33 @@ class LocalServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(
-                    f"llama_cpp.server exited with code {self.process.returncode} before it "
-                    f"answered on {self.base_url}. Its log ends with:\n{self.log_tail()}"
+                    f"{self.name} exited with code {self.process.returncode} before it "
+                    f"answered on {self.url}. Its log ends with:\n{self.log_tail()}"
                 )
             try:
-                with urllib.request.urlopen(f"{self.base_url}/models", timeout=2) as resp:
+                with urllib.request.urlopen(self.url + self.ready_path, timeout=2) as resp:
                     if resp.status == 200:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
+                pass  # not listening yet, or 503 while the model loads
             time.sleep(0.2)
         raise TimeoutError(
-            f"llama_cpp.server did not answer on {self.base_url} within "
+            f"{self.name} did not answer on {self.url}{self.ready_path} within "
             f"{self.startup_timeout_s:.0f} s. Its log ends with:\n{self.log_tail()}"
         )
 
-    def log_tail(self, lines: int = 15) -> str:
+    def log_tail(self, lines: int = 25) -> str:
+        """The end of the server's own log (stdout and stderr)."""
         if self.log_path is None or not self.log_path.exists():
             return "(no log)"
         text = self.log_path.read_text(encoding="utf-8", errors="replace")
         return "\n".join(text.splitlines()[-lines:])
+
+    def client(self, **kwargs: Any) -> openai.OpenAI:
+        """An openai.OpenAI client for this server (no key needed on 127.0.0.1)."""
+        kwargs.setdefault("timeout", 120)
+        kwargs.setdefault("max_retries", 0)  # a failure shows at once, not after retries
+        return openai.OpenAI(base_url=self.base_url, api_key="not-needed", **kwargs)
 
     def stop(self) -> None:
         """Terminate the process (kill it if it does not exit in 10 s) and remove temp files."""
@@ -217,11 +206,65 @@ class LocalServer:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
 
-    def __enter__(self) -> LocalServer:
+    def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class LocalServer(ServerProcess):
+    """`python -m llama_cpp.server`: llama-cpp-python's server, one request at a time."""
+
+    name = "llama_cpp.server"
+    ready_path = "/v1/models"
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        tokenizer_config: dict[str, str] | None = None,
+        port: int | None = None,
+        startup_timeout_s: float = 120.0,
+    ) -> None:
+        super().__init__(model_path, n_ctx, n_threads, port, startup_timeout_s)
+        self.tokenizer_config = tokenizer_config
+
+    @classmethod
+    def for_session(cls, session: Any, role: str = "chat", **kwargs: Any) -> LocalServer:
+        """A server for the profile's model in `role` (its GGUF and, for Gemma, its turns)."""
+        path, gemma = session.llamacpp_model(
+            role,
+            f"a local llama.cpp server needs a GGUF model. Serve it with TGI or vLLM and set "
+            f"{ENDPOINT_ENV} to its URL (e.g. http://host:8000/v1).",
+        )
+        if gemma:
+            kwargs.setdefault("tokenizer_config", gemma_tokenizer_config())
+        return cls(path, **kwargs)
+
+    def command(self) -> list[str]:
+        cmd = [
+            sys.executable, "-m", "llama_cpp.server",
+            "--model", str(self.model_path),
+            "--host", HOST,
+            "--port", str(self.port),
+            "--n_ctx", str(self.n_ctx),
+            "--n_threads", str(self.n_threads),
+            "--n_threads_batch", str(self.n_threads),
+            # By default a new request cuts off the stream being generated; a load test
+            # must see requests queue instead.
+            "--interrupt_requests", "False",
+        ]  # fmt: skip
+        if self.tokenizer_config is not None:
+            cmd += ["--chat_format", "hf-tokenizer-config"]
+            cmd += ["--hf_tokenizer_config_path", str(self._file("tokenizer_config.json"))]
+        return cmd
+
+    def _write_files(self) -> None:
+        if self.tokenizer_config is not None:
+            config = json.dumps(self.tokenizer_config)
+            self._file("tokenizer_config.json").write_text(config, encoding="utf-8")
 
 
 @dataclass(frozen=True)

@@ -31,20 +31,30 @@ class Session:
         """Local GGUF file for a llama.cpp role (assembled or downloaded on first use)."""
         return provision.gguf_path(self.spec(role))
 
-    def chat_model(self, role: str = "chat", n_ctx: int = 2048, **kwargs: Any):
-        """Load the role's GGUF with llama-cpp-python (see llamacpp.LlamaCppModel)."""
-        from .llamacpp import GEMMA_STOP, GEMMA_TEMPLATE, LlamaCppModel
+    def llamacpp_model(self, role: str, needs: str) -> tuple[Path, bool]:
+        """The role's GGUF and whether the course must supply Gemma's turns for it.
 
+        Every llama.cpp runner (in-process model, llama_cpp.server, llama-server) asks here,
+        so the check and the turn-format decision live in one place. `needs` ends the error
+        for a role that is not served by llama.cpp: what to do instead.
+        """
         choice = self.choice(role)
         if choice.backend != "llamacpp":
             raise ValueError(
                 f"The {role!r} role of profile {self.profile.name!r} runs {choice.model} on "
-                f"{choice.backend}, not llama.cpp; use the {choice.backend} backend for it."
+                f"{choice.backend}, not llama.cpp; {needs}"
             )
-        if choice.spec.turn_format == "gemma":
+        return self.gguf_path(role), choice.spec.turn_format == "gemma"
+
+    def chat_model(self, role: str = "chat", n_ctx: int = 2048, **kwargs: Any):
+        """Load the role's GGUF with llama-cpp-python (see llamacpp.LlamaCppModel)."""
+        from .llamacpp import GEMMA_STOP, GEMMA_TEMPLATE, LlamaCppModel
+
+        path, gemma = self.llamacpp_model(role, f"use the {self.choice(role).backend} backend.")
+        if gemma:
             kwargs.setdefault("chat_template", GEMMA_TEMPLATE)
             kwargs.setdefault("stop", GEMMA_STOP)
-        return LlamaCppModel(self.gguf_path(role), n_ctx=n_ctx, **kwargs)
+        return LlamaCppModel(path, n_ctx=n_ctx, **kwargs)
 
     def summary(self) -> pd.DataFrame:
         """Hardware facts and the model for each role, as one small table."""

@@ -157,7 +157,13 @@ def test_bench_command_prints_library_vs_raw_summary(session, tmp_path, monkeypa
     assert json.loads(printed[: printed.rindex("}") + 1]) == summary
     assert summary["prompt_tokens"] > 0 and summary["generated_tokens"] > 0
     assert summary["library_raw_ratio_iqr"] >= 0
-    ratios = ("library_raw_ratio", "library_raw_ratio_best", "library_raw_ratio_wall")
+    ratios = (
+        "library_raw_ratio",
+        "library_raw_ratio_best",
+        "library_raw_ratio_wall",
+        "library_llama_bench_ratio",
+        "llama_bench_tg_tps",
+    )
     for key in ("library_tps", "raw_tps", *ratios):
         assert math.isfinite(summary[key]) and summary[key] > 0, key
     if summary["n_gpu_layers"] == 0:

@@ -57,3 +57,19 @@ def test_summary_is_saved_to_a_new_file_each_time(endpoint, tmp_path, monkeypatc
     first, second = loadtest.save(summary), loadtest.save(summary)
     assert first != second and first.exists() and second.exists()
     assert first.read_text().splitlines()[0].startswith("users,")
+
+
+def test_plot_draws_each_server_in_one_colour_on_every_panel(endpoint):
+    summary, _ = loadtest.run(endpoint, users=(1, 2), requests_per_user=1, max_tokens=4)
+    other = summary.assign(tokens_per_s=summary["tokens_per_s"] * 2)
+    fig = loadtest.plot({"queue": summary, "batch": other}, title="two servers")
+    tokens, _, latency, ttft = fig.axes
+    assert [line.get_label() for line in tokens.lines] == ["queue", "batch"]
+    assert list(tokens.lines[1].get_ydata()) == list(other["tokens_per_s"])
+    for ax in (latency, ttft):
+        labels = [line.get_label() for line in ax.lines]
+        assert labels == ["queue p50", "queue p95", "batch p50", "batch p95"]
+        colours = [line.get_color() for line in ax.lines]
+        assert colours[:2] == [tokens.lines[0].get_color()] * 2
+        assert colours[2:] == [tokens.lines[1].get_color()] * 2
+    assert list(tokens.get_xticks()) == [1, 2]

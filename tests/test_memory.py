@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
 
 import pytest
@@ -125,3 +126,16 @@ def test_tiny_windowed_kv_is_what_llama_cpp_saves_without_full_swa():
     reported = _llama_cpp_kv_mib(4096, swa_full=False, n_ubatch=256)
     assert memory.kv_cache_bytes(TINY, 4096) / 2**20 <= reported
     assert reported < memory.kv_cache_bytes(TINY, 4096, swa_full=True) / 2**20
+
+
+def test_tied_embeddings_flag_matches_the_tiny_models_own_config():
+    # The planner counts one unquantized matrix for tied models: the flag must be the model's.
+    from llmops_lib import hf
+
+    config = json.loads((hf.tiny_hf_dir() / "config.json").read_text())
+    tied = config.get(
+        "tie_word_embeddings", config.get("text_config", {}).get("tie_word_embeddings")
+    )
+    assert tied is not None, "config.json does not say whether the embeddings are tied"
+    assert TINY.tied_embeddings == tied
+    assert memory.unquantized_params(TINY) == TINY.vocab_size * TINY.hidden_size

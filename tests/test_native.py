@@ -11,7 +11,9 @@ import math
 import pytest
 
 from llmops_lib import native
+from llmops_lib.profiles import get as get_profile
 from llmops_lib.server import GEMMA_BOS, port_is_free
+from llmops_lib.session import Session
 
 
 def _missing_tools() -> str | None:
@@ -50,17 +52,38 @@ def test_bad_arguments_are_named(session):
         native.llama_bench("no-such.gguf")
 
 
+def test_a_profile_without_a_gguf_chat_model_is_refused(session):
+    multi = Session(profile=get_profile("multi-gpu"), hardware=session.hardware)
+    with pytest.raises(ValueError, match="llama-server needs a GGUF model"):
+        native.LlamaServer.for_session(multi)
+
+
+def test_a_table_without_both_phases_is_named():
+    only_decode = native.parse_bench_json(
+        '[{"n_prompt": 0, "n_gen": 16, "n_threads": 2, "avg_ts": 50.0, "stddev_ts": 1.0,'
+        ' "samples_ts": [49.0, 51.0], "backends": "CPU", "n_gpu_layers": 0,'
+        ' "model_type": "gemma3 270M Q4_K - Medium"}]'
+    )
+    with pytest.raises(ValueError, match=r"n_depth=\(0, n_prompt\)"):
+        native.phase_tps(only_decode)
+
+
 @needs_tools
 @pytest.mark.model
 def test_llama_bench_output_parses_into_finite_figures(session):
     table = native.llama_bench(
-        session.gguf_path("chat"), n_threads=2, n_prompt=32, n_gen=16, reps=2
+        session.gguf_path("chat"), n_threads=2, n_prompt=32, n_gen=16, reps=2, n_depth=(0, 32)
     )
-    assert list(table["test"]) == ["pp32", "tg16"]
+    assert list(table["test"]) == ["pp32", "tg16", "pp32@d32", "tg16@d32"]
     assert (table["n_threads"] == 2).all() and (table["reps"] == 2).all()
     for column in ("tokens_per_s", "tokens_per_s_std"):
         assert all(math.isfinite(x) for x in table[column])
     assert (table["tokens_per_s"] > 0).all()
+    # The library's figures are set beside the raw engine's, phase by phase.
+    compared = native.versus_library(table, prompt_tps=100.0, generated_tps=10.0)
+    pp, tg = table["tokens_per_s"].iloc[[0, 3]]  # prefill from empty, decode after the prompt
+    assert list(compared["llama-bench"]) == [pp, tg]
+    assert list(compared["ratio"]) == pytest.approx([100.0 / pp, 10.0 / tg])
 
 
 @needs_tools
@@ -98,3 +121,17 @@ def test_llama_server_is_stopped_when_the_block_raises(session):
             raise RuntimeError("lesson failed")
     assert process.poll() is not None
     assert port_is_free(port)
+
+
+@needs_tools
+@pytest.mark.model
+def test_load_test_serves_each_level_with_its_own_slots_and_stops_every_server(session):
+    import psutil
+
+    table = native.load_test(session, users=(1, 2), requests_per_user=1, max_tokens=4)
+    assert list(table.index) == [1, 2]
+    assert (table["requests"] == table.index).all()  # one request per user, none lost
+    assert (table["failed"] == 0).all()
+    assert (table["tokens_per_s"] > 0).all()
+    servers = [p for p in psutil.Process().children(recursive=True) if "llama-server" in p.name()]
+    assert servers == []
