@@ -30,7 +30,14 @@ import psutil
 from tqdm import tqdm
 
 from . import memory, native, roofline
-from .llamacpp import LlamaCppModel, Timings, gpu_offload_available
+from .llamacpp import (
+    LlamaCppModel,
+    Timings,
+    chunk_text,
+    engine_timings,
+    offload_unavailable,
+    restart_timings,
+)
 
 TINY_MODEL = "gemma-3-270m"  # the model every machine has: the backend comparison uses it
 # A prompt of ~180 tokens (a system prompt with background, then the question), so that
@@ -173,11 +180,6 @@ def _start_fresh(model: ChatBackend) -> None:
         model.reset()
 
 
-def _has_text(chunk: dict[str, Any]) -> bool:
-    choice = chunk["choices"][0]
-    return bool(choice.get("delta", {}).get("content") or choice.get("text"))
-
-
 def run_once(model: ChatBackend, messages: list[dict[str, str]], max_tokens: int) -> dict:
     """One greedy streamed completion: time to first token and the engine's counters."""
     _start_fresh(model)
@@ -187,7 +189,7 @@ def run_once(model: ChatBackend, messages: list[dict[str, str]], max_tokens: int
         messages, max_tokens=max_tokens, temperature=0.0, stream=True
     )
     for chunk in chunks:
-        if math.isnan(ttft) and _has_text(chunk):
+        if math.isnan(ttft) and chunk_text(chunk):
             ttft = time.perf_counter() - start
     t = model.timings()
     return {
@@ -307,20 +309,6 @@ def offload_plan(n_layers: int) -> dict[str, int]:
     return {"0 layers (CPU)": 0, f"{half} of {n_layers} layers": half, "all layers": -1}
 
 
-def offload_unavailable() -> str | None:
-    """Why layers cannot be offloaded to a GPU here, or None when they can."""
-    import llama_cpp
-
-    if not llama_cpp.llama_supports_gpu_offload():
-        return (
-            "this llama-cpp-python build has no GPU support (a CPU-only build); on a GPU "
-            'machine install a CUDA build: CMAKE_ARGS="-DGGML_CUDA=on" pip install llama-cpp-python'
-        )
-    if not gpu_offload_available():
-        return "llama-cpp-python can offload, but there is no CUDA GPU on this machine"
-    return None
-
-
 def offload_sweep(session, **bench_kw: Any) -> pd.DataFrame:
     """The chat model with none, half and all of its layers on the GPU."""
     reason = offload_unavailable()
@@ -380,14 +368,6 @@ def plot_summary(summary: pd.DataFrame, metric: str = "generated_tps", ax=None):
 # --- the benchmark command: library vs. llama-cpp-python called directly ----------------
 
 
-def _engine_timings(llm) -> Timings:
-    """llama.cpp's counters of a bare llama_cpp.Llama (what LlamaCppModel.timings reads)."""
-    import llama_cpp
-
-    data = llama_cpp.llama_perf_context(llm._ctx.ctx)
-    return Timings(data.n_p_eval, data.t_p_eval_ms, data.n_eval, data.t_eval_ms)
-
-
 def library_vs_raw(
     session,
     n_threads: int | None = None,
@@ -428,10 +408,10 @@ def library_vs_raw(
 
     def run_raw() -> tuple[Timings, float]:
         raw.reset()
-        llama_cpp.llama_perf_context_reset(raw._ctx.ctx)
+        restart_timings(raw)
         start = time.perf_counter()
         raw.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, stop=lib.stop)
-        return _engine_timings(raw), time.perf_counter() - start
+        return engine_timings(raw), time.perf_counter() - start
 
     rounds_done = []
     try:

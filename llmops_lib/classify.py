@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
@@ -209,18 +210,41 @@ def _decide(p: pd.Series, threshold: float) -> pd.Series:
 def accuracy_table(df: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """Accuracy per language and overall: parsed answers, and P(Yes) at 0.5 and `threshold`."""
     groups = dict(list(df.groupby("lang"))) | {"all": df}
+    thresholds = {"P(Yes) >= 0.5": 0.5, f"P(Yes) >= {threshold:.3f}": threshold}
     rows = {}
     for name, g in groups.items():
         rows[name] = {
             "texts": len(g),
             "answer parsed": accuracy(g, "prediction"),
             "neutral answers": float((g["prediction"] == NEUTRAL).mean()),
-            "P(Yes) >= 0.5": float((_decide(g["p_positive"], 0.5) == g["truth"]).mean()),
-            f"P(Yes) >= {threshold:.3f}": float(
-                (_decide(g["p_positive"], threshold) == g["truth"]).mean()
-            ),
+        } | {
+            label: float((_decide(g["p_positive"], t) == g["truth"]).mean())
+            for label, t in thresholds.items()
         }
     return pd.DataFrame(rows).T
+
+
+def plot_confusions(df: pd.DataFrame, panels: dict[str, str]):
+    """One truth x prediction matrix per {column: title}, counts written in the cells.
+
+    Drawn by hand rather than with sklearn's ConfusionMatrixDisplay: a neutral answer adds
+    a prediction column that has no truth row, so the matrix need not be square.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for ax, (column, title) in zip(axes[0], panels.items(), strict=True):
+        matrix = confusion(df, column)
+        counts = matrix.to_numpy()
+        ax.imshow(counts, cmap="Blues")
+        ax.set_xticks(range(matrix.shape[1]), matrix.columns)
+        ax.set_yticks(range(matrix.shape[0]), matrix.index)
+        ax.set(xlabel="predicted", ylabel="truth", title=title)
+        for (i, j), n in np.ndenumerate(counts):
+            colour = "white" if n > counts.max() / 2 else "black"
+            ax.text(j, i, n, ha="center", va="center", color=colour)
+    fig.tight_layout()
+    return fig
 
 
 def compare_precisions(

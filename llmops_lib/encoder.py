@@ -30,12 +30,7 @@ from . import datasets, provision, results
 
 def base_dir(session) -> Path:
     """Local folder of the session profile's encoder (the model SetFit starts from)."""
-    choice = session.choice("encoder")
-    if choice.backend != "setfit":
-        raise ValueError(
-            f"The encoder role of profile {session.profile.name!r} uses backend "
-            f"{choice.backend!r}, not 'setfit'; pick a profile whose encoder runs on SetFit."
-        )
+    choice = session.choice_on("encoder", "setfit", "pick a profile whose encoder runs on SetFit.")
     return provision.encoder_path(choice.spec)
 
 
@@ -48,15 +43,15 @@ def _quiet() -> Iterator[None]:
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="IProgress not found")
-        import datasets
+        import datasets as hf_datasets
         import transformers
         from setfit import logging as setfit_logging
 
-        ds_bars = datasets.is_progress_bar_enabled()
+        ds_bars = hf_datasets.is_progress_bar_enabled()
         tf_bars = transformers.utils.logging.is_progress_bar_enabled()
         sf_level = setfit_logging.get_verbosity()
         tf_level = transformers.logging.get_verbosity()
-        datasets.disable_progress_bars()
+        hf_datasets.disable_progress_bars()
         transformers.utils.logging.disable_progress_bar()
         setfit_logging.set_verbosity_error()
         transformers.logging.set_verbosity_error()
@@ -64,7 +59,7 @@ def _quiet() -> Iterator[None]:
             yield
         finally:
             if ds_bars:
-                datasets.enable_progress_bars()
+                hf_datasets.enable_progress_bars()
             if tf_bars:
                 transformers.utils.logging.enable_progress_bar()
             setfit_logging.set_verbosity(sf_level)

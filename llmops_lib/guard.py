@@ -54,14 +54,19 @@ class Verdict:
         return tuple(c.code for c in self.categories)
 
     @property
+    def named(self) -> str:
+        """The categories for people, as labels and refusals name them: 'S1 Violent Crimes, ...'."""
+        return ", ".join(f"{c.code} {c.name}" for c in self.categories)
+
+    @property
     def label(self) -> str:
         """One line for people: 'safe', 'unsafe: S1 Violent Crimes' or why it failed closed."""
         if self.safe:
             return "safe"
-        named = ", ".join(f"{c.code} {c.name}" for c in self.categories)
         if self.problem:
-            return f"unsafe (failed closed: {self.problem})" + (f": {named}" if named else "")
-        return f"unsafe: {named}"
+            named = f": {self.named}" if self.categories else ""
+            return f"unsafe (failed closed: {self.problem}){named}"
+        return f"unsafe: {self.named}"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -128,6 +133,14 @@ class Guard(Protocol):
     def judge(self, messages: list[dict[str, str]]) -> Verdict: ...
 
 
+def _starts_with_bos(prompt: str, bos: str | None) -> bool:
+    """Whether `prompt` already starts with BOS, so the tokenizer must not add another.
+
+    Llama Guard 3's template writes <|begin_of_text|> itself; Llama Guard 2's does not.
+    """
+    return bool(bos) and prompt.lstrip().startswith(bos)
+
+
 class CompletionGuard:
     """A guard model that gets the complete Llama Guard prompt and answers with text.
 
@@ -185,13 +198,10 @@ class LlamaCppGuard(CompletionGuard):
             LlamaGrammar.from_string(verdict_grammar(policy), verbose=False) if constrain else None
         )
         self.completion_kwargs = completion_kwargs
-        bos = model.llm.token_bos()
-        self._bos_text = model.llm.detokenize([bos], special=True).decode() if bos >= 0 else ""
 
     def complete(self, prompt: str) -> tuple[str, str]:
         """The guard's raw answer and llama.cpp's finish reason ('stop' or 'length')."""
-        # Llama Guard 3's template writes <|begin_of_text|> itself; add BOS only when absent.
-        add_bos = not (self._bos_text and prompt.lstrip().startswith(self._bos_text))
+        add_bos = not _starts_with_bos(prompt, self.model.formatter.bos_token)
         tokens = self.model.llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
         out = self.model.llm.create_completion(
             tokens,
@@ -217,24 +227,9 @@ class TransformersGuard(CompletionGuard):
         self.max_tokens = max_tokens
 
     def complete(self, prompt: str) -> tuple[str, str]:
-        import torch
-
-        tok, lm = self.model.tokenizer, self.model.model
-        has_bos = bool(tok.bos_token) and prompt.lstrip().startswith(tok.bos_token)
-        ids = tok(prompt, add_special_tokens=not has_bos, return_tensors="pt").input_ids
-        ids = ids.to(lm.device)
-        with torch.inference_mode():
-            out = lm.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=self.max_tokens,
-                do_sample=False,
-                pad_token_id=tok.pad_token_id or tok.eos_token_id,
-            )
-        new = out[0, ids.shape[1] :].tolist()
-        eos = lm.generation_config.eos_token_id
-        stopped = bool(new) and new[-1] in (eos if isinstance(eos, list) else [eos])
-        return tok.decode(new, skip_special_tokens=True), "stop" if stopped else "length"
+        """The guard's raw answer and the finish reason ('stop' or 'length')."""
+        add_bos = not _starts_with_bos(prompt, self.model.tokenizer.bos_token)
+        return self.model.complete(prompt, self.max_tokens, add_bos=add_bos)
 
 
 def load_guard(session: Any, n_ctx: int = 2048) -> CompletionGuard:
@@ -260,7 +255,13 @@ class AuditLog:
     """
 
     def __init__(self, path: str | Path | None = None) -> None:
-        self.path = Path(path) if path else new_path("guard-audit", ".jsonl")
+        if path:
+            self.path = Path(path)
+        else:
+            self.path = new_path("guard-audit", ".jsonl")
+            # Create it now (exclusively): new_path skips names that exist, so a second
+            # log started in the same second gets a name of its own.
+            self.path.touch(mode=0o644, exist_ok=False)
 
     def append(self, record: dict[str, Any]) -> None:
         data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
@@ -316,11 +317,36 @@ def refusal(stage: str, verdict: Verdict) -> str:
     """The message shown instead of a reply, naming what the guard flagged."""
     what = "your message" if stage == "input" else "the answer"
     if verdict.categories:
-        named = ", ".join(f"{c.code} {c.name}" for c in verdict.categories)
-        return f"Sorry, I can't help with this: the {stage} check flagged {what} as {named}."
+        return (
+            f"Sorry, I can't help with this: the {stage} check flagged {what} as {verdict.named}."
+        )
     return (
         f"Sorry, I can't help with this: the {stage} check gave no usable verdict on {what} "
         f"({verdict.problem}), so it is refused (fail closed)."
+    )
+
+
+def replies_table(replies: list[GuardedReply], raw: bool = False) -> pd.DataFrame:
+    """One row per reply: both verdicts, whether it was shown, and the start of its text.
+
+    With `raw`, the input check also shows the guard's raw answer (the prompt guard's
+    p_harmful, say), to see how close a call was.
+    """
+    return pd.DataFrame(
+        [
+            {
+                "prompt": r.user,
+                "input check": (
+                    f"{r.input_verdict.label} ({r.input_verdict.raw})"
+                    if raw
+                    else r.input_verdict.label
+                ),
+                "output check": r.output_verdict.label if r.output_verdict else "(not run)",
+                "shown": r.shown,
+                "answer shown to the user": r.text[:70],
+            }
+            for r in replies
+        ]
     )
 
 

@@ -66,12 +66,14 @@ def metrics(scored: pd.DataFrame) -> pd.Series:
     harmful prompts, the share flagged; FPR: of the benign prompts, the share flagged
     (each one a user wrongly refused).
     """
+    from sklearn.metrics import confusion_matrix
+
     truth = scored["label"] == HARMFUL
     flagged = scored["predicted"] == HARMFUL
-    tp, fp = int((truth & flagged).sum()), int((~truth & flagged).sum())
-    fn, tn = int((truth & ~flagged).sum()), int((~truth & ~flagged).sum())
-    if tp + fn == 0 or fp + tn == 0:
+    if truth.all() or not truth.any():
         raise ValueError("metrics() needs harmful and benign rows in the scored set.")
+    counts = confusion_matrix(truth, flagged, labels=[False, True]).ravel()
+    tn, fp, fn, tp = (int(n) for n in counts)
     return pd.Series(
         {
             "precision": tp / (tp + fp) if tp + fp else float("nan"),

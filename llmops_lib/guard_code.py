@@ -23,28 +23,16 @@ import pandas as pd
 # ```lang\n ... ``` blocks in Markdown; the tag is optional.
 _FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)```", re.DOTALL)
 
-# Markdown fence tags -> CodeShield Language values (see codeshield's languages.py).
-_LANGUAGE_TAGS = {
-    "c": "c",
-    "cpp": "cpp",
+# Markdown fence tags that are not CodeShield Language values; any other tag is looked
+# up among those values (c, cpp, python, ...; see codeshield's languages.py).
+_LANGUAGE_ALIASES = {
     "c++": "cpp",
-    "csharp": "csharp",
     "cs": "csharp",
     "c#": "csharp",
-    "hack": "hack",
-    "java": "java",
-    "javascript": "javascript",
     "js": "javascript",
-    "kotlin": "kotlin",
     "objective-c": "objective_c",
     "objc": "objective_c",
-    "php": "php",
-    "python": "python",
     "py": "python",
-    "ruby": "ruby",
-    "rust": "rust",
-    "swift": "swift",
-    "xml": "xml",
 }
 
 
@@ -108,8 +96,10 @@ def scan_block(block: CodeBlock) -> ScanResult:
         from codeshield.insecure_code_detector.languages import Language
     except Exception as err:  # noqa: BLE001 - not installed or broken: say so, never "secure"
         return ScanResult(block, "unavailable", error=f"CodeShield not usable: {err}")
-    tag = _LANGUAGE_TAGS.get(block.language or "")
-    language = Language(tag) if tag else None
+    tag = _LANGUAGE_ALIASES.get(block.language or "", block.language)
+    # 'language_agnostic' names only CodeShield's shared rules: scan it like a missing tag.
+    named = {lang.value for lang in Language} - {Language.LANGUAGE_AGNOSTIC.value}
+    language = Language(tag) if tag in named else None
     with _listen("codeshield") as errors:
         try:
             # A worker thread has no event loop yet, also inside Jupyter (which runs one).

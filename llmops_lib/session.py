@@ -31,19 +31,27 @@ class Session:
         """Local GGUF file for a llama.cpp role (assembled or downloaded on first use)."""
         return provision.gguf_path(self.spec(role))
 
-    def llamacpp_model(self, role: str, needs: str) -> tuple[Path, bool]:
+    def choice_on(self, role: str, backend: str, instead: str) -> Choice:
+        """The role's choice, or a clear error when the profile runs it on another backend.
+
+        Every loader asks here (llama.cpp, transformers, SetFit), so a role used with the
+        wrong backend fails alike everywhere; `instead` ends the error: what to do instead.
+        """
+        choice = self.choice(role)
+        if choice.backend != backend:
+            raise ValueError(
+                f"The {role!r} role of profile {self.profile.name!r} runs {choice.model} on "
+                f"{choice.backend}, not {backend}; {instead}"
+            )
+        return choice
+
+    def llamacpp_model(self, role: str, instead: str) -> tuple[Path, bool]:
         """The role's GGUF and whether the course must supply Gemma's turns for it.
 
         Every llama.cpp runner (in-process model, llama_cpp.server, llama-server) asks here,
-        so the check and the turn-format decision live in one place. `needs` ends the error
-        for a role that is not served by llama.cpp: what to do instead.
+        so the turn-format decision lives in one place.
         """
-        choice = self.choice(role)
-        if choice.backend != "llamacpp":
-            raise ValueError(
-                f"The {role!r} role of profile {self.profile.name!r} runs {choice.model} on "
-                f"{choice.backend}, not llama.cpp; {needs}"
-            )
+        choice = self.choice_on(role, "llamacpp", instead)
         return self.gguf_path(role), choice.spec.turn_format == "gemma"
 
     def chat_model(self, role: str = "chat", n_ctx: int = 2048, **kwargs: Any):

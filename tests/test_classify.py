@@ -114,3 +114,27 @@ def test_results_are_never_overwritten(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         p.name for p in (xlsx1, csv1, xlsx2, csv2)
     )
+
+
+def test_confusion_plots_write_each_count_in_its_cell():
+    scored = pd.DataFrame(
+        {
+            "truth": [POSITIVE, POSITIVE, NEGATIVE, NEGATIVE, NEGATIVE],
+            "prediction": [POSITIVE, NEUTRAL, NEGATIVE, POSITIVE, NEGATIVE],
+            "prediction_p": [POSITIVE, POSITIVE, NEGATIVE, NEGATIVE, POSITIVE],
+        }
+    )
+    fig = classify.plot_confusions(scored, {"prediction": "parsed", "prediction_p": "P(Yes)"})
+    assert [ax.get_title() for ax in fig.axes] == ["parsed", "P(Yes)"]
+    for ax, column in zip(fig.axes, ("prediction", "prediction_p"), strict=True):
+        matrix = classify.confusion(scored, column)
+        written = {
+            (round(t.get_position()[1]), round(t.get_position()[0])): int(t.get_text())
+            for t in ax.texts
+        }
+        assert written == {
+            (i, j): int(matrix.iat[i, j])
+            for i in range(matrix.shape[0])
+            for j in range(matrix.shape[1])
+        }
+        assert [t.get_text() for t in ax.get_xticklabels()] == list(matrix.columns)

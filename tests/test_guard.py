@@ -12,9 +12,11 @@ from llmops_lib import guard_classifier, guard_code
 from llmops_lib.guard import (
     AuditLog,
     GuardedChat,
+    GuardedReply,
     LlamaCppGuard,
     Verdict,
     parse_verdict,
+    replies_table,
     verdict_grammar,
 )
 from llmops_lib.guard_prompts import (
@@ -113,6 +115,19 @@ def test_category_tables_follow_the_model_cards():
 def test_bad_conversations_are_rejected_with_a_clear_error(messages):
     with pytest.raises(ValueError, match="message|user"):
         guard_prompt(messages, LLAMA_GUARD_3)
+
+
+@pytest.mark.parametrize("role", ["tool", "system"])
+def test_a_turn_that_is_neither_user_nor_assistant_is_rejected(role):
+    # at an odd position Meta's alternation check alone would let it through
+    messages = [{"role": "user", "content": USER}, {"role": role, "content": REPLY}]
+    with pytest.raises(ValueError, match=f"role '{role}'; only user and assistant turns"):
+        guard_prompt(messages, LLAMA_GUARD_3)
+
+
+def test_policy_compiles_its_template_once():
+    assert LLAMA_GUARD_2.template is LLAMA_GUARD_2.template
+    assert LLAMA_GUARD_2.template is not LLAMA_GUARD_3.template
 
 
 # --- verdicts --------------------------------------------------------------------------
@@ -298,6 +313,39 @@ def _append_many(path: str, writer: int) -> None:
     log = AuditLog(path)
     for i in range(200):
         log.append({"writer": writer, "i": i, "pad": "x" * 3000})
+
+
+def test_audit_logs_started_together_get_files_of_their_own(tmp_path, monkeypatch):
+    from llmops_lib import results
+
+    monkeypatch.setattr(results, "RESULTS_DIR", tmp_path)
+    first, second = AuditLog(), AuditLog()  # same second: same timestamp in the name
+    assert first.path != second.path
+    assert first.path.exists() and second.path.exists()  # names reserved at once
+    assert first.records() == [] and first.table().empty
+
+
+def test_replies_table_shows_both_checks_and_the_start_of_the_text():
+    blocked = parse_verdict("unsafe\nS9")
+    replies = [
+        GuardedReply("a", "q1", "x" * 100, True, None, parse_verdict("safe"), Verdict(True), {}),
+        GuardedReply("b", "q2", "Sorry", False, "input", blocked, None, {}),
+    ]
+    table = replies_table(replies)
+    assert list(table.columns) == [
+        "prompt",
+        "input check",
+        "output check",
+        "shown",
+        "answer shown to the user",
+    ]
+    assert table["prompt"].tolist() == ["q1", "q2"]
+    assert table["input check"].tolist() == ["safe", "unsafe: S9 Indiscriminate Weapons"]
+    assert table["output check"].tolist() == ["safe", "(not run)"]
+    assert table["shown"].tolist() == [True, False]
+    assert table["answer shown to the user"].tolist() == ["x" * 70, "Sorry"]
+    raw = replies_table(replies, raw=True)["input check"].tolist()
+    assert raw == ["safe (safe)", "unsafe: S9 Indiscriminate Weapons (unsafe\nS9)"]
 
 
 def test_empty_user_message_is_an_error(audit):

@@ -15,38 +15,29 @@ LLAMA_8B = catalog.get("llama-3.1-8b-instruct")
 LLAMA_70B = catalog.get("llama-3.1-70b-instruct")
 TINY = catalog.get("gemma-3-270m")
 
-# https://huggingface.co/blog/llama31, "Inference Memory Requirements": weights in GB.
-PUBLISHED_WEIGHTS_GB = {
-    (LLAMA_8B, "fp16"): 16,
-    (LLAMA_8B, "fp8"): 8,
-    (LLAMA_8B, "int4"): 4,
-    (LLAMA_70B, "fp16"): 140,
-    (LLAMA_70B, "fp8"): 70,
-    (LLAMA_70B, "int4"): 35,
-}
-# The same post's FP16 KV-cache table. Its "GB" are GiB, and its "1k" is 1024 tokens while
-# "16k" and "128k" are 16,000 and 128,000 tokens (huggingface/blog issue #2345 works it out).
-PUBLISHED_KV_GIB = {
-    (LLAMA_8B, 1024): 0.125,
-    (LLAMA_8B, 16_000): 1.95,
-    (LLAMA_8B, 128_000): 15.62,
-    (LLAMA_70B, 1024): 0.313,
-    (LLAMA_70B, 16_000): 4.88,
-    (LLAMA_70B, 128_000): 39.06,
-}
 
-
-@pytest.mark.parametrize(("key", "published"), PUBLISHED_WEIGHTS_GB.items(), ids=str)
+@pytest.mark.parametrize(("key", "published"), memory.LLAMA31_BLOG_WEIGHTS_GB.items(), ids=str)
 def test_weights_match_the_llama31_blog(key, published):
-    spec, precision = key
+    model, precision = key
+    spec = catalog.get(model)
     assert memory.weight_bytes(spec, precision) / memory.GB == pytest.approx(published, rel=0.01)
 
 
-@pytest.mark.parametrize(("key", "published"), PUBLISHED_KV_GIB.items(), ids=str)
+@pytest.mark.parametrize(("key", "published"), memory.LLAMA31_BLOG_KV_GIB.items(), ids=str)
 def test_kv_cache_matches_the_llama31_blog(key, published):
-    spec, tokens = key
+    model, tokens = key
+    spec = catalog.get(model)
     got = memory.kv_cache_bytes(spec, tokens) / memory.GIB
     assert got == pytest.approx(published, rel=0.01)
+
+
+def test_blog_comparison_table_shows_every_published_figure_within_one_percent():
+    table = memory.versus_llama31_blog()
+    assert list(table.index) == ["FP16", "FP8", "INT4", "KV 1k", "KV 16k", "KV 128k"]
+    published = table["published"].stack().sort_values().tolist()
+    expected = [*memory.LLAMA31_BLOG_WEIGHTS_GB.values(), *memory.LLAMA31_BLOG_KV_GIB.values()]
+    assert published == sorted(expected)
+    assert (table["deviation %"].abs() < 1).all().all()
 
 
 def test_kv_cache_scales_with_batch_and_dtype():
