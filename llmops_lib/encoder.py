@@ -13,8 +13,6 @@ the profile's encoder (MiniLM from PyPI offline, BGE from the Hub elsewhere).
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import tempfile
 import time
 import warnings
@@ -119,15 +117,12 @@ class EncoderClassifier:
         The folder appears complete or not at all: it is written beside its final name
         and renamed into place.
         """
-        target = results.new_path(stem, "", directory)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-        try:
+
+        def write(tmp: Path) -> None:
             with _quiet():
                 self.model.save_pretrained(str(tmp))
-            os.rename(tmp, target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return target
+
+        return results.write_atomic_dir(results.new_path(stem, "", directory), write)
 
     @classmethod
     def load(cls, directory: str | Path) -> EncoderClassifier:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -22,7 +20,7 @@ from typing import Any
 
 import psutil
 
-from . import memory, provision
+from . import memory, provision, results
 from .catalog import ModelSpec
 from .hardware import Hardware
 from .llamacpp import GEMMA_STOP, GEMMA_TEMPLATE, Timings
@@ -51,9 +49,8 @@ def tiny_hf_dir() -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = provision.tiny_gguf()
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{TINY_HF_DIR}-"))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared like the GGUF beside it
-    try:
+
+    def convert(tmp: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         tokenizer.chat_template = GEMMA_TEMPLATE  # the base GGUF carries none
         loaded = AutoModelForCausalLM.from_pretrained(
@@ -69,15 +66,11 @@ def tiny_hf_dir() -> Path:
         ]
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process finished the same conversion first
-            if not target.is_dir():
-                raise
-            shutil.rmtree(tmp)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    try:
+        results.write_atomic_dir(target, convert)
+    except FileExistsError:
+        pass  # another process finished the same conversion first
     return target
 
 

@@ -22,7 +22,7 @@ import pandas as pd
 
 from .llamacpp import GEMMA_TEMPLATE, check_gguf, default_threads
 from .provision import cache_dir
-from .server import HOST, ServerProcess
+from .server import HOST, ServerProcess, positive
 
 TOOLS = ("llama-server", "llama-bench", "llama-perplexity", "llama-quantize")
 BUILD_HINT = (
@@ -61,12 +61,6 @@ def tool_path(name: str) -> Path:
     return path
 
 
-def _positive(name: str, value: int) -> int:
-    if not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive whole number.")
-    return value
-
-
 def llama_bench(
     model_path: str | Path,
     n_threads: int | None = None,
@@ -86,10 +80,10 @@ def llama_bench(
     were built for CUDA).
     """
     model = check_gguf(model_path)
-    threads = _positive("n_threads", default_threads() if n_threads is None else n_threads)
-    _positive("n_prompt", n_prompt)
-    _positive("n_gen", n_gen)
-    _positive("reps", reps)
+    threads = positive("n_threads", default_threads() if n_threads is None else n_threads)
+    positive("n_prompt", n_prompt)
+    positive("n_gen", n_gen)
+    positive("reps", reps)
     if not n_depth or any(not isinstance(d, int) or d < 0 for d in n_depth):
         raise ValueError(f"n_depth={n_depth!r} must be a tuple of whole numbers >= 0, e.g. (0,).")
     cmd = [str(tool_path("llama-bench")), "-m", str(model), "-t", str(threads)]
@@ -193,7 +187,7 @@ class LlamaServer(ServerProcess):
         extra_args: tuple[str, ...] = (),
     ) -> None:
         super().__init__(model_path, n_ctx, n_threads, startup_timeout_s=startup_timeout_s)
-        self.n_parallel = _positive("n_parallel", n_parallel)
+        self.n_parallel = positive("n_parallel", n_parallel)
         self.chat_template = chat_template
         self.n_gpu_layers = n_gpu_layers
         self.extra_args = tuple(extra_args)

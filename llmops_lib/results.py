@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from datetime import datetime
@@ -37,6 +38,28 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
         os.link(tmp, path)  # fails if `path` appeared meanwhile: never overwrite
     finally:
         os.unlink(tmp)
+    return path
+
+
+def write_atomic_dir(path: Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp)` on a temporary folder beside `path`, then rename it into place.
+
+    Readers see either no folder or the complete one. An existing folder is never replaced:
+    FileExistsError (for a cache: another process finished the same work first).
+    """
+    path = Path(path)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
+    tmp.chmod(0o755)  # mkdtemp makes it private; results and caches are read by others too
+    try:
+        write(tmp)
+        if path.exists():
+            raise FileExistsError(f"{path} exists already; it is never replaced.")
+        try:
+            os.rename(tmp, path)
+        except OSError as err:  # appeared meanwhile (a non-empty folder cannot be replaced)
+            raise FileExistsError(f"{path} exists already; it is never replaced.") from err
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 

@@ -61,6 +61,13 @@ def gemma_tokenizer_config() -> dict[str, str]:
     }
 
 
+def positive(name: str, value: int) -> int:
+    """`value` when it is a whole number >= 1, else an error that names the argument."""
+    if not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} must be a positive whole number.")
+    return value
+
+
 def free_port(host: str = HOST) -> int:
     """A TCP port that nothing listens on right now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -98,12 +105,8 @@ class ServerProcess:
         self.model_path = check_gguf(model_path)
         # One core is left to the clients on the same machine (the notebook, a load test):
         # a llama.cpp thread that has to share its core stalls all the others at each step.
-        n_threads = n_threads or max(1, default_threads() - 1)
-        for arg, value in (("n_ctx", n_ctx), ("n_threads", n_threads)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{arg}={value!r} must be a positive whole number.")
-        self.n_ctx = n_ctx
-        self.n_threads = n_threads
+        self.n_ctx = positive("n_ctx", n_ctx)
+        self.n_threads = positive("n_threads", n_threads or max(1, default_threads() - 1))
         self._auto_port = port is None
         self.port = port or free_port()
         self.startup_timeout_s = startup_timeout_s
