@@ -5,7 +5,7 @@ VENV   := .venv
 STAMP  := $(VENV)/.installed
 export LLMOPS_PROFILE ?= tiny
 
-.PHONY: setup lab test lint clean
+.PHONY: setup lab test notebooks lint clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml scripts/setup_env.sh
 	scripts/setup_env.sh
@@ -21,6 +21,11 @@ lab: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest --nbval-lax --nbval-current-env tests notebooks
+
+# Re-execute the notebooks one at a time in fresh kernels (refuses on a busy machine); the
+# committed outputs come only from this. NB=notebooks/05_conversations.ipynb for one.
+notebooks: setup
+	scripts/run_notebooks.sh $(NB)
 
 lint: setup
 	$(VENV)/bin/ruff check llmops_lib tests

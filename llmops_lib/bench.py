@@ -8,38 +8,24 @@ Python's share of each call does not blur them (transformers has none; its backe
 clocks generate()'s streamer). Time to first token is a stopwatch on the stream,
 because that is what a user waits for.
 
-Run `python -m llmops_lib.bench` to check that the library adds no overhead to
-llama-cpp-python and to see decode speed as a fraction of the memory-bandwidth roofline.
+`sweeps.py` runs the course's experiments on this harness; `python -m llmops_lib.bench_cli`
+checks from a terminal that the library adds no overhead to llama-cpp-python.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import json
 import math
-import os
-import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any
 
 import pandas as pd
 import psutil
-from tqdm import tqdm
 
-from . import memory, native, roofline
-from .llamacpp import (
-    LlamaCppModel,
-    Timings,
-    chunk_text,
-    engine_timings,
-    offload_unavailable,
-    restart_timings,
-)
+from .backend import LocalModel, chunk_text
 
-TINY_MODEL = "gemma-3-270m"  # the model every machine has: the backend comparison uses it
 # A prompt of ~180 tokens (a system prompt with background, then the question), so that
 # prefill is long enough to measure, as in a real chat or retrieval prompt.
 MESSAGES = [
@@ -89,18 +75,6 @@ SUMMARY_COLUMNS = [
     "rss_added_mb",
     "weight_bytes",
 ]
-
-
-class ChatBackend(Protocol):
-    """What bench() needs from a model: LlamaCppModel and the transformers backend."""
-
-    def chat(
-        self, messages: list[dict[str, str]], max_tokens: int, temperature: float, stream: bool
-    ) -> Any: ...
-
-    def timings(self) -> Timings: ...
-
-    def close(self) -> None: ...
 
 
 def _gpu_used_bytes() -> int | None:
@@ -157,32 +131,9 @@ class PeakMemory:
         return row
 
 
-def weight_bytes(model: ChatBackend) -> int:
-    """Bytes of weights the model reads per generated token (its tensors, as loaded)."""
-    from .hf import HFModel
-
-    if isinstance(model, LlamaCppModel):
-        return int(model.llm._model.size())
-    if isinstance(model, HFModel):
-        return int(model.footprint_bytes)
-    raise TypeError(
-        f"weight_bytes() does not know the backend {type(model).__name__}; "
-        "use a LlamaCppModel or an hf.HFModel."
-    )
-
-
-def _start_fresh(model: ChatBackend) -> None:
-    """Process the whole prompt on every repetition (see LlamaCppModel.reset).
-
-    transformers keeps no cache between calls, so only llama.cpp needs it.
-    """
-    if isinstance(model, LlamaCppModel):
-        model.reset()
-
-
-def run_once(model: ChatBackend, messages: list[dict[str, str]], max_tokens: int) -> dict:
+def run_once(model: LocalModel, messages: list[dict[str, str]], max_tokens: int) -> dict:
     """One greedy streamed completion: time to first token and the engine's counters."""
-    _start_fresh(model)
+    model.reset()  # process the whole prompt on every repetition (see LlamaCppModel.reset)
     start = time.perf_counter()
     ttft = math.nan
     chunks: Iterator[dict[str, Any]] = model.chat(
@@ -203,7 +154,7 @@ def run_once(model: ChatBackend, messages: list[dict[str, str]], max_tokens: int
 
 
 def bench(
-    load: Callable[[], ChatBackend],
+    load: Callable[[], LocalModel],
     config: str,
     messages: list[dict[str, str]] = MESSAGES,
     max_tokens: int = 32,
@@ -228,7 +179,7 @@ def bench(
             for _ in range(warmup):
                 run_once(model, messages, max_tokens)
             runs = [run_once(model, messages, max_tokens) for _ in range(reps)]
-            weights = weight_bytes(model)
+            weights = model.weight_bytes()
         finally:
             model.close()
     fixed = {"config": config, "load_s": load_s, **peak.as_dict(), "weight_bytes": weights}
@@ -237,7 +188,7 @@ def bench(
     return pd.DataFrame(rows, columns=columns)
 
 
-def _iqr(values: pd.Series) -> float:
+def iqr(values: pd.Series) -> float:
     return float(values.quantile(0.75) - values.quantile(0.25))
 
 
@@ -246,110 +197,9 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     grouped = runs.drop(columns="rep").groupby("config", sort=False)
     medians = grouped.median()
     for name in VARYING:
-        medians[f"{name}_iqr"] = grouped[name].agg(_iqr)
+        medians[f"{name}_iqr"] = grouped[name].agg(iqr)
     extra = ["peak_gpu_mb"] if "peak_gpu_mb" in runs else []
     return medians[SUMMARY_COLUMNS + extra]
-
-
-def thread_sweep(session, threads: tuple[int, ...] = (1, 2), **bench_kw: Any) -> pd.DataFrame:
-    """The chat model on llama.cpp at each thread count (CPU only: n_gpu_layers=0).
-
-    Both thread counts are set: n_threads (decode) and n_threads_batch (prefill), which
-    llama-cpp-python otherwise sets to all logical cores whatever n_threads says.
-    """
-    frames = [
-        bench(
-            lambda n=n: session.chat_model(n_threads=n, n_threads_batch=n, n_gpu_layers=0),
-            f"{n} thread{'s' * (n > 1)}",
-            **bench_kw,
-        )
-        for n in tqdm(threads, desc="thread sweep")
-    ]
-    return pd.concat(frames, ignore_index=True)
-
-
-def backend_comparison(
-    session, precisions: tuple[str, ...] = ("fp32", "int8", "nf4"), **bench_kw: Any
-) -> pd.DataFrame:
-    """The tiny Gemma 3 270M on llama.cpp (Q4_K_M GGUF) and on transformers in `precisions`.
-
-    The same weights (transformers reads them converted from the same GGUF), the same
-    prompt and the same greedy decoding, on each backend's default device. A precision
-    this machine cannot run fails with hf.PrecisionError before loading.
-    """
-    from . import catalog, hf, provision
-    from .llamacpp import GEMMA_STOP, GEMMA_TEMPLATE
-
-    tiny = catalog.get(TINY_MODEL)
-    frames = [
-        bench(
-            lambda: LlamaCppModel(
-                provision.tiny_gguf(), chat_template=GEMMA_TEMPLATE, stop=GEMMA_STOP
-            ),
-            "llama.cpp Q4_K_M",
-            **bench_kw,
-        )
-    ]
-    for precision in tqdm(precisions, desc="transformers"):
-        frames.append(
-            bench(
-                lambda p=precision: hf.load(tiny, p, session.hardware),
-                f"transformers {precision}",
-                **bench_kw,
-            )
-        )
-    return pd.concat(frames, ignore_index=True)
-
-
-def offload_plan(n_layers: int) -> dict[str, int]:
-    """n_gpu_layers for none, half and all of the layers (-1: all, output layer included)."""
-    if n_layers < 1:
-        raise ValueError(f"n_layers={n_layers} is not a layer count; use 1 or more.")
-    half = n_layers // 2
-    return {"0 layers (CPU)": 0, f"{half} of {n_layers} layers": half, "all layers": -1}
-
-
-def offload_sweep(session, **bench_kw: Any) -> pd.DataFrame:
-    """The chat model with none, half and all of its layers on the GPU."""
-    reason = offload_unavailable()
-    if reason:
-        raise RuntimeError(f"Cannot sweep n_gpu_layers: {reason}.")
-    plan = offload_plan(session.spec("chat").n_layers)
-    frames = [
-        bench(lambda n=n: session.chat_model(n_gpu_layers=n), label, **bench_kw)
-        for label, n in tqdm(plan.items(), desc="offload sweep")
-    ]
-    return pd.concat(frames, ignore_index=True)
-
-
-def roofline_points(
-    summary: pd.DataFrame, spec, bandwidth_gbs: float, kv_bytes_per_value: float = 2
-) -> pd.DataFrame:
-    """Per configuration: bytes read per generated token, the roofline and the fraction reached.
-
-    Bytes per token = the weights + the KV cache at the mean context length of the decode
-    (prompt + half the generated tokens), at llama.cpp's default 16-bit cache.
-    """
-    kv = [
-        memory.kv_cache_bytes(spec, max(1, round(p + g / 2)), bytes_per_value=kv_bytes_per_value)
-        for p, g in zip(summary["prompt_tokens"], summary["generated_tokens"], strict=True)
-    ]
-    per_token = [
-        roofline.bytes_per_token(w, k) for w, k in zip(summary["weight_bytes"], kv, strict=True)
-    ]
-    points = pd.DataFrame(
-        {
-            "label": summary.index.astype(str),
-            "weight_bytes": summary["weight_bytes"].to_numpy(),
-            "kv_bytes": kv,
-            "bytes_per_token": per_token,
-            "generated_tps": summary["generated_tps"].to_numpy(),
-        },
-        index=summary.index,
-    )
-    points["roofline_tps"] = [roofline.roofline_tps(bandwidth_gbs, b) for b in per_token]
-    points["roofline_fraction"] = points["generated_tps"] / points["roofline_tps"]
-    return points
 
 
 def plot_summary(summary: pd.DataFrame, metric: str = "generated_tps", ax=None):
@@ -363,154 +213,3 @@ def plot_summary(summary: pd.DataFrame, metric: str = "generated_tps", ax=None):
     ax.set(ylabel=metric, title=f"{metric} (median, IQR)")
     ax.grid(True, axis="y", alpha=0.3)
     return ax
-
-
-# --- the benchmark command: library vs. llama-cpp-python called directly ----------------
-
-
-def library_vs_raw(
-    session,
-    n_threads: int | None = None,
-    max_tokens: int = 64,
-    rounds: int = 9,
-    messages: list[dict[str, str]] = MESSAGES,
-    n_ctx: int = 2048,
-) -> dict[str, Any]:
-    """Decode speed through LlamaCppModel.chat vs. llama_cpp.Llama.create_completion.
-
-    Same file, n_ctx, threads, n_gpu_layers and seed; the same prompt tokens; greedy;
-    the same max_tokens. Runs alternate (lib, raw, raw, lib, ...) so that a slow spell
-    of the machine hits both sides; the ratio is the median of the per-round ratios.
-    """
-    import llama_cpp
-
-    lib = session.chat_model(n_ctx=n_ctx, n_threads=n_threads)
-    try:
-        raw = llama_cpp.Llama(
-            model_path=str(lib.path),
-            n_ctx=n_ctx,
-            n_threads=lib.n_threads,
-            n_threads_batch=lib.llm.n_threads_batch,
-            n_gpu_layers=lib.n_gpu_layers,
-            seed=0,
-            verbose=False,
-        )
-    except Exception:
-        lib.close()
-        raise
-    prompt = raw.tokenize(lib.prompt_text(messages).encode("utf-8"), add_bos=False, special=True)
-
-    def run_lib() -> tuple[Timings, float]:
-        lib.reset()
-        start = time.perf_counter()
-        lib.chat(messages, max_tokens=max_tokens, temperature=0.0)
-        return lib.timings(), time.perf_counter() - start
-
-    def run_raw() -> tuple[Timings, float]:
-        raw.reset()
-        restart_timings(raw)
-        start = time.perf_counter()
-        raw.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, stop=lib.stop)
-        return engine_timings(raw), time.perf_counter() - start
-
-    rounds_done = []
-    try:
-        run_lib()  # warm-up, both sides
-        run_raw()
-        for i in tqdm(range(rounds), desc="library vs raw"):
-            if i % 2:
-                (t_raw, raw_s), (t_lib, lib_s) = run_raw(), run_lib()
-            else:
-                (t_lib, lib_s), (t_raw, raw_s) = run_lib(), run_raw()
-            if (t_lib.prompt_tokens, t_lib.generated_tokens) != (
-                t_raw.prompt_tokens,
-                t_raw.generated_tokens,
-            ):
-                raise RuntimeError(
-                    f"library and raw runs did different work ({t_lib} vs {t_raw}); they must "
-                    "process the same prompt and generate the same tokens to be compared."
-                )
-            rounds_done.append((t_lib, lib_s, t_raw, raw_s))
-        weights = weight_bytes(lib)
-    finally:
-        lib.close()
-        raw.close()
-    ratios = [t_lib.generated_tps / t_raw.generated_tps for t_lib, _, t_raw, _ in rounds_done]
-    return {
-        "model": lib.path.name,
-        "n_threads": lib.n_threads,
-        "n_gpu_layers": lib.n_gpu_layers,
-        "max_tokens": max_tokens,
-        "rounds": rounds,
-        "prompt_tokens": t_lib.prompt_tokens,
-        "generated_tokens": t_lib.generated_tokens,
-        "weight_bytes": weights,
-        "library_tps": statistics.median(r[0].generated_tps for r in rounds_done),
-        "raw_tps": statistics.median(r[2].generated_tps for r in rounds_done),
-        # per round: library tokens/s / raw tokens/s, by the engine's counters ...
-        "library_raw_ratio": statistics.median(ratios),
-        "library_raw_ratio_iqr": _iqr(pd.Series(ratios)),
-        # best run against best run: the least disturbed of each side on a busy machine
-        "library_raw_ratio_best": max(r[0].generated_tps for r in rounds_done)
-        / max(r[2].generated_tps for r in rounds_done),
-        # ... and by a stopwatch around the whole call (templating and sampling included)
-        "library_raw_ratio_wall": statistics.median(
-            raw_s / lib_s for _, lib_s, _, raw_s in rounds_done
-        ),
-    }
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """The benchmark command: print (and save) the JSON summary."""
-    from . import results, setup
-
-    parser = argparse.ArgumentParser(
-        prog="python -m llmops_lib.bench",
-        description="Decode speed through llmops_lib vs. llama-cpp-python directly, and the "
-        "fraction of the memory-bandwidth roofline it reaches (profile: LLMOPS_PROFILE).",
-    )
-    parser.add_argument("--threads", type=int, default=None, help="default: physical cores")
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=25, help="interleaved library/raw pairs")
-    args = parser.parse_args(argv)
-
-    session = setup(quiet=True)
-    load_before = os.getloadavg()[0]
-    summary = library_vs_raw(
-        session, n_threads=args.threads, max_tokens=args.max_tokens, rounds=args.rounds
-    )
-    if summary["n_gpu_layers"] == 0:
-        bandwidth = roofline.memory_bandwidth(threads=summary["n_threads"])
-        row = pd.DataFrame([summary]).rename(columns={"library_tps": "generated_tps"})
-        point = roofline_points(row, session.spec("chat"), bandwidth).iloc[0]
-        summary.update(
-            bandwidth_gbs=bandwidth,
-            kv_bytes=float(point["kv_bytes"]),
-            bytes_per_token=float(point["bytes_per_token"]),
-            roofline_tps=float(point["roofline_tps"]),
-            roofline_fraction=float(point["roofline_fraction"]),
-        )
-    else:  # the CPU's copy bandwidth says nothing about layers that run on the GPU
-        summary.update(roofline_fraction=None, roofline_note="layers on the GPU: no CPU roofline")
-    # llama.cpp's own benchmark on the same model, threads and lengths: the raw engine.
-    raw = native.llama_bench(
-        session.gguf_path("chat"),
-        n_threads=summary["n_threads"],
-        n_prompt=summary["prompt_tokens"],
-        n_gen=args.max_tokens,
-        n_depth=(0, summary["prompt_tokens"]),  # decode after the prompt, as the library does
-        reps=3,
-    )
-    tg = native.phase_tps(raw)["generated"]
-    summary.update(llama_bench_tg_tps=tg, library_llama_bench_ratio=summary["library_tps"] / tg)
-    # Other programs' demand for the CPU (1-minute load average, before and after): a value
-    # near or above the core count means the figures were taken on a busy machine.
-    summary.update(load_average=[load_before, os.getloadavg()[0]], cpu_cores=os.cpu_count())
-    text = json.dumps(summary, indent=2)
-    print(text)
-    print(f"saved to {results.save_text(text, 'bench', '.json')}")
-    return summary
-
-
-if __name__ == "__main__":
-    main()

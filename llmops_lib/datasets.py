@@ -11,6 +11,8 @@ from importlib import resources
 
 import pandas as pd
 
+from .errors import unknown
+
 LABELS = ("negative", "positive")  # positive: the requested aid is recommended
 LANGS = ("en", "de")
 SETS = ("fewshot", "eval")
@@ -24,7 +26,7 @@ def load_assessments(lang: str | None = None) -> pd.DataFrame:
     the row number in the CSV, stable across calls, so splits can be compared by index.
     """
     if lang is not None and lang not in LANGS:
-        raise ValueError(f"Unknown language {lang!r}; use one of {LANGS} or None for all.")
+        raise unknown(lang, "language", LANGS, "Or None for all.")
     source = resources.files("llmops_lib") / "data" / "assessments.csv"
     with resources.as_file(source) as path:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)

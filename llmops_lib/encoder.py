@@ -23,13 +23,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from . import datasets, provision, results
-
-
-def base_dir(session) -> Path:
-    """Local folder of the session profile's encoder (the model SetFit starts from)."""
-    choice = session.choice_on("encoder", "setfit", "pick a profile whose encoder runs on SetFit.")
-    return provision.encoder_path(choice.spec)
+from . import datasets, results
 
 
 @contextlib.contextmanager
@@ -122,7 +116,7 @@ class EncoderClassifier:
             with _quiet():
                 self.model.save_pretrained(str(tmp))
 
-        return results.write_atomic_dir(results.new_path(stem, "", directory), write)
+        return results.save_dir(stem, write, directory)
 
     @classmethod
     def load(cls, directory: str | Path) -> EncoderClassifier:

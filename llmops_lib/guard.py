@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
+from . import results
 from .guard_prompts import (
     LLAMA_GUARD_3,
     Category,
@@ -33,7 +34,6 @@ from .guard_prompts import (
     guard_prompt,
     policy_for,
 )
-from .results import new_path
 
 
 @dataclass(frozen=True)
@@ -239,12 +239,8 @@ def load_guard(session: Any, n_ctx: int = 2048) -> CompletionGuard:
     (Llama Guard 3 on colab-t4 and multi-gpu) get the strict parser only.
     """
     choice = session.choice("guard")
-    policy = policy_for(choice.model)
-    if choice.backend == "llamacpp":
-        return LlamaCppGuard(session.chat_model("guard", n_ctx=n_ctx), policy)
-    from . import hf
-
-    return TransformersGuard(hf.from_session(session, "guard", n_ctx=n_ctx), policy)
+    guard = LlamaCppGuard if choice.backend == "llamacpp" else TransformersGuard
+    return guard(session.model("guard", n_ctx=n_ctx), policy_for(choice.model))
 
 
 class AuditLog:
@@ -258,10 +254,9 @@ class AuditLog:
         if path:
             self.path = Path(path)
         else:
-            self.path = new_path("guard-audit", ".jsonl")
-            # Create it now (exclusively): new_path skips names that exist, so a second
-            # log started in the same second gets a name of its own.
-            self.path.touch(mode=0o644, exist_ok=False)
+            # Created now, empty: a second log started in the same second, in this process
+            # or another, gets a name of its own.
+            self.path = results.save("guard-audit", ".jsonl", lambda tmp: None)
 
     def append(self, record: dict[str, Any]) -> None:
         data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")

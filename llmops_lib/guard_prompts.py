@@ -3,7 +3,7 @@
 Llama Guard judges ONE role of a conversation. With only the user's message it judges
 'User' (an input check); with the user's message followed by the model's reply it
 judges 'Agent' (an output check) and the user's message is the context the reply is
-judged in. Pasting the reply into the User slot, as the seed did, asks the guard the
+judged in. Pasting the reply into the User slot asks the guard the
 wrong question. The templates below are the chat templates Meta ships in the models'
 tokenizer configs (meta-llama/Meta-Llama-Guard-2-8B, meta-llama/Llama-Guard-3-8B),
 rendered with the same sandboxed Jinja as transformers' `apply_chat_template`; only the

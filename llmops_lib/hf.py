@@ -15,70 +15,22 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psutil
 
-from . import memory, provision, results
+from . import memory, provision
+from .backend import NO_TIMINGS, Timings, check_chat_args
 from .catalog import ModelSpec
+from .errors import unknown
 from .hardware import Hardware
-from .llamacpp import GEMMA_STOP, GEMMA_TEMPLATE, Timings
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "nf4")
+TRANSFORMERS_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "nf4")
 QUANTIZED = ("int8", "nf4")
-TINY_HF_DIR = "gemma-3-270m-hf"
 
 
 class PrecisionError(ValueError):
     """A precision this machine cannot run, or a model that does not fit; says what would."""
-
-
-def tiny_hf_dir() -> Path:
-    """The tiny Gemma 3 270M as a normal transformers folder, converted once from the GGUF.
-
-    transformers can read the GGUF directly, but it then dequantizes it on every load
-    (about a minute) and bitsandbytes cannot quantize it. So it is converted once: load,
-    drop the GGUF quantization config, rebuild from the config and save. The folder is
-    written under a temporary name and renamed, so a crash never leaves half a model.
-    """
-    target = provision.cache_dir() / TINY_HF_DIR
-    if target.is_dir():
-        return target
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = provision.tiny_gguf()
-
-    def convert(tmp: Path) -> None:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        tokenizer.chat_template = GEMMA_TEMPLATE  # the base GGUF carries none
-        loaded = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-        )
-        config = loaded.config
-        del config.quantization_config
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        model.load_state_dict(loaded.state_dict())
-        model.generation_config.eos_token_id = [
-            tokenizer.eos_token_id,
-            tokenizer.convert_tokens_to_ids(GEMMA_STOP),
-        ]
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-
-    try:
-        results.write_atomic_dir(target, convert)
-    except FileExistsError:
-        pass  # another process finished the same conversion first
-    return target
-
-
-def model_dir(spec: ModelSpec) -> Path:
-    """Local transformers folder for `spec`: the converted tiny model, else a Hub download."""
-    if spec.offline_package == provision.TINY_GGUF_PACKAGE:
-        return tiny_hf_dir()
-    return provision.hub_snapshot(spec)
 
 
 def device_for(hw: Hardware) -> str:
@@ -107,10 +59,8 @@ def compute_dtype(precision: str, hw: Hardware):
 
 
 def _require_known(precision: str) -> None:
-    if precision not in PRECISIONS:
-        raise PrecisionError(
-            f"Unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}."
-        )
+    if precision not in TRANSFORMERS_PRECISIONS:
+        raise unknown(precision, "transformers precision", TRANSFORMERS_PRECISIONS)
 
 
 def _budget_gb(hw: Hardware) -> float:
@@ -145,7 +95,8 @@ def check(spec: ModelSpec, precision: str, hw: Hardware, context_tokens: int = 2
     _require_known(precision)
     device = device_for(hw)
     where = hw.gpu_name if hw.has_gpu else "this CPU (free RAM)"
-    usable = [p for p in PRECISIONS if not (p == "bf16" and hw.has_gpu and not hw.bf16)]
+    no_bf16 = hw.has_gpu and not hw.bf16
+    usable = [p for p in TRANSFORMERS_PRECISIONS if not (p == "bf16" and no_bf16)]
     if device not in bitsandbytes_devices():
         usable = [p for p in usable if p not in QUANTIZED]
 
@@ -156,7 +107,7 @@ def check(spec: ModelSpec, precision: str, hw: Hardware, context_tokens: int = 2
             fit = _plan(spec, candidate, hw, context_tokens)
             if fit.fits:
                 return f"nearest option that fits: precision={candidate!r} ({fit.verdict})."
-        return f"no precision of {', '.join(PRECISIONS)} fits; use a smaller model."
+        return f"no precision of {', '.join(TRANSFORMERS_PRECISIONS)} fits; use a smaller model."
 
     if precision == "bf16" and hw.has_gpu and not hw.bf16:
         major, minor = hw.compute_capability or (0, 0)
@@ -266,11 +217,11 @@ class HFModel:
         self.precision = precision
         self.plan = check(spec, precision, hw, n_ctx)  # fails here, before any download
         self.device = device_for(hw)
-        self.path = model_dir(spec)
+        self.path = provision.hf_dir(spec)
         start = time.perf_counter()
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        if self.tokenizer.chat_template is None and spec.turn_format == "gemma":
-            self.tokenizer.chat_template = GEMMA_TEMPLATE
+        if self.tokenizer.chat_template is None and spec.turns:
+            self.tokenizer.chat_template = spec.turns.template
         self.model = AutoModelForCausalLM.from_pretrained(
             self.path,
             dtype=compute_dtype(precision, hw),
@@ -288,10 +239,12 @@ class HFModel:
     def n_ctx(self) -> int:
         return self._n_ctx
 
-    @property
-    def footprint_bytes(self) -> int:
+    def weight_bytes(self) -> int:
         """Bytes of parameters and buffers as transformers measures them."""
-        return self.model.get_memory_footprint()
+        return int(self.model.get_memory_footprint())
+
+    def reset(self) -> None:
+        """Nothing to forget: transformers keeps no cache between calls."""
 
     def prompt_text(self, messages: list[dict[str, str]]) -> str:
         """The exact prompt string the chat template builds from `messages`."""
@@ -376,6 +329,7 @@ class HFModel:
 
         Extra keyword arguments go to `model.generate` (e.g. repetition_penalty=1.2).
         """
+        check_chat_args(messages, max_tokens, temperature)
         gen = self._generate_kwargs(messages, max_tokens, temperature) | kwargs
         if stream:
             return self._stream(gen)
@@ -463,7 +417,7 @@ class HFModel:
     def timings(self) -> Timings:
         """Prefill and decode times of the last chat() call (from generate()'s streamer)."""
         if self._clock is None:
-            return Timings(0, 0.0, 0, 0.0)
+            return NO_TIMINGS
         return self._clock.timings(self._prompt_tokens)
 
     def close(self) -> None:
@@ -480,18 +434,3 @@ class HFModel:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def load(spec: ModelSpec, precision: str, hw: Hardware | None = None, n_ctx: int = 2048) -> HFModel:
-    """Load `spec` in `precision` on this machine (checked first, see `check`)."""
-    from .hardware import detect
-
-    return HFModel(spec, precision, hw or detect(check_token=False), n_ctx=n_ctx)
-
-
-def from_session(session, role: str = "classifier", precision: str | None = None, **kwargs):
-    """Load the transformers model of a profile role, in the profile's precision by default."""
-    choice = session.choice_on(
-        role, "transformers", "pick a role that uses transformers, or pass a spec to hf.load()."
-    )
-    return HFModel(choice.spec, precision or choice.precision, session.hardware, **kwargs)

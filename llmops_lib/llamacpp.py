@@ -9,52 +9,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-# Gemma's turn format, written as a chat template because the tiny GGUF carries none.
-# Gemma has no system role: like Google's own template, the system prompt is put in
-# front of the first user turn. llama-cpp-python's built-in "gemma" format drops it.
-GEMMA_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% if messages[0]['role'] == 'system' %}"
-    "{% set first = messages[0]['content'] + '\n\n' %}{% set turns = messages[1:] %}"
-    "{% else %}{% set first = '' %}{% set turns = messages %}{% endif %}"
-    "{% for m in turns %}"
-    "{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
-    "<start_of_turn>{{ role }}\n{{ (first if loop.first else '') + m['content'] | trim }}"
-    "<end_of_turn>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
-)
-GEMMA_STOP = "<end_of_turn>"
-
-
-@dataclass(frozen=True)
-class Timings:
-    """llama.cpp's counters for the last call (prompt = prefill, eval = decode)."""
-
-    prompt_tokens: int
-    prompt_ms: float
-    generated_tokens: int
-    generated_ms: float
-
-    @property
-    def prompt_tps(self) -> float:
-        return 1000 * self.prompt_tokens / self.prompt_ms if self.prompt_ms else float("nan")
-
-    @property
-    def generated_tps(self) -> float:
-        return (
-            1000 * self.generated_tokens / self.generated_ms if self.generated_ms else float("nan")
-        )
-
-    @property
-    def ms_per_token(self) -> float:
-        return self.generated_ms / self.generated_tokens if self.generated_tokens else float("nan")
+from .backend import Timings, check_chat_args
+from .gguf_header import check_gguf, trained_context
 
 
 def default_threads() -> int:
@@ -103,30 +64,6 @@ def engine_timings(llm: Any) -> Timings:
     )
 
 
-def chunk_text(chunk: dict[str, Any]) -> str:
-    """The text of one streamed chunk: chat chunks carry it in delta, completions in text."""
-    choice = chunk["choices"][0]
-    return choice.get("delta", {}).get("content") or choice.get("text") or ""
-
-
-def check_gguf(path: str | Path) -> Path:
-    """Fail early, naming the file, when it is missing or not a GGUF model."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"GGUF model file not found: {str(path)!r}. Pass the path of an existing .gguf "
-            "file, or let the profile provide one with session.gguf_path('chat')."
-        )
-    with path.open("rb") as fh:
-        magic = fh.read(4)
-    if magic != b"GGUF":
-        raise ValueError(
-            f"{str(path)!r} is not a GGUF model (starts with {magic!r}, expected b'GGUF'). "
-            "The file is corrupt or of another format; download or assemble it again."
-        )
-    return path
-
-
 class LlamaCppModel:
     """A GGUF model loaded with llama-cpp-python, with chat, streaming and timings."""
 
@@ -146,8 +83,12 @@ class LlamaCppModel:
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         self.path = check_gguf(path)
-        if n_ctx < 1:
-            raise ValueError(f"n_ctx={n_ctx} is not a context size; use a positive number.")
+        trained = trained_context(self.path)  # from the header: refuse before allocating
+        if not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or not 1 <= n_ctx <= trained:
+            raise ValueError(
+                f"n_ctx={n_ctx!r} does not fit {self.path.name}, which was trained for "
+                f"{trained} tokens; use a whole number in 1..{trained}."
+            )
         self.n_threads = n_threads or default_threads()
         if n_gpu_layers is None:
             n_gpu_layers = -1 if gpu_offload_available() else 0
@@ -163,19 +104,13 @@ class LlamaCppModel:
             **llama_kwargs,
         )
         self.load_s = time.perf_counter() - start
-        if n_ctx > self.llm._model.n_ctx_train():
-            trained = self.llm._model.n_ctx_train()
-            self.close()
-            raise ValueError(
-                f"n_ctx={n_ctx} is more than {self.path.name} was trained for; use 1..{trained}."
-            )
         template = chat_template or self.llm.metadata.get("tokenizer.chat_template")
         if not template:
             name = self.path.name
             self.close()
             raise ValueError(
-                f"{name} carries no chat template; pass chat_template= (for Gemma base "
-                "models: llmops_lib.llamacpp.GEMMA_TEMPLATE with stop=GEMMA_STOP)."
+                f"{name} carries no chat template; pass chat_template= and stop= (for a "
+                "model in the catalog: its spec.turns.template and spec.turns.stop)."
             )
         eos_id = self.llm.token_eos()
         self.stop = stop
@@ -217,6 +152,7 @@ class LlamaCppModel:
         **kwargs: Any,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """OpenAI-style chat completion (a dict, or an iterator of chunks when streaming)."""
+        check_chat_args(messages, max_tokens, temperature)
         restart_timings(self.llm)
         return self.llm.create_chat_completion(
             messages=messages,
@@ -225,6 +161,10 @@ class LlamaCppModel:
             stream=stream,
             **kwargs,
         )
+
+    def weight_bytes(self) -> int:
+        """Bytes of the model's tensors as loaded (what each generated token reads)."""
+        return int(self.llm._model.size())
 
     def reset(self) -> None:
         """Forget the cached tokens, so the next chat() processes its whole prompt again.
@@ -247,17 +187,3 @@ class LlamaCppModel:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def stream_text(chunks: Iterator[dict[str, Any]], echo: bool = True) -> str:
-    """Print streamed chat chunks as they arrive (like the seed's printer); return the text."""
-    parts = []
-    for chunk in chunks:
-        piece = chunk_text(chunk)
-        if piece:
-            parts.append(piece)
-            if echo:
-                print(piece, end="", flush=True)
-    if echo:
-        print()
-    return "".join(parts)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +22,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from . import results
-from .server import Endpoint, EndpointError
+from .endpoint import Endpoint, EndpointError, connect
+from .process import ServerProcess
 
 PROMPTS = (
     "Name three uses of a hospital triage system.",
@@ -127,7 +128,7 @@ def run_level(
     return rows, time.perf_counter() - t0
 
 
-def summarize(rows: list[RequestResult], users: int, wall_s: float) -> dict[str, float]:
+def level_figures(rows: list[RequestResult], users: int, wall_s: float) -> dict[str, float]:
     """One line of figures for one concurrency level (failed requests counted, not timed)."""
     ok = [r for r in rows if r.error is None]
     lat = np.array([r.latency_s for r in ok])
@@ -168,9 +169,36 @@ def run(
             rows, wall = run_level(
                 endpoint, n, requests_per_user, max_tokens, timeout_s, prompts, bar
             )
-            summary.append(summarize(rows, n, wall))
+            summary.append(level_figures(rows, n, wall))
             requests += [asdict(r) for r in rows]
     return pd.DataFrame(summary).set_index("users"), pd.DataFrame(requests)
+
+
+def per_level_servers(
+    start: Callable[[int], ServerProcess],
+    users: Sequence[int] = (1, 2, 4, 8),
+    requests_per_user: int = 2,
+    max_tokens: int = 32,
+    timeout_s: float = 120.0,
+) -> pd.DataFrame:
+    """run() with a fresh server per concurrency level N, made by `start(N)`.
+
+    For llama-server, `start = lambda n: session.server("llama-server", n_parallel=n)`
+    gives N users N parallel slots, so their requests are decoded together in one batch
+    (continuous batching). Every server is stopped before the next one starts.
+    """
+    rows = []
+    for n in users:
+        with start(n) as srv:
+            summary, _ = run(
+                connect(srv.base_url),
+                users=(n,),
+                requests_per_user=requests_per_user,
+                max_tokens=max_tokens,
+                timeout_s=timeout_s,
+            )
+            rows.append(summary)
+    return pd.concat(rows)
 
 
 def user_threads_alive() -> int:
@@ -214,4 +242,4 @@ def plot(summary: pd.DataFrame | dict[str, pd.DataFrame], title: str = "Load tes
 
 def save(summary: pd.DataFrame, stem: str = "loadtest") -> Path:
     """Write the summary to a new timestamped CSV in results/ (never over an earlier run)."""
-    return results.write_atomic(results.new_path(stem, ".csv"), lambda tmp: summary.to_csv(tmp))
+    return results.save_frame(summary, stem)[0]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from .catalog import ModelSpec
+from .errors import unknown
 
 GB = 1e9
 GIB = 2**30
@@ -77,10 +78,7 @@ def bits_per_weight(precision: str) -> float:
     key = _gguf_key(precision)
     if key:
         return GGUF_BITS[key]
-    raise ValueError(
-        f"Unknown precision {precision!r}. Known: {', '.join(PRECISIONS)} "
-        "(GGUF types also as 'gguf:Q4_K_M')."
-    )
+    raise unknown(precision, "precision", PRECISIONS, "GGUF types also as 'gguf:Q4_K_M'.")
 
 
 def unquantized_params(spec: ModelSpec) -> float:
@@ -148,9 +146,11 @@ def gpu_memory_gb(gpu: str | float) -> float:
     for name, gb in GPUS.items():
         if str(gpu).upper() == name.upper():
             return gb
-    raise ValueError(
-        f"Unknown GPU {gpu!r}. Known GPUs: {', '.join(f'{n} ({g} GB)' for n, g in GPUS.items())}. "
-        "For any other GPU pass its memory in GB as a number, e.g. gpu_memory_gb(12)."
+    raise unknown(
+        gpu,
+        "GPU",
+        (f"{n} ({g} GB)" for n, g in GPUS.items()),
+        "For any other GPU pass its memory in GB as a number, e.g. gpu_memory_gb(12).",
     )
 
 
@@ -205,21 +205,6 @@ def plan(
         kv_gb=kv,
         overhead_gb=OVERHEAD_FRACTION * weights,
     )
-
-
-def best_fit(
-    spec: ModelSpec,
-    gpu: str | float,
-    precisions: tuple[str, ...] = ("bf16", "fp16", "int8", "nf4"),
-    context_tokens: int = 4096,
-    keep_bytes: float = 2,
-) -> Plan | None:
-    """The first of `precisions` (best quality first) that fits on `gpu`, or None."""
-    for precision in precisions:
-        candidate = plan(spec, precision, gpu, context_tokens, keep_bytes=keep_bytes)
-        if candidate.fits:
-            return candidate
-    return None
 
 
 def fit_table(

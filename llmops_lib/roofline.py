@@ -17,6 +17,9 @@ from importlib.resources import files
 import numpy as np
 import pandas as pd
 
+from .catalog import ModelSpec
+from .memory import kv_cache_bytes
+
 # The slides' reference table (ms per generated token, LLaMA 7B/13B, llama.cpp, 2023).
 PUBLISHED_SOURCE = (
     "Slides 'Local LLM Inference' (F. Mehri, Machine Learning Lab, Sharif University of "
@@ -139,3 +142,31 @@ def plot_roofline(bandwidths: dict[str, float], points: pd.DataFrame, ax=None):
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     return ax
+
+
+def roofline_points(
+    summary: pd.DataFrame, spec: ModelSpec, bandwidth_gbs: float, kv_bytes_per_value: float = 2
+) -> pd.DataFrame:
+    """Per configuration: bytes read per generated token, the roofline and the fraction reached.
+
+    Bytes per token = the weights + the KV cache at the mean context length of the decode
+    (prompt + half the generated tokens), at llama.cpp's default 16-bit cache.
+    """
+    kv = [
+        kv_cache_bytes(spec, max(1, round(p + g / 2)), bytes_per_value=kv_bytes_per_value)
+        for p, g in zip(summary["prompt_tokens"], summary["generated_tokens"], strict=True)
+    ]
+    per_token = [bytes_per_token(w, k) for w, k in zip(summary["weight_bytes"], kv, strict=True)]
+    points = pd.DataFrame(
+        {
+            "label": summary.index.astype(str),
+            "weight_bytes": summary["weight_bytes"].to_numpy(),
+            "kv_bytes": kv,
+            "bytes_per_token": per_token,
+            "generated_tps": summary["generated_tps"].to_numpy(),
+        },
+        index=summary.index,
+    )
+    points["roofline_tps"] = [roofline_tps(bandwidth_gbs, b) for b in per_token]
+    points["roofline_fraction"] = points["generated_tps"] / points["roofline_tps"]
+    return points

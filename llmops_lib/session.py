@@ -1,17 +1,29 @@
-"""The object setup() returns: the profile, the hardware, and models by role."""
+"""The object setup() returns: the one door to the profile's model for each role.
+
+A notebook never names a model file or an engine: it asks the session for a role
+("chat", "classifier", "encoder", "guard") and gets the local path, a loaded model, a
+server or an endpoint for it. The engines themselves take plain values (paths, sizes,
+a chat template), so they can be used and tested without a session.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from . import provision
+from . import catalog, provision
+from .backend import LocalModel
 from .catalog import ModelSpec
 from .hardware import Hardware
 from .profiles import Choice, Profile
+
+SERVER_ENGINES = ("llama_cpp.server", "llama-server")
 
 
 @dataclass
@@ -22,47 +34,92 @@ class Session:
     hardware: Hardware
 
     def choice(self, role: str) -> Choice:
+        """Which model plays `role` in this profile, on which engine, in which precision."""
         return self.profile.choice(role)
 
     def spec(self, role: str) -> ModelSpec:
+        """The catalog record of the model that plays `role`."""
         return self.choice(role).spec
 
-    def gguf_path(self, role: str = "chat") -> Path:
-        """Local GGUF file for a llama.cpp role (assembled or downloaded on first use)."""
-        return provision.gguf_path(self.spec(role))
+    def model_path(self, role: str = "chat") -> Path:
+        """The local file or folder of the role's model (assembled or downloaded once)."""
+        choice = self.choice(role)
+        return provision.local_path(choice.spec, choice.backend)
 
-    def choice_on(self, role: str, backend: str, instead: str) -> Choice:
-        """The role's choice, or a clear error when the profile runs it on another backend.
+    def model(self, role: str = "chat", precision: str | None = None, **kwargs: Any) -> LocalModel:
+        """Load the role's model on its engine: llama.cpp (a GGUF) or transformers.
 
-        Every loader asks here (llama.cpp, transformers, SetFit), so a role used with the
-        wrong backend fails alike everywhere; `instead` ends the error: what to do instead.
+        `precision` overrides the profile's (transformers only); other keyword arguments go
+        to the engine (llamacpp.LlamaCppModel or hf.HFModel), e.g. n_ctx or n_threads.
         """
         choice = self.choice(role)
-        if choice.backend != backend:
+        return self.load(choice.model, choice.backend, precision or choice.precision, **kwargs)
+
+    def load(
+        self, model: str, backend: str, precision: str | None = None, **kwargs: Any
+    ) -> LocalModel:
+        """Load any catalog model on `backend` (what model() does for a role)."""
+        spec = catalog.get(model)
+        if backend == "llamacpp":
+            from .llamacpp import LlamaCppModel
+
+            if spec.turns is not None:
+                kwargs.setdefault("chat_template", spec.turns.template)
+                kwargs.setdefault("stop", spec.turns.stop)
+            return LlamaCppModel(provision.gguf_path(spec), **kwargs)
+        if backend == "transformers":
+            from .hf import HFModel
+
+            return HFModel(spec, precision or "fp32", self.hardware, **kwargs)
+        raise ValueError(
+            f"{spec.title} runs on {backend}, which is not a chat engine; for an encoder use "
+            "session.model_path('encoder') with llmops_lib.encoder.train()."
+        )
+
+    def _gguf_choice(self, role: str, why: str) -> Choice:
+        choice = self.choice(role)
+        if choice.backend != "llamacpp":
             raise ValueError(
                 f"The {role!r} role of profile {self.profile.name!r} runs {choice.model} on "
-                f"{choice.backend}, not {backend}; {instead}"
+                f"{choice.backend}, but {why}"
             )
         return choice
 
-    def llamacpp_model(self, role: str, instead: str) -> tuple[Path, bool]:
-        """The role's GGUF and whether the course must supply Gemma's turns for it.
+    def server(self, engine: str = "llama_cpp.server", role: str = "chat", **kwargs: Any):
+        """A local server (not started yet; use it in a `with` block) for the role's GGUF.
 
-        Every llama.cpp runner (in-process model, llama_cpp.server, llama-server) asks here,
-        so the turn-format decision lives in one place.
+        engine "llama_cpp.server": llama-cpp-python's server, one request at a time;
+        "llama-server": llama.cpp's own, with n_parallel slots (continuous batching).
         """
-        choice = self.choice_on(role, "llamacpp", instead)
-        return self.gguf_path(role), choice.spec.turn_format == "gemma"
+        from .servers import LlamaServer, LocalServer
 
-    def chat_model(self, role: str = "chat", n_ctx: int = 2048, **kwargs: Any):
-        """Load the role's GGUF with llama-cpp-python (see llamacpp.LlamaCppModel)."""
-        from .llamacpp import GEMMA_STOP, GEMMA_TEMPLATE, LlamaCppModel
+        kinds = {"llama_cpp.server": LocalServer, "llama-server": LlamaServer}
+        if engine not in kinds:
+            from .errors import unknown
 
-        path, gemma = self.llamacpp_model(role, f"use the {self.choice(role).backend} backend.")
-        if gemma:
-            kwargs.setdefault("chat_template", GEMMA_TEMPLATE)
-            kwargs.setdefault("stop", GEMMA_STOP)
-        return LlamaCppModel(path, n_ctx=n_ctx, **kwargs)
+            raise unknown(engine, "server engine", kinds)
+        choice = self._gguf_choice(
+            role,
+            "a local llama.cpp server needs a GGUF model. Serve it with TGI or vLLM and set "
+            "LLMOPS_ENDPOINT to its URL (e.g. http://host:8000/v1).",
+        )
+        kwargs.setdefault("turns", choice.spec.turns)
+        return kinds[engine](provision.gguf_path(choice.spec), **kwargs)
+
+    @contextmanager
+    def endpoint(self, role: str = "chat", n_ctx: int = 2048) -> Iterator[Any]:
+        """LLMOPS_ENDPOINT if set, else a local llama_cpp.server with the role's model.
+
+        Whatever was started is stopped when the block ends, also when it raises.
+        """
+        from .endpoint import ENDPOINT_ENV, connect
+
+        url = os.environ.get(ENDPOINT_ENV)
+        if url:
+            yield connect(url)
+            return
+        with self.server("llama_cpp.server", role=role, n_ctx=n_ctx) as local:
+            yield connect(local.base_url, server=local)
 
     def summary(self) -> pd.DataFrame:
         """Hardware facts and the model for each role, as one small table."""

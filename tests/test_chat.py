@@ -1,4 +1,9 @@
-"""Conversation with the real tiny model (Gemma 3 270M Q4_K_M on llama.cpp)."""
+"""Conversation: history, token budget, trimming, streaming and saved turns.
+
+The logic runs on the fake model of tests/fakes.py (one token per word, milliseconds).
+The real tiny model (Gemma 3 270M) checks what only an engine shows: its chat template and
+tokenizer under trimming, llama.cpp's reuse of the cached prefix, transformers without one.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import json
 
 import pandas as pd
 import pytest
+from fakes import FakeChat
 
 from llmops_lib.chat import Conversation, MessageTooLong
 
@@ -17,24 +23,26 @@ QUESTIONS = [
     "What have we talked about so far?",
 ]
 N_CTX = 512
-REPLY_TOKENS = 8  # short replies keep 50 turns fast; the prompt still fills 512 tokens
+REPLY_TOKENS = 8  # short replies; the prompt still fills the context
 
 
-@pytest.fixture(scope="module")
-def small_chat(session):
-    """The tiny model on a deliberately small 512-token context."""
-    model = session.chat_model(n_ctx=N_CTX)
-    yield model
-    model.close()
+@pytest.fixture
+def fake():
+    """A fake model on a 512-token context; it repeats the user's message back."""
+    return FakeChat(n_ctx=N_CTX)
 
 
-@pytest.fixture(scope="module")
-def long_chat(small_chat):
-    """50 turns on the 512-token context (run once, inspected by several tests)."""
-    conv = Conversation(small_chat, SYSTEM, max_tokens=REPLY_TOKENS)
-    for n in range(50):
+def chat_for_turns(model, turns: int) -> Conversation:
+    conv = Conversation(model, SYSTEM, max_tokens=REPLY_TOKENS)
+    for n in range(turns):
         conv.ask(f"{QUESTIONS[n % len(QUESTIONS)]} (question {n + 1})")
     return conv
+
+
+@pytest.fixture
+def long_chat(fake):
+    """50 turns on the 512-token context."""
+    return chat_for_turns(fake, 50)
 
 
 def prompt_for(conv: Conversation, index: int, first: int) -> list[dict[str, str]]:
@@ -48,43 +56,55 @@ def prompt_for(conv: Conversation, index: int, first: int) -> list[dict[str, str
     return messages + [{"role": "user", "content": conv.turns[index].user}]
 
 
-def test_fifty_turns_on_a_small_context_never_overflow(long_chat, small_chat):
+def check_trimming(conv: Conversation, model) -> None:
+    """Every turn was sent whole user/assistant pairs after the system prompt, dropping the
+    oldest first and no more than needed, and its prompt left room for the reply."""
+    dropped_in_order = [n for turn in conv.turns for n in turn.dropped]
+    assert dropped_in_order == list(range(1, conv.first_kept + 1))  # oldest first
+    assert conv.dropped == conv.turns[: conv.first_kept]
+    for i, turn in enumerate(conv.turns):
+        first = i - turn.history_turns
+        messages = prompt_for(conv, i, first)
+        assert model.count_tokens(messages) == turn.prompt_tokens
+        assert turn.prompt_tokens + conv.max_tokens <= model.n_ctx
+        assert [m["role"] for m in messages[1:-1]] == ["user", "assistant"] * turn.history_turns
+        if first > 0:  # keeping one more turn would not have fitted
+            wider = prompt_for(conv, i, first - 1)
+            assert model.count_tokens(wider) + conv.max_tokens > model.n_ctx
+
+
+def test_fifty_turns_on_a_small_context_never_overflow(long_chat, fake):
     assert len(long_chat.turns) == 50
     assert long_chat.dropped, "50 turns on 512 tokens must have needed trimming"
     assert long_chat.messages[0] == {"role": "system", "content": SYSTEM}
-    assert small_chat.prompt_text(long_chat.messages).startswith(
-        f"<bos><start_of_turn>user\n{SYSTEM}\n\n"
-    )
+    assert fake.prompt_text(long_chat.messages).startswith(f"<s>\n<|system|> {SYSTEM} <|end|>")
     figures = long_chat.figures()
     assert (figures["prompt_tokens"] + REPLY_TOKENS <= N_CTX).all()
     assert (figures["generated_tokens"] <= REPLY_TOKENS).all()
+    assert (figures["generated_tokens"] == REPLY_TOKENS).any()  # replies were cut at the budget
 
 
-def test_trimming_drops_the_oldest_whole_turns_and_no_more(long_chat, small_chat):
-    dropped_in_order = [n for turn in long_chat.turns for n in turn.dropped]
-    assert dropped_in_order == list(range(1, long_chat.first_kept + 1))  # oldest first
-    assert long_chat.dropped == long_chat.turns[: long_chat.first_kept]
-    for i, turn in enumerate(long_chat.turns):
-        first = i - turn.history_turns
-        messages = prompt_for(long_chat, i, first)
-        # what was recorded is what was sent: whole user/assistant pairs after the system
-        assert small_chat.count_tokens(messages) == turn.prompt_tokens
-        assert [m["role"] for m in messages[1:-1]] == ["user", "assistant"] * turn.history_turns
-        if first > 0:  # keeping one more turn would not have fitted
-            wider = prompt_for(long_chat, i, first - 1)
-            assert small_chat.count_tokens(wider) + REPLY_TOKENS > N_CTX
+def test_trimming_drops_the_oldest_whole_turns_and_no_more(long_chat, fake):
+    check_trimming(long_chat, fake)
+    # what was recorded is what the model was sent, with the conversation's settings
+    assert len(fake.calls) == 50
+    for i, (turn, call) in enumerate(zip(long_chat.turns, fake.calls, strict=True)):
+        assert call["messages"] == prompt_for(long_chat, i, i - turn.history_turns)
+        assert (call["max_tokens"], call["temperature"], call["stream"]) == (8, 0.0, False)
+        assert turn.assistant == " ".join(f"You said: {turn.user}".split()[:REPLY_TOKENS])
 
 
-def test_engine_reuses_the_cached_prefix_when_nothing_was_dropped(long_chat):
+def test_evaluated_tokens_are_what_the_engine_reports(long_chat):
     figures = long_chat.figures()
+    assert figures.loc[1, "evaluated_tokens"] == figures.loc[1, "prompt_tokens"]  # cold cache
     grown = figures[(figures["dropped"] == 0) & (figures["history_turns"] > 0)]
     assert not grown.empty
     assert (grown["evaluated_tokens"] < grown["prompt_tokens"]).all()
 
 
-def test_stream_gives_the_same_text_as_ask_under_greedy(small_chat, capsys):
-    asked = Conversation(small_chat, SYSTEM, max_tokens=24)
-    streamed = Conversation(small_chat, SYSTEM, max_tokens=24)
+def test_stream_gives_the_same_text_and_history_as_ask(capsys):
+    asked = Conversation(FakeChat(n_ctx=N_CTX), SYSTEM, max_tokens=24)
+    streamed = Conversation(FakeChat(n_ctx=N_CTX), SYSTEM, max_tokens=24)
     for question in QUESTIONS[:2]:
         reply = asked.ask(question)
         assert asked.turns[-1].generated_tokens == asked.last_response["usage"]["completion_tokens"]
@@ -92,16 +112,20 @@ def test_stream_gives_the_same_text_as_ask_under_greedy(small_chat, capsys):
         assert len(pieces) > 1  # it really arrived piece by piece
         assert "".join(pieces) == reply
     assert streamed.messages == asked.messages
+    assert streamed.model.calls[-1]["stream"] and not asked.model.calls[-1]["stream"]
     out = capsys.readouterr().out
     assert out.startswith("assistant: ")
     assert asked.turns[-1].assistant in out
     assert streamed.turns[-1].streamed and not asked.turns[-1].streamed
-    assert (streamed.figures()["ttft_s"] <= streamed.figures()["total_s"]).all()
+    for conv in (asked, streamed):
+        figures = conv.figures()
+        assert (figures["ttft_s"] >= 0).all()
+        assert (figures["ttft_s"] <= figures["total_s"]).all()
 
 
-def test_save_and_load_round_trip_exactly(long_chat, small_chat, tmp_path):
+def test_save_and_load_round_trip_exactly(long_chat, fake, tmp_path):
     path = long_chat.save(tmp_path / "chat.json")
-    loaded = Conversation.load(path, small_chat)
+    loaded = Conversation.load(path, fake)
     assert loaded.to_dict() == long_chat.to_dict()
     assert loaded.messages == long_chat.messages
     assert loaded.dropped == long_chat.dropped
@@ -110,42 +134,62 @@ def test_save_and_load_round_trip_exactly(long_chat, small_chat, tmp_path):
         long_chat.save(path)
 
 
-def test_load_rejects_a_file_that_is_not_a_conversation(small_chat, tmp_path):
+def test_load_rejects_a_file_that_is_not_a_conversation(fake, tmp_path):
     path = tmp_path / "other.json"
     path.write_text(json.dumps({"messages": []}))
     with pytest.raises(ValueError, match="other.json.*not a saved conversation"):
-        Conversation.load(path, small_chat)
+        Conversation.load(path, fake)
 
 
-def test_a_message_that_cannot_fit_says_how_many_tokens_it_has_and_fit(small_chat):
-    conv = Conversation(small_chat, SYSTEM, max_tokens=64)
+def test_a_message_that_cannot_fit_says_how_many_tokens_it_has_and_fit(fake):
+    conv = Conversation(fake, SYSTEM, max_tokens=64)
     conv.ask(QUESTIONS[0])
     before = conv.to_dict()
     text = "word " * 600
-    with pytest.raises(MessageTooLong, match=r"has \d+ tokens, but at most \d+ fit") as err:
+    with pytest.raises(MessageTooLong, match=r"has 600 tokens, but at most \d+ fit") as err:
         conv.ask(text)
-    assert err.value.tokens == len(small_chat.tokenize(text.strip()))
-    frame = small_chat.count_tokens(
+    assert err.value.tokens == len(fake.tokenize(text.strip()))
+    frame = fake.count_tokens(
         [{"role": "system", "content": SYSTEM}] + [{"role": "user", "content": ""}]
     )
     assert err.value.fits == N_CTX - 64 - frame
     with pytest.raises(MessageTooLong):
         list(conv.stream(text, echo=False))
     assert conv.to_dict() == before  # the history survives the refused message
+    assert len(fake.calls) == 1  # the refused message never reached the model
 
 
-def test_system_prompt_and_reply_budget_must_fit_the_context(small_chat):
+def test_system_prompt_and_reply_budget_must_fit_the_context(fake):
     with pytest.raises(ValueError, match=r"max_tokens=600.*n_ctx=512"):
-        Conversation(small_chat, SYSTEM, max_tokens=600)
+        Conversation(fake, SYSTEM, max_tokens=600)
     with pytest.raises(ValueError, match="system prompt is empty"):
-        Conversation(small_chat, "  ")
+        Conversation(fake, "  ")
 
 
-def test_conversation_runs_on_the_transformers_backend(capsys):
-    hf = pytest.importorskip("llmops_lib.hf", reason="no transformers backend (issue 5) yet")
-    from llmops_lib import catalog
+# --- the real engines ------------------------------------------------------------------
 
-    with hf.load(catalog.get("gemma-3-270m"), "fp32", n_ctx=96) as model:
+
+@pytest.mark.model
+def test_trimming_with_gemmas_template_and_tokenizer_on_llama_cpp(session):
+    with session.model(n_ctx=256) as model:
+        conv = chat_for_turns(model, 10)
+        assert conv.dropped, "10 turns on 256 tokens must have needed trimming"
+        # Gemma has no system role: the system prompt opens the first user turn
+        assert model.prompt_text(conv.messages).startswith(
+            f"<bos><start_of_turn>user\n{SYSTEM}\n\n"
+        )
+        check_trimming(conv, model)
+    figures = conv.figures()
+    assert (figures["generated_tokens"] <= REPLY_TOKENS).all()
+    # llama.cpp reuses the cached prefix of the previous prompt when nothing was dropped
+    grown = figures[(figures["dropped"] == 0) & (figures["history_turns"] > 0)]
+    assert not grown.empty
+    assert (grown["evaluated_tokens"] < grown["prompt_tokens"]).all()
+
+
+@pytest.mark.model
+def test_conversation_runs_on_the_transformers_backend(session, capsys):
+    with session.load("gemma-3-270m", "transformers", "fp32", n_ctx=96) as model:
         conv = Conversation(model, SYSTEM, max_tokens=REPLY_TOKENS)
         replies = [conv.ask(q) for q in QUESTIONS[:3]]
         streamed = "".join(conv.stream(QUESTIONS[3]))

@@ -1,11 +1,11 @@
-"""Assessment classification: answer parser, Yes/No probabilities, calibration, results files."""
+"""Assessment classification: answer parser, Yes/No probabilities, calibration, scoring."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
-from llmops_lib import catalog, classify, hf
+from llmops_lib import classify, scoring
 from llmops_lib.classify import NEGATIVE, NEUTRAL, POSITIVE
 from llmops_lib.datasets import load_assessments
 
@@ -46,7 +46,7 @@ def test_messages_put_examples_before_the_question():
 def test_calibrated_threshold_separates_separable_scores():
     p = pd.Series([0.2, 0.3, 0.35, 0.6, 0.7])
     truth = pd.Series([NEGATIVE, NEGATIVE, POSITIVE, POSITIVE, POSITIVE])
-    t = classify.calibrate_threshold(p, truth)
+    t = scoring.calibrate_threshold(p, truth)
     assert 0.3 < t <= 0.35
     assert ((p >= t) == (truth == POSITIVE)).all()
 
@@ -54,12 +54,12 @@ def test_calibrated_threshold_separates_separable_scores():
 def test_calibrated_threshold_stays_at_half_when_nothing_is_gained():
     p = pd.Series([0.9, 0.1])
     truth = pd.Series([POSITIVE, NEGATIVE])
-    assert classify.calibrate_threshold(p, truth) == 0.5
+    assert scoring.calibrate_threshold(p, truth) == 0.5
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    with hf.load(catalog.get("gemma-3-270m"), "fp32") as model:
+def tiny(session):
+    with session.model("classifier", "fp32") as model:
         yield model
 
 
@@ -98,22 +98,8 @@ def test_classify_returns_the_results_table(tiny):
     assert (
         df["prediction_p"] == df["p_positive"].ge(0.5).map({True: POSITIVE, False: NEGATIVE})
     ).all()
-    assert set(classify.confusion(df, "prediction_p").index) == {POSITIVE, NEGATIVE}
-    assert 0 <= classify.accuracy(df, "prediction_p") <= 1
-
-
-def test_results_are_never_overwritten(tmp_path):
-    first = pd.DataFrame({"text": ["a"], "truth": [POSITIVE]})
-    xlsx1, csv1 = classify.save(first, directory=tmp_path)
-    xlsx2, csv2 = classify.save(first.assign(text="b"), directory=tmp_path)
-    assert len({xlsx1, csv1, xlsx2, csv2}) == 4
-    assert xlsx1.stem == csv1.stem and xlsx1.suffix == ".xlsx"
-    assert pd.read_csv(csv1)["text"].tolist() == ["a"]
-    assert pd.read_excel(xlsx1)["text"].tolist() == ["a"]
-    assert pd.read_csv(csv2)["text"].tolist() == ["b"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        p.name for p in (xlsx1, csv1, xlsx2, csv2)
-    )
+    assert set(scoring.confusion(df, "prediction_p").index) == {POSITIVE, NEGATIVE}
+    assert 0 <= scoring.accuracy(df, "prediction_p") <= 1
 
 
 def test_confusion_plots_write_each_count_in_its_cell():
@@ -124,10 +110,10 @@ def test_confusion_plots_write_each_count_in_its_cell():
             "prediction_p": [POSITIVE, POSITIVE, NEGATIVE, NEGATIVE, POSITIVE],
         }
     )
-    fig = classify.plot_confusions(scored, {"prediction": "parsed", "prediction_p": "P(Yes)"})
+    fig = scoring.plot_confusions(scored, {"prediction": "parsed", "prediction_p": "P(Yes)"})
     assert [ax.get_title() for ax in fig.axes] == ["parsed", "P(Yes)"]
     for ax, column in zip(fig.axes, ("prediction", "prediction_p"), strict=True):
-        matrix = classify.confusion(scored, column)
+        matrix = scoring.confusion(scored, column)
         written = {
             (round(t.get_position()[1]), round(t.get_position()[0])): int(t.get_text())
             for t in ax.texts

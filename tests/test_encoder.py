@@ -23,15 +23,18 @@ def english():
 @pytest.fixture(scope="module")
 def trained(session, english):
     train, _ = english
-    return encoder.train(train["text"], train["label"], encoder.base_dir(session), iterations=10)
+    base = session.model_path("encoder")
+    return encoder.train(train["text"], train["label"], base, iterations=10)
 
 
+@pytest.mark.model
 def test_beats_chance_on_held_out_english(trained, english):
     _, test = english
     accuracy = score(test, trained.predict(test["text"])).loc["en", "accuracy"]
     assert accuracy >= CHANCE + MARGIN, f"accuracy {accuracy:.3f} on {len(test)} texts"
 
 
+@pytest.mark.model
 def test_probabilities_agree_with_labels(trained, english):
     _, test = english
     texts = list(test["text"][:8])
@@ -41,6 +44,7 @@ def test_probabilities_agree_with_labels(trained, english):
     assert list(proba.idxmax(axis=1)) == trained.predict(texts)
 
 
+@pytest.mark.model
 def test_save_and_load_give_identical_predictions(trained, english, tmp_path):
     _, test = english
     texts = list(test["text"])
@@ -53,15 +57,17 @@ def test_save_and_load_give_identical_predictions(trained, english, tmp_path):
     assert trained.save(tmp_path) != path  # a second save never replaces the first
 
 
+@pytest.mark.model
 def test_fine_tuning_changes_the_embeddings(session, trained, english):
     _, test = english
     texts = list(test["text"][:4])
-    before = encoder.embed(texts, encoder.base_dir(session))
+    before = encoder.embed(texts, session.model_path("encoder"))
     after = trained.embed(texts)
     assert before.shape == after.shape == (4, session.spec("encoder").hidden_size)
     assert not np.allclose(before, after, atol=1e-4)
 
 
+@pytest.mark.model
 def test_latency_table_has_one_row_per_text(trained, english):
     _, test = english
     texts = list(test["text"][:3])
@@ -70,8 +76,9 @@ def test_latency_table_has_one_row_per_text(trained, english):
     assert list(table["predicted"]) == trained.predict(texts)
 
 
+@pytest.mark.model
 def test_tiny_profile_trains_and_reloads_without_network(session, no_network, tmp_path):
-    base = encoder.base_dir(session)
+    base = session.model_path("encoder")
     clf = encoder.train(
         ["aid recommended", "aid not recommended"] * 2, ["yes", "no"] * 2, base, iterations=1
     )
@@ -89,7 +96,7 @@ def test_tiny_profile_trains_and_reloads_without_network(session, no_network, tm
 )
 def test_train_rejects_bad_input(texts, labels, match, session):
     with pytest.raises(ValueError, match=match):
-        encoder.train(texts, labels, encoder.base_dir(session))
+        encoder.train(texts, labels, session.model_path("encoder"))
 
 
 def test_load_rejects_a_folder_without_a_model(tmp_path):

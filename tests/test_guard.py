@@ -7,6 +7,7 @@ import json
 import sys
 
 import pytest
+from fakes import FakeChat
 
 from llmops_lib import guard_classifier, guard_code
 from llmops_lib.guard import (
@@ -30,6 +31,7 @@ from llmops_lib.guard_prompts import (
 
 USER = "How do I bake sourdough bread?"
 REPLY = "Feed the starter, mix flour and water, let it rise overnight, bake at 230 C."
+SECRET = "SECRET-REPLY-7f3a"  # a reply that must never leave the pipeline when blocked
 
 
 # --- prompts ---------------------------------------------------------------------------
@@ -195,7 +197,7 @@ def test_grammar_compiles_and_names_only_the_policys_codes(policy):
     assert f'"S{len(policy.categories) + 1}"' not in text
 
 
-# --- the guarded pipeline, with stubs ---------------------------------------------------
+# --- the guarded pipeline, with stub guards and the fake chat model ---------------------
 
 
 class StubGuard:
@@ -220,14 +222,9 @@ class BrokenGuard:
         raise RuntimeError("guard server down")
 
 
-class StubChat:
-    def __init__(self, reply: str = "SECRET-REPLY-7f3a"):
-        self.reply = reply
-        self.calls = 0
-
-    def chat(self, messages, max_tokens=128, temperature=0.0):
-        self.calls += 1
-        return {"choices": [{"message": {"role": "assistant", "content": self.reply}}]}
+def fake_chat(reply: str = SECRET) -> FakeChat:
+    """The fake chat model (tests/fakes.py), answering every message with `reply`."""
+    return FakeChat(lambda messages: reply)
 
 
 @pytest.fixture
@@ -236,51 +233,55 @@ def audit(tmp_path):
 
 
 def test_reply_is_never_returned_when_the_output_verdict_is_unsafe(audit):
-    chat, guard = StubChat(), StubGuard("safe", "unsafe\nS1,S9")
+    chat, guard = fake_chat(), StubGuard("safe", "unsafe\nS1,S9")
     result = GuardedChat(chat, guard, audit=audit).ask(USER)
-    assert chat.calls == 1
+    assert len(chat.calls) == 1
     assert not result.shown and result.blocked_by == "output"
-    assert chat.reply not in result.text
+    assert SECRET not in result.text
     assert "S1 Violent Crimes" in result.text and "S9 Indiscriminate Weapons" in result.text
     # the output check judged the reply as the Agent turn, after the user's message
-    assert guard.seen[1] == conversation(USER, chat.reply)
-    assert chat.reply not in audit.path.read_text()  # logged as a hash only
+    assert guard.seen[1] == conversation(USER, SECRET)
+    assert SECRET not in audit.path.read_text()  # logged as a hash only
 
 
 def test_unsafe_input_never_reaches_the_chat_model(audit):
-    chat = StubChat()
+    chat = fake_chat()
     result = GuardedChat(chat, StubGuard("unsafe\nS2"), audit=audit).ask(USER)
-    assert chat.calls == 0
+    assert chat.calls == []
     assert result.blocked_by == "input" and result.output_verdict is None
     assert "S2 Non-Violent Crimes" in result.text
 
 
 def test_reply_is_shown_when_both_checks_are_safe(audit):
-    chat = StubChat(REPLY)
-    result = GuardedChat(chat, StubGuard("safe", "\n\nsafe"), audit=audit).ask(USER)
+    chat = fake_chat(REPLY)
+    result = GuardedChat(chat, StubGuard("safe", "\n\nsafe"), audit=audit, max_tokens=64).ask(USER)
     assert result.shown and result.text == REPLY and result.blocked_by is None
     assert set(result.ms) == {"input_check", "chat", "output_check", "total"}
+    # the chat model saw the user's message alone, greedy, within the pipeline's budget
+    [call] = chat.calls
+    assert call["messages"] == [{"role": "user", "content": USER}]
+    assert (call["max_tokens"], call["temperature"]) == (64, 0.0)
 
 
 @pytest.mark.parametrize("answer", ["I think this is fine", "unsafe\nS99", "Safe"])
 def test_unreadable_output_verdicts_block_the_reply(audit, answer):
-    chat = StubChat()
+    chat = fake_chat()
     result = GuardedChat(chat, StubGuard("safe", answer), audit=audit).ask(USER)
-    assert not result.shown and chat.reply not in result.text
+    assert not result.shown and SECRET not in result.text
     assert result.output_verdict.raw == answer
 
 
 def test_a_failing_guard_blocks_instead_of_crashing_open(audit):
-    chat = StubChat()
+    chat = fake_chat()
     result = GuardedChat(chat, StubGuard("safe"), BrokenGuard(), audit=audit).ask(USER)
-    assert not result.shown and chat.reply not in result.text
+    assert not result.shown and SECRET not in result.text
     assert "guard server down" in result.output_verdict.problem
     assert "fail closed" in result.text
 
 
 def test_audit_log_has_one_line_per_decision(audit):
     pipeline = GuardedChat(
-        StubChat(REPLY),
+        fake_chat(REPLY),
         StubGuard("safe", "safe", "unsafe\nS1", "safe", "unsafe\nS10"),
         audit=audit,
     )
@@ -350,7 +351,7 @@ def test_replies_table_shows_both_checks_and_the_start_of_the_text():
 
 def test_empty_user_message_is_an_error(audit):
     with pytest.raises(ValueError, match="user"):
-        GuardedChat(StubChat(), StubGuard(), audit=audit).ask("  ")
+        GuardedChat(fake_chat(), StubGuard(), audit=audit).ask("  ")
 
 
 # --- the real tiny model under the grammar ---------------------------------------------
@@ -358,11 +359,12 @@ def test_empty_user_message_is_an_error(audit):
 
 @pytest.fixture(scope="module")
 def guard_model(session):
-    model = session.chat_model("guard", n_ctx=1024)
+    model = session.model("guard", n_ctx=1024)
     yield model
     model.close()
 
 
+@pytest.mark.model
 def test_real_tiny_guard_under_the_grammar_gives_well_formed_verdicts(guard_model):
     guard = LlamaCppGuard(guard_model, LLAMA_GUARD_3)
     for messages in (conversation(USER), conversation(USER, REPLY)):
@@ -370,32 +372,22 @@ def test_real_tiny_guard_under_the_grammar_gives_well_formed_verdicts(guard_mode
         assert verdict.problem is None, verdict.raw  # the grammar allows nothing else
 
 
-class SpyChat:
-    """The real chat model, with every reply it gives recorded."""
-
-    def __init__(self, model):
-        self.model, self.replies = model, []
-
-    def chat(self, messages, **kwargs):
-        response = self.model.chat(messages, **kwargs)
-        self.replies.append(response["choices"][0]["message"]["content"])
-        return response
-
-
-def test_real_tiny_guard_saying_unsafe_blocks_the_real_reply(guard_model, tiny_chat, audit):
+@pytest.mark.model
+def test_real_tiny_guard_saying_unsafe_blocks_the_reply(guard_model, audit):
     # Push the real model towards 'unsafe' and towards stopping as soon as the grammar
     # allows, so its verdict is a complete 'unsafe' + code line chosen by the model.
     unsafe = guard_model.tokenize("unsafe")
     assert len(unsafe) == 1, "the bias below assumes 'unsafe' is one token"
     bias = {unsafe[0]: 30.0, guard_model.llm.token_eos(): 30.0}
     output_guard = LlamaCppGuard(guard_model, LLAMA_GUARD_3, logit_bias=bias)
-    spy = SpyChat(tiny_chat)
-    pipeline = GuardedChat(spy, StubGuard("safe"), output_guard, audit=audit, max_tokens=24)
+    # the chat model is not under test here: the fake's reply is what the guard judges
+    chat = fake_chat("The sea is wide and blue.")
+    pipeline = GuardedChat(chat, StubGuard("safe"), output_guard, audit=audit, max_tokens=24)
     result = pipeline.ask("Write one sentence about the sea.")
     assert result.output_verdict.problem is None, result.output_verdict.raw
     assert not result.output_verdict.safe and result.output_verdict.codes
     assert not result.shown and result.blocked_by == "output"
-    assert spy.replies[0].strip() and spy.replies[0] not in result.text
+    assert len(chat.calls) == 1 and "The sea is wide" not in result.text
     assert len(audit.records()) == 1
 
 
@@ -430,33 +422,34 @@ def test_metrics_count_harmful_as_positive():
 @pytest.fixture(scope="module")
 def prompt_guard_scored(session):
     """The prompt guard trained briefly on the shipped train split, and its test scores."""
-    from llmops_lib import encoder
 
     clf = guard_classifier.train(
-        guard_classifier.load_prompts("train"), encoder.base_dir(session), iterations=2
+        guard_classifier.load_prompts("train"), session.model_path("encoder"), iterations=2
     )
     return clf, guard_classifier.evaluate(clf, guard_classifier.load_prompts("test"))
 
 
+@pytest.mark.model
 def test_prompt_guard_learns_to_separate_held_out_prompts(prompt_guard_scored):
     m = guard_classifier.metrics(prompt_guard_scored[1])
     # far better than chance on prompts it never saw (chance: recall = FPR)
     assert m["recall"] - m["false_positive_rate"] > 0.5, m.to_dict()
 
 
+@pytest.mark.model
 def test_prompt_guard_as_input_check_refuses_what_it_flags(prompt_guard_scored, audit):
     clf, scored = prompt_guard_scored
     flagged = scored[scored["predicted"] == "harmful"]["text"].iloc[0]
     passed = scored[scored["predicted"] == "benign"]["text"].iloc[0]
-    chat = StubChat(REPLY)
+    chat = fake_chat(REPLY)
     pipeline = GuardedChat(chat, guard_classifier.PromptGuard(clf), StubGuard("safe"), audit=audit)
     refused, answered = pipeline.ask(flagged), pipeline.ask(passed)
     assert refused.blocked_by == "input" and "PG harmful or jailbreak prompt" in refused.text
     assert answered.shown and answered.text == REPLY
-    assert chat.calls == 1
+    assert len(chat.calls) == 1
     # it cannot judge replies: used as output check, it blocks (fail closed)
     output_only = GuardedChat(
-        StubChat(), StubGuard("safe"), guard_classifier.PromptGuard(clf), audit=audit
+        fake_chat(), StubGuard("safe"), guard_classifier.PromptGuard(clf), audit=audit
     )
     assert output_only.ask(passed).blocked_by == "output"
 
@@ -524,11 +517,11 @@ def test_verdict_dataclass_round_trips_to_the_log():
     assert Verdict(safe=True).label == "safe"
 
 
+@pytest.mark.model
 def test_transformers_guard_reads_the_real_tiny_model_strictly(session):
-    from llmops_lib import hf
     from llmops_lib.guard import TransformersGuard
 
-    with hf.from_session(session, "classifier", n_ctx=1024) as model:
+    with session.model("classifier", n_ctx=1024) as model:
         verdict = TransformersGuard(model, LLAMA_GUARD_3, max_tokens=8).judge(conversation(USER))
     assert verdict.raw  # the model's own words, kept verbatim
     # no grammar here: only an exact 'safe' may pass, anything else must fail closed

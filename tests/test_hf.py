@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from llmops_lib import catalog, hf, memory
+from llmops_lib.errors import UnknownNameError
 from llmops_lib.hardware import detect
 
 TINY = catalog.get("gemma-3-270m")
@@ -38,7 +39,7 @@ def l4(cpu):
 
 @pytest.fixture(scope="module")
 def tiny_fp32(cpu):
-    with hf.load(TINY, "fp32", cpu) as model:
+    with hf.HFModel(TINY, "fp32", cpu) as model:
         yield model
 
 
@@ -62,11 +63,11 @@ def test_4bit_without_bitsandbytes_kernels_for_the_device(t4, monkeypatch):
 
 def test_checks_run_before_any_download(t4, no_network):
     with pytest.raises(hf.PrecisionError):
-        hf.load(LLAMA_8B, "fp16", t4)
+        hf.HFModel(LLAMA_8B, "fp16", t4)
 
 
 def test_unknown_precision(cpu):
-    with pytest.raises(hf.PrecisionError, match="fp32, fp16, bf16, int8, nf4"):
+    with pytest.raises(UnknownNameError, match="'int4'.*fp32, fp16, bf16, int8, nf4"):
         hf.check(TINY, "int4", cpu)
 
 
@@ -84,26 +85,30 @@ def test_compute_dtype_follows_the_hardware(cpu, t4, l4):
     assert hf.compute_dtype("fp16", l4) == torch.float16
 
 
+@pytest.mark.model
 def test_measured_footprint_matches_the_planner(tiny_fp32):
     planned = memory.weight_bytes(TINY, "fp32")
-    assert tiny_fp32.footprint_bytes == pytest.approx(planned, rel=0.05)
+    assert tiny_fp32.weight_bytes() == pytest.approx(planned, rel=0.05)
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("precision", ["int8", "nf4"])
 def test_bitsandbytes_on_cpu_shrinks_the_footprint_as_planned(cpu, tiny_fp32, precision):
-    with hf.load(TINY, precision, cpu) as model:
+    with hf.HFModel(TINY, precision, cpu) as model:
         planned = memory.weight_bytes(TINY, precision, keep_bytes=4)
-        assert model.footprint_bytes == pytest.approx(planned, rel=0.05)
-        assert model.footprint_bytes < tiny_fp32.footprint_bytes
+        assert model.weight_bytes() == pytest.approx(planned, rel=0.05)
+        assert model.weight_bytes() < tiny_fp32.weight_bytes()
         reply = model.chat(MESSAGES, max_tokens=4)
         assert reply["usage"]["completion_tokens"] >= 1
 
 
+@pytest.mark.model
 def test_same_prompt_and_tokens_as_llama_cpp(tiny_fp32, tiny_chat):
     assert tiny_fp32.prompt_text(MESSAGES) == tiny_chat.prompt_text(MESSAGES)
     assert tiny_fp32.count_tokens(MESSAGES) == tiny_chat.count_tokens(MESSAGES)
 
 
+@pytest.mark.model
 def test_chat_returns_an_openai_style_completion(tiny_fp32):
     reply = tiny_fp32.chat(MESSAGES, max_tokens=8)
     choice = reply["choices"][0]
@@ -118,6 +123,7 @@ def test_chat_returns_an_openai_style_completion(tiny_fp32):
     assert timings.generated_tokens == usage["completion_tokens"] - 1  # first comes from prefill
 
 
+@pytest.mark.model
 def test_streaming_gives_the_same_text_in_chunks(tiny_fp32):
     whole = tiny_fp32.chat(MESSAGES, max_tokens=8)["choices"][0]["message"]["content"]
     chunks = list(tiny_fp32.chat(MESSAGES, max_tokens=8, stream=True))
@@ -127,18 +133,20 @@ def test_streaming_gives_the_same_text_in_chunks(tiny_fp32):
     assert text == whole
 
 
+@pytest.mark.model
 def test_prompt_longer_than_the_context_is_rejected(cpu):
-    with hf.load(TINY, "fp32", cpu, n_ctx=16) as model:
+    with hf.HFModel(TINY, "fp32", cpu, n_ctx=16) as model:
         with pytest.raises(ValueError, match="n_ctx is 16"):
             model.chat(MESSAGES, max_tokens=4)
 
 
+@pytest.mark.model
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("precision", ["fp16", "int8", "nf4"])
 def test_tiny_on_the_gpu(precision):
     hw = detect(check_token=False)
-    with hf.load(TINY, precision, hw) as model:
+    with hf.HFModel(TINY, precision, hw) as model:
         assert model.model.device.type == "cuda"
         planned = memory.weight_bytes(TINY, precision)
-        assert model.footprint_bytes == pytest.approx(planned, rel=0.05)
+        assert model.weight_bytes() == pytest.approx(planned, rel=0.05)
         assert model.chat(MESSAGES, max_tokens=4)["usage"]["completion_tokens"] >= 1

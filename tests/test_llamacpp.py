@@ -6,7 +6,10 @@ import math
 
 import pytest
 
-from llmops_lib.llamacpp import GEMMA_TEMPLATE, LlamaCppModel, check_gguf, stream_text
+from llmops_lib.backend import chunk_text
+from llmops_lib.catalog import GEMMA_TURNS
+from llmops_lib.gguf_header import check_gguf
+from llmops_lib.llamacpp import LlamaCppModel
 
 MESSAGES = [
     {"role": "system", "content": "You are a pirate who explains things briefly."},
@@ -14,6 +17,7 @@ MESSAGES = [
 ]
 
 
+@pytest.mark.model
 def test_gemma_turns_keep_the_system_prompt_in_the_first_user_turn(tiny_chat):
     prompt = tiny_chat.prompt_text(MESSAGES)
     assert prompt.startswith("<bos><start_of_turn>user\nYou are a pirate")
@@ -22,6 +26,7 @@ def test_gemma_turns_keep_the_system_prompt_in_the_first_user_turn(tiny_chat):
     assert "system" not in prompt  # Gemma has no system role
 
 
+@pytest.mark.model
 def test_chat_returns_openai_style_response_and_engine_timings(tiny_chat):
     response = tiny_chat.chat(MESSAGES, max_tokens=24)
     assert response["object"] == "chat.completion"
@@ -36,11 +41,12 @@ def test_chat_returns_openai_style_response_and_engine_timings(tiny_chat):
     assert timings.ms_per_token == pytest.approx(1000 / timings.generated_tps)
 
 
-def test_streaming_gives_the_same_text_as_greedy_completion(tiny_chat, capsys):
+@pytest.mark.model
+def test_streaming_gives_the_same_text_as_greedy_completion(tiny_chat):
     full = tiny_chat.chat(MESSAGES, max_tokens=24)["choices"][0]["message"]["content"]
-    streamed = stream_text(tiny_chat.chat(MESSAGES, max_tokens=24, stream=True))
-    assert streamed == full
-    assert full.strip() in capsys.readouterr().out
+    chunks = list(tiny_chat.chat(MESSAGES, max_tokens=24, stream=True))
+    assert len(chunks) > 2
+    assert "".join(chunk_text(c) for c in chunks) == full
 
 
 def test_missing_gguf_names_the_path(tmp_path):
@@ -56,9 +62,10 @@ def test_corrupt_gguf_names_the_path(tmp_path):
         check_gguf(bad)
 
 
+@pytest.mark.model
 def test_context_larger_than_trained_lists_the_valid_range(session):
-    path = session.gguf_path("chat")
+    path = session.model_path("chat")
     with pytest.raises(ValueError, match=r"n_ctx=1000000 .*1\.\.32768"):
-        LlamaCppModel(path, n_ctx=1_000_000, chat_template=GEMMA_TEMPLATE)
+        LlamaCppModel(path, n_ctx=1_000_000, chat_template=GEMMA_TURNS.template)
     with pytest.raises(ValueError, match="n_ctx=0"):
         LlamaCppModel(path, n_ctx=0)

@@ -1,4 +1,8 @@
-"""The multi-user load test against the real local server (and a hung one)."""
+"""The multi-user load test: its bookkeeping on the fake endpoint, timeouts on a hung socket.
+
+The real servers under load are tested in test_native.py (llama-server, one server per
+concurrency level) and test_server.py (llama_cpp.server and the openai client).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,17 @@ import math
 import socket
 
 import pytest
+from fakes import FakeChat, FakeEndpoint
 
-from llmops_lib import loadtest, server
+from llmops_lib import loadtest
+from llmops_lib.endpoint import Endpoint
+from llmops_lib.process import HOST
 
 
-@pytest.fixture(scope="module")
-def endpoint(session):
-    with server.LocalServer.for_session(session, n_ctx=512) as local:
-        yield server.connect(local.base_url)
+@pytest.fixture
+def endpoint():
+    """One slot answering each prompt with 'You said: ...', 1 ms per generated token."""
+    return FakeEndpoint(FakeChat(token_delay_s=0.001))
 
 
 def test_one_row_per_concurrency_level_with_finite_figures(endpoint):
@@ -24,21 +31,47 @@ def test_one_row_per_concurrency_level_with_finite_figures(endpoint):
     figures = summary.drop(columns=["requests", "failed"])
     assert all(math.isfinite(v) and v > 0 for v in figures.to_numpy().ravel())
     assert (summary["latency_p95_s"] >= summary["latency_p50_s"]).all()
-    assert len(requests) == 7 and (requests["tokens"] > 0).all()
+    assert len(requests) == 7 and (requests["tokens"] == 8).all()  # replies cut at max_tokens
     assert (requests["ttft_s"] <= requests["latency_s"]).all()
+    assert (summary["tokens_per_s"] * summary["wall_s"]).round(6).tolist() == [8, 16, 32]
+    assert len(endpoint.requests) == 7
     assert loadtest.user_threads_alive() == 0
+
+
+def test_every_user_sends_its_own_prompts_in_turn(endpoint):
+    prompts = [f"prompt {i}" for i in range(5)]
+    _, requests = loadtest.run(endpoint, users=(3,), requests_per_user=2, prompts=prompts)
+    sent = sorted(m[0]["content"] for m in endpoint.requests)
+    # user u's i-th request: prompts[(u + i * users) % len(prompts)]
+    assert sent == sorted(prompts[(u + i * 3) % 5] for u in range(3) for i in range(2))
+    assert sorted(requests["user"]) == [0, 0, 1, 1, 2, 2] and set(requests["users"]) == {3}
+    assert (requests["started_s"] >= 0).all()
+
+
+def test_failed_requests_are_counted_and_not_timed(endpoint):
+    endpoint.fail = lambda messages: "HTTP 503" if messages[0]["content"] == "fail" else None
+    rows, wall = loadtest.run_level(endpoint, users=2, requests_per_user=1, prompts=["ok", "fail"])
+    failed = [r for r in rows if r.error]
+    assert len(rows) == 2 and len(failed) == 1
+    assert "HTTP 503" in failed[0].error and math.isnan(failed[0].ttft_s)
+    assert failed[0].tokens == 0
+    summary = loadtest.level_figures(rows, 2, wall)
+    assert summary["failed"] == 1 and summary["requests"] == 2
+    ok = next(r for r in rows if not r.error)
+    assert summary["latency_p50_s"] == summary["latency_p95_s"] == ok.latency_s
+    assert summary["tokens_per_s"] == ok.tokens / wall
 
 
 def test_a_hung_server_times_out_and_leaves_no_threads():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((server.HOST, 0))
+        sock.bind((HOST, 0))
         sock.listen(16)
-        url = f"http://{server.HOST}:{sock.getsockname()[1]}/v1"
-        hung = server.Endpoint(url, model="any")
+        url = f"http://{HOST}:{sock.getsockname()[1]}/v1"
+        hung = Endpoint(url, model="any")
         rows, wall = loadtest.run_level(hung, users=2, requests_per_user=1, timeout_s=1)
     assert len(rows) == 2
     assert all(r.error and url in r.error for r in rows)
-    summary = loadtest.summarize(rows, 2, wall)
+    summary = loadtest.level_figures(rows, 2, wall)
     assert summary["failed"] == 2 and summary["requests_per_s"] == 0
     assert math.isnan(summary["latency_p50_s"])
     assert loadtest.user_threads_alive() == 0
@@ -49,6 +82,7 @@ def test_bad_levels_are_rejected(endpoint):
         loadtest.run_level(endpoint, users=0)
     with pytest.raises(ValueError, match="users is empty"):
         loadtest.run(endpoint, users=())
+    assert endpoint.requests == []
 
 
 def test_summary_is_saved_to_a_new_file_each_time(endpoint, tmp_path, monkeypatch):

@@ -85,8 +85,8 @@ def test_verdicts_for_the_workshop_gpus():
     assert memory.plan(LLAMA_8B, "bf16", "L4").fits
     l4 = memory.plan(LLAMA_8B, "bf16", "L4")
     assert l4.headroom_gb == pytest.approx(24 - l4.total_gb)
-    assert memory.best_fit(LLAMA_8B, "T4").precision == "int8"
-    assert memory.best_fit(LLAMA_70B, "T4") is None
+    assert memory.plan(LLAMA_8B, "int8", "T4").fits
+    assert not memory.plan(LLAMA_70B, "nf4", "T4").fits
 
 
 def _llama_cpp_kv_mib(n_ctx: int, **kwargs) -> float:
@@ -104,6 +104,7 @@ def _llama_cpp_kv_mib(n_ctx: int, **kwargs) -> float:
     return sum(map(float, sizes))
 
 
+@pytest.mark.model
 def test_tiny_kv_estimate_matches_llama_cpp():
     # llama-cpp-python allocates full-size caches also for sliding-window layers by default
     reported = _llama_cpp_kv_mib(2048)
@@ -111,6 +112,7 @@ def test_tiny_kv_estimate_matches_llama_cpp():
     assert estimate == pytest.approx(reported, rel=0.10)
 
 
+@pytest.mark.model
 def test_tiny_windowed_kv_is_what_llama_cpp_saves_without_full_swa():
     # with swa_full=False llama.cpp keeps the window plus one micro-batch per sliding layer:
     # the planner's window-only figure is the lower bound, the full cache the upper one
@@ -119,11 +121,12 @@ def test_tiny_windowed_kv_is_what_llama_cpp_saves_without_full_swa():
     assert reported < memory.kv_cache_bytes(TINY, 4096, swa_full=True) / 2**20
 
 
+@pytest.mark.model
 def test_tied_embeddings_flag_matches_the_tiny_models_own_config():
     # The planner counts one unquantized matrix for tied models: the flag must be the model's.
-    from llmops_lib import hf
+    from llmops_lib import provision
 
-    config = json.loads((hf.tiny_hf_dir() / "config.json").read_text())
+    config = json.loads((provision.tiny_hf_dir() / "config.json").read_text())
     tied = config.get(
         "tie_word_embeddings", config.get("text_config", {}).get("tie_word_embeddings")
     )

@@ -1,4 +1,4 @@
-"""llama.cpp's native tools (issue 9): llama-server answers OpenAI-style chats, llama-bench parses.
+"""llama.cpp's own tools: llama-server answers OpenAI-style chats, llama-bench parses.
 
 The tools are built by `make setup` (scripts/build_llama_tools.sh); only their absence skips
 the tests that run them, and the skip message says how to build them.
@@ -10,17 +10,18 @@ import math
 
 import pytest
 
-from llmops_lib import native
+from llmops_lib import llama_bench, loadtest, servers, tools
+from llmops_lib.catalog import GEMMA_TURNS
+from llmops_lib.process import port_is_free
 from llmops_lib.profiles import get as get_profile
-from llmops_lib.server import GEMMA_BOS, port_is_free
 from llmops_lib.session import Session
 
 
 def _missing_tools() -> str | None:
     try:
-        for name in native.TOOLS:
-            native.tool_path(name)
-    except native.ToolsNotBuiltError as err:
+        for name in tools.TOOLS:
+            tools.tool_path(name)
+    except tools.ToolsNotBuiltError as err:
         return str(err)
     return None
 
@@ -36,43 +37,44 @@ MESSAGES = [
 
 def test_missing_build_names_the_command_that_builds_it(tmp_path, monkeypatch):
     monkeypatch.setenv("LLMOPS_CACHE", str(tmp_path))
-    with pytest.raises(native.ToolsNotBuiltError) as err:
-        native.tool_path("llama-server")
+    with pytest.raises(tools.ToolsNotBuiltError) as err:
+        tools.tool_path("llama-server")
     assert "make setup" in str(err.value)
     assert "scripts/build_llama_tools.sh" in str(err.value)
 
 
+@pytest.mark.model
 def test_bad_arguments_are_named(session):
-    path = session.gguf_path("chat")
+    path = session.model_path("chat")
     with pytest.raises(ValueError, match="n_parallel=0"):
-        native.LlamaServer(path, n_parallel=0)
+        servers.LlamaServer(path, n_parallel=0)
     with pytest.raises(ValueError, match="llama-cpp"):
-        native.tool_path("llama-cpp")
+        tools.tool_path("llama-cpp")
     with pytest.raises(FileNotFoundError, match="no-such.gguf"):
-        native.llama_bench("no-such.gguf")
+        llama_bench.llama_bench("no-such.gguf")
 
 
 def test_a_profile_without_a_gguf_chat_model_is_refused(session):
     multi = Session(profile=get_profile("multi-gpu"), hardware=session.hardware)
-    with pytest.raises(ValueError, match="llama-server needs a GGUF model"):
-        native.LlamaServer.for_session(multi)
+    with pytest.raises(ValueError, match="needs a GGUF model"):
+        multi.server("llama-server")
 
 
 def test_a_table_without_both_phases_is_named():
-    only_decode = native.parse_bench_json(
+    only_decode = llama_bench.parse_bench_json(
         '[{"n_prompt": 0, "n_gen": 16, "n_threads": 2, "avg_ts": 50.0, "stddev_ts": 1.0,'
         ' "samples_ts": [49.0, 51.0], "backends": "CPU", "n_gpu_layers": 0,'
         ' "model_type": "gemma3 270M Q4_K - Medium"}]'
     )
     with pytest.raises(ValueError, match=r"n_depth=\(0, n_prompt\)"):
-        native.phase_tps(only_decode)
+        llama_bench.phase_tps(only_decode)
 
 
 @needs_tools
 @pytest.mark.model
 def test_llama_bench_output_parses_into_finite_figures(session):
-    table = native.llama_bench(
-        session.gguf_path("chat"), n_threads=2, n_prompt=32, n_gen=16, reps=2, n_depth=(0, 32)
+    table = llama_bench.llama_bench(
+        session.model_path("chat"), n_threads=2, n_prompt=32, n_gen=16, reps=2, n_depth=(0, 32)
     )
     assert list(table["test"]) == ["pp32", "tg16", "pp32@d32", "tg16@d32"]
     assert (table["n_threads"] == 2).all() and (table["reps"] == 2).all()
@@ -80,7 +82,7 @@ def test_llama_bench_output_parses_into_finite_figures(session):
         assert all(math.isfinite(x) for x in table[column])
     assert (table["tokens_per_s"] > 0).all()
     # The library's figures are set beside the raw engine's, phase by phase.
-    compared = native.versus_library(table, prompt_tps=100.0, generated_tps=10.0)
+    compared = llama_bench.versus_library(table, prompt_tps=100.0, generated_tps=10.0)
     pp, tg = table["tokens_per_s"].iloc[[0, 3]]  # prefill from empty, decode after the prompt
     assert list(compared["llama-bench"]) == [pp, tg]
     assert list(compared["ratio"]) == pytest.approx([100.0 / pp, 10.0 / tg])
@@ -89,7 +91,7 @@ def test_llama_bench_output_parses_into_finite_figures(session):
 @needs_tools
 @pytest.mark.model
 def test_llama_server_answers_openai_chat_and_frees_its_port(session, tiny_chat, no_network):
-    with native.LlamaServer.for_session(session, n_parallel=2, n_ctx=1024, n_threads=2) as server:
+    with session.server("llama-server", n_parallel=2, n_ctx=1024, n_threads=2) as server:
         port, process = server.port, server.process
         # Two slots of the requested context each.
         props = server.get_json("/props")
@@ -98,7 +100,7 @@ def test_llama_server_answers_openai_chat_and_frees_its_port(session, tiny_chat,
         # Same Gemma turns as the in-process library, system prompt folded into the user turn;
         # the server drops the template's BOS text because it adds the BOS token itself.
         rendered = server.post_json("/apply-template", {"messages": MESSAGES})["prompt"]
-        assert rendered == tiny_chat.prompt_text(MESSAGES).removeprefix(GEMMA_BOS)
+        assert rendered == tiny_chat.prompt_text(MESSAGES).removeprefix(GEMMA_TURNS.bos)
 
         reply = server.client().chat.completions.create(
             model=server.model, messages=MESSAGES, max_tokens=8, temperature=0
@@ -116,7 +118,7 @@ def test_llama_server_answers_openai_chat_and_frees_its_port(session, tiny_chat,
 @pytest.mark.model
 def test_llama_server_is_stopped_when_the_block_raises(session):
     with pytest.raises(RuntimeError, match="lesson failed"):
-        with native.LlamaServer.for_session(session, n_threads=1, n_ctx=512) as server:
+        with session.server("llama-server", n_threads=1, n_ctx=512) as server:
             port, process = server.port, server.process
             raise RuntimeError("lesson failed")
     assert process.poll() is not None
@@ -128,7 +130,12 @@ def test_llama_server_is_stopped_when_the_block_raises(session):
 def test_load_test_serves_each_level_with_its_own_slots_and_stops_every_server(session):
     import psutil
 
-    table = native.load_test(session, users=(1, 2), requests_per_user=1, max_tokens=4)
+    table = loadtest.per_level_servers(
+        lambda n: session.server("llama-server", n_parallel=n, n_ctx=1024),
+        users=(1, 2),
+        requests_per_user=1,
+        max_tokens=4,
+    )
     assert list(table.index) == [1, 2]
     assert (table["requests"] == table.index).all()  # one request per user, none lost
     assert (table["failed"] == 0).all()

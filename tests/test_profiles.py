@@ -3,6 +3,7 @@ from dataclasses import replace
 import pytest
 
 from llmops_lib import catalog, profiles
+from llmops_lib.errors import UnknownNameError
 from llmops_lib.hardware import Hardware
 
 CPU = Hardware("local", 2, 2, 24.0, None, None, None, False, False)
@@ -47,7 +48,7 @@ def test_unknown_profile_names_value_and_lists_valid_ones():
 
 
 def test_unknown_role_lists_valid_roles():
-    with pytest.raises(KeyError) as err:
+    with pytest.raises(UnknownNameError) as err:
         profiles.get("tiny").choice("translator")
     assert "'translator'" in str(err.value) and "classifier" in str(err.value)
 
@@ -69,7 +70,7 @@ def test_only_the_tiny_profile_is_offline_and_uses_packaged_models():
 
 
 def test_unknown_model_lists_known_ones():
-    with pytest.raises(KeyError) as err:
+    with pytest.raises(UnknownNameError) as err:
         catalog.get("gpt-5")
     assert "'gpt-5'" in str(err.value) and "llama-3.1-8b-instruct" in str(err.value)
 

