@@ -129,7 +129,8 @@ class LlamaCppModel:
 
     @property
     def n_ctx(self) -> int:
-        return self.llm.n_ctx()
+        """The context asked for: llama.cpp pads its own (128 -> 256), the binding does not."""
+        return self.llm.context_params.n_ctx
 
     def tokenize(self, text: str) -> list[int]:
         """Token ids as the model sees them (special tokens like <start_of_turn> parsed)."""

@@ -63,6 +63,7 @@ def tiny(session):
         yield model
 
 
+@pytest.mark.model
 def test_yes_no_probabilities_are_probabilities(tiny):
     for row in load_assessments().groupby("lang").head(2).itertuples():
         msgs = classify.messages(row.text, row.lang)
@@ -74,12 +75,14 @@ def test_yes_no_probabilities_are_probabilities(tiny):
         assert p + p_negative == pytest.approx(1)
 
 
+@pytest.mark.model
 def test_groups_sharing_a_first_token_are_rejected(tiny):
     msgs = classify.messages("x", "en")
     with pytest.raises(ValueError, match="same token"):
         tiny.next_token_probs(msgs, {"a": ["Yes"], "b": ["Yes"]})
 
 
+@pytest.mark.model
 def test_classify_returns_the_results_table(tiny):
     data = load_assessments("en").head(2)
     df = classify.classify(tiny, data, max_tokens=6, progress=False)
