@@ -7,7 +7,7 @@ export LLMOPS_PROFILE ?= tiny
 
 .PHONY: setup lab test notebooks lint clean
 
-$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml scripts/setup_env.sh
+$(STAMP): requirements.txt requirements-models.txt requirements-dev.txt constraints.txt pyproject.toml scripts/setup_env.sh
 	scripts/setup_env.sh
 	touch $@
 

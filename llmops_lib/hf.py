@@ -220,8 +220,6 @@ class HFModel:
         self.path = provision.hf_dir(spec)
         start = time.perf_counter()
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        if self.tokenizer.chat_template is None and spec.turns:
-            self.tokenizer.chat_template = spec.turns.template
         self.model = AutoModelForCausalLM.from_pretrained(
             self.path,
             dtype=compute_dtype(precision, hw),

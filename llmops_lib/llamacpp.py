@@ -74,7 +74,6 @@ class LlamaCppModel:
         n_threads: int | None = None,
         n_gpu_layers: int | None = None,
         chat_template: str | None = None,
-        stop: str | None = None,
         seed: int = 0,
         verbose: bool = False,
         **llama_kwargs: Any,
@@ -109,14 +108,13 @@ class LlamaCppModel:
             name = self.path.name
             self.close()
             raise ValueError(
-                f"{name} carries no chat template; pass chat_template= and stop= (for a "
-                "model in the catalog: its spec.turns.template and spec.turns.stop)."
+                f"{name} carries no chat template (a base model?); pass chat_template= with "
+                "a Jinja template, or use an instruction-tuned GGUF."
             )
         eos_id = self.llm.token_eos()
-        self.stop = stop
         self.formatter = Jinja2ChatFormatter(
             template,
-            eos_token=stop or self._token_text(eos_id),
+            eos_token=self._token_text(eos_id),
             bos_token=self._token_text(self.llm.token_bos()),
             stop_token_ids=[eos_id],
         )

@@ -89,8 +89,8 @@ class ServerProcess:
 
     The process is stopped on exit from the `with` block, also when the block raises, and at
     interpreter exit as a last resort (a notebook kernel that is shut down mid-lesson).
-    A subclass says how to start it (`command`, `_write_files`) and which path answers 200
-    once the model is loaded (`ready_path`).
+    A subclass says how to start it (`command`) and which path answers 200 once the model
+    is loaded (`ready_path`).
     """
 
     name: str  # the program, as error messages name it
@@ -132,14 +132,6 @@ class ServerProcess:
         """The exact command line, so it can be run by hand in a terminal too."""
         raise NotImplementedError
 
-    def _write_files(self) -> None:
-        """Write the files the command line names (see _file) before the process starts."""
-
-    def _file(self, name: str) -> Path:
-        if self._workdir is None:
-            raise RuntimeError(f"{type(self).__name__}.command() needs start() first.")
-        return self._workdir / name
-
     def start(self) -> ServerProcess:
         """Start the process and wait (bounded) until `ready_path` answers."""
         if self.process is not None:
@@ -153,7 +145,6 @@ class ServerProcess:
         try:
             prefix = f"{WORKDIR_PREFIX}{os.getpid()}-"
             self._workdir = Path(tempfile.mkdtemp(prefix=prefix))
-            self._write_files()
             with self.log_path.open("wb") as log:
                 self.process = subprocess.Popen(
                     self.command(),

@@ -42,7 +42,7 @@ class Profile:
         return lookup(self.roles, role, "role")
 
 
-_GEMMA_GGUF = Choice("gemma-3-270m", "llamacpp", "gguf")
+_SMOLLM2_GGUF = Choice("smollm2-135m-instruct", "llamacpp", "gguf")
 _LLAMA3_GGUF = Choice("llama-3-8b-instruct-gguf", "llamacpp", "gguf")
 _GUARD2_GGUF = Choice("llama-guard-2-8b-gguf", "llamacpp", "gguf")
 
@@ -51,12 +51,12 @@ PROFILES: dict[str, Profile] = {
     for p in [
         Profile(
             "tiny",
-            "offline: Gemma 3 270M base (GGUF from PyPI) + MiniLM encoder; no network, no GPU",
+            "offline: SmolLM2 135M Instruct (GGUF from PyPI) + MiniLM encoder; no network, no GPU",
             {
-                "chat": _GEMMA_GGUF,
-                "classifier": Choice("gemma-3-270m", "transformers", "fp32"),
+                "chat": _SMOLLM2_GGUF,
+                "classifier": Choice("smollm2-135m-instruct", "transformers", "fp32"),
                 "encoder": Choice("all-minilm-l6-v2", "setfit", "fp32"),
-                "guard": _GEMMA_GGUF,
+                "guard": _SMOLLM2_GGUF,
             },
             offline=True,
         ),

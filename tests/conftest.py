@@ -34,7 +34,7 @@ def session():
 
 @pytest.fixture(scope="session")
 def tiny_chat(session):
-    """The tiny profile's chat model (Gemma 3 270M Q4_K_M) on llama.cpp, loaded once."""
+    """The tiny profile's chat model (SmolLM2 135M Instruct Q4_1) on llama.cpp, loaded once."""
     model = session.model(n_ctx=2048)
     yield model
     model.close()

@@ -102,8 +102,8 @@ def test_roofline_points_add_the_kv_cache_of_the_mean_context(session):
         index=pd.Index(["x"], name="config"),
     )
     point = roofline.roofline_points(summary, session.spec("chat"), bandwidth_gbs=100).loc["x"]
-    # Gemma 3 270M: 18 layers x (K + V) x 1 KV head x 256 dims x 2 bytes, at 10 + 20/2 tokens.
-    assert point["kv_bytes"] == 18 * 2 * 1 * 256 * 2 * 20
+    # SmolLM2 135M: 30 layers x (K + V) x 3 KV heads x 64 dims x 2 bytes, at 10 + 20/2 tokens.
+    assert point["kv_bytes"] == 30 * 2 * 3 * 64 * 2 * 20
     assert point["roofline_tps"] == pytest.approx(100e9 / (1e9 + point["kv_bytes"]))
     assert point["roofline_fraction"] == pytest.approx(25 / point["roofline_tps"])
 

@@ -1,7 +1,7 @@
 """Conversation: history, token budget, trimming, streaming and saved turns.
 
 The logic runs on the fake model of tests/fakes.py (one token per word, milliseconds).
-The real tiny model (Gemma 3 270M) checks what only an engine shows: its chat template and
+The real tiny model (SmolLM2 135M Instruct) checks what only an engine shows: its chat template and
 tokenizer under trimming, llama.cpp's reuse of the cached prefix, transformers without one.
 """
 
@@ -170,14 +170,12 @@ def test_system_prompt_and_reply_budget_must_fit_the_context(fake):
 
 
 @pytest.mark.model
-def test_trimming_with_gemmas_template_and_tokenizer_on_llama_cpp(session):
+def test_trimming_with_the_models_template_and_tokenizer_on_llama_cpp(session):
     with session.model(n_ctx=256) as model:
         conv = chat_for_turns(model, 10)
         assert conv.dropped, "10 turns on 256 tokens must have needed trimming"
-        # Gemma has no system role: the system prompt opens the first user turn
-        assert model.prompt_text(conv.messages).startswith(
-            f"<bos><start_of_turn>user\n{SYSTEM}\n\n"
-        )
+        # the system prompt survives every trim, as the first turn
+        assert model.prompt_text(conv.messages).startswith(f"<|im_start|>system\n{SYSTEM}")
         check_trimming(conv, model)
     figures = conv.figures()
     assert (figures["generated_tokens"] <= REPLY_TOKENS).all()
@@ -189,7 +187,7 @@ def test_trimming_with_gemmas_template_and_tokenizer_on_llama_cpp(session):
 
 @pytest.mark.model
 def test_conversation_runs_on_the_transformers_backend(session, capsys):
-    with session.load("gemma-3-270m", "transformers", "fp32", n_ctx=96) as model:
+    with session.model("classifier", n_ctx=96) as model:
         conv = Conversation(model, SYSTEM, max_tokens=REPLY_TOKENS)
         replies = [conv.ask(q) for q in QUESTIONS[:3]]
         streamed = "".join(conv.stream(QUESTIONS[3]))

@@ -376,8 +376,9 @@ def test_real_tiny_guard_under_the_grammar_gives_well_formed_verdicts(guard_mode
 def test_real_tiny_guard_saying_unsafe_blocks_the_reply(guard_model, audit):
     # Push the real model towards 'unsafe' and towards stopping as soon as the grammar
     # allows, so its verdict is a complete 'unsafe' + code line chosen by the model.
+    # its first token is enough: once it is chosen, the grammar only allows the rest of it
     unsafe = guard_model.tokenize("unsafe")
-    assert len(unsafe) == 1, "the bias below assumes 'unsafe' is one token"
+    assert unsafe[0] not in guard_model.tokenize("safe"), "the bias must not favour 'safe'"
     bias = {unsafe[0]: 30.0, guard_model.llm.token_eos(): 30.0}
     output_guard = LlamaCppGuard(guard_model, LLAMA_GUARD_3, logit_bias=bias)
     # the chat model is not under test here: the fake's reply is what the guard judges

@@ -11,7 +11,7 @@ from llmops_lib import catalog, hf, memory
 from llmops_lib.errors import UnknownNameError
 from llmops_lib.hardware import detect
 
-TINY = catalog.get("gemma-3-270m")
+TINY = catalog.get("smollm2-135m-instruct")
 LLAMA_8B = catalog.get("llama-3.1-8b-instruct")
 LLAMA_70B = catalog.get("llama-3.1-70b-instruct")
 MESSAGES = [

@@ -1,4 +1,4 @@
-"""The llama.cpp backend with the real tiny model (Gemma 3 270M Q4_K_M from PyPI)."""
+"""The llama.cpp backend with the real tiny model (SmolLM2 135M Instruct Q4_1 from PyPI)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import math
 import pytest
 
 from llmops_lib.backend import chunk_text
-from llmops_lib.catalog import GEMMA_TURNS
 from llmops_lib.gguf_header import check_gguf
 from llmops_lib.llamacpp import LlamaCppModel
 
@@ -18,12 +17,11 @@ MESSAGES = [
 
 
 @pytest.mark.model
-def test_gemma_turns_keep_the_system_prompt_in_the_first_user_turn(tiny_chat):
+def test_the_ggufs_own_chatml_template_renders_each_turn(tiny_chat):
     prompt = tiny_chat.prompt_text(MESSAGES)
-    assert prompt.startswith("<bos><start_of_turn>user\nYou are a pirate")
-    assert "What is a large language model?<end_of_turn>\n" in prompt
-    assert prompt.endswith("<start_of_turn>model\n")
-    assert "system" not in prompt  # Gemma has no system role
+    assert prompt.startswith("<|im_start|>system\nYou are a pirate")
+    assert "<|im_start|>user\nWhat is a large language model?<|im_end|>\n" in prompt
+    assert prompt.endswith("<|im_start|>assistant\n")
 
 
 @pytest.mark.model
@@ -65,7 +63,7 @@ def test_corrupt_gguf_names_the_path(tmp_path):
 @pytest.mark.model
 def test_context_larger_than_trained_lists_the_valid_range(session):
     path = session.model_path("chat")
-    with pytest.raises(ValueError, match=r"n_ctx=1000000 .*1\.\.32768"):
-        LlamaCppModel(path, n_ctx=1_000_000, chat_template=GEMMA_TURNS.template)
+    with pytest.raises(ValueError, match=r"n_ctx=1000000 .*1\.\.8192"):
+        LlamaCppModel(path, n_ctx=1_000_000)
     with pytest.raises(ValueError, match="n_ctx=0"):
         LlamaCppModel(path, n_ctx=0)

@@ -11,7 +11,6 @@ import math
 import pytest
 
 from llmops_lib import llama_bench, loadtest, servers, tools
-from llmops_lib.catalog import GEMMA_TURNS
 from llmops_lib.process import port_is_free
 from llmops_lib.profiles import get as get_profile
 from llmops_lib.session import Session
@@ -97,15 +96,14 @@ def test_llama_server_answers_openai_chat_and_frees_its_port(session, tiny_chat,
         props = server.get_json("/props")
         assert props["total_slots"] == 2
         assert props["default_generation_settings"]["n_ctx"] == 1024
-        # Same Gemma turns as the in-process library, system prompt folded into the user turn;
-        # the server drops the template's BOS text because it adds the BOS token itself.
+        # The GGUF's own template (--jinja), rendered as the in-process library renders it.
         rendered = server.post_json("/apply-template", {"messages": MESSAGES})["prompt"]
-        assert rendered == tiny_chat.prompt_text(MESSAGES).removeprefix(GEMMA_TURNS.bos)
+        assert rendered == tiny_chat.prompt_text(MESSAGES)
 
         reply = server.client().chat.completions.create(
             model=server.model, messages=MESSAGES, max_tokens=8, temperature=0
         )
-        assert reply.usage.prompt_tokens == tiny_chat.count_tokens(MESSAGES)  # one BOS, no more
+        assert reply.usage.prompt_tokens == tiny_chat.count_tokens(MESSAGES)
         assert 1 <= reply.usage.completion_tokens <= 8
         assert reply.choices[0].finish_reason in {"stop", "length"}
         assert isinstance(reply.choices[0].message.content, str)

