@@ -7,12 +7,14 @@ export LLMOPS_PROFILE ?= tiny
 
 .PHONY: setup lab test notebooks lint clean
 
-$(STAMP): requirements.txt requirements-models.txt requirements-dev.txt constraints.txt pyproject.toml scripts/setup_env.sh
+$(STAMP): requirements.txt requirements-models.txt requirements-dev.txt constraints.txt \
+          pyproject.toml scripts/setup_env.sh scripts/build_llama_tools.sh
 	scripts/setup_env.sh
 	touch $@
 
-# llama.cpp's own tools, cached outside the repo per llama-cpp-python version (a no-op
-# when already built; ~7 min the first time on 2 cores).
+# One llama.cpp build gives the binding's wheel and llama.cpp's own tools, cached outside
+# the repo per llama-cpp-python version and backend; setup_env.sh starts it. Here it is a
+# no-op check that rebuilds only if that cache was removed.
 setup: $(STAMP)
 	scripts/build_llama_tools.sh
 

@@ -9,6 +9,7 @@ them in tools.json; this module only finds them.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from importlib.metadata import version
 from pathlib import Path
@@ -28,9 +29,17 @@ class ToolsNotBuiltError(FileNotFoundError):
     """llama.cpp's native tools for this llama-cpp-python version are not built yet."""
 
 
+def backend() -> str:
+    """'cuda' if the installed llama-cpp-python was built with CUDA, else 'cpu' (from its
+    files, without importing it), so the tools found come from the binding's own build."""
+    spec = importlib.util.find_spec("llama_cpp")
+    lib = Path(spec.origin).parent / "lib" if spec and spec.origin else None
+    return "cuda" if lib is not None and any(lib.glob("libggml-cuda*")) else "cpu"
+
+
 def tools_dir() -> Path:
-    """Cache folder of the tools for the installed llama-cpp-python (same engine, same key)."""
-    return cache_dir() / "llama-tools" / version("llama-cpp-python")
+    """Cache folder of the tools for the installed llama-cpp-python (same build, same key)."""
+    return cache_dir() / "llama-tools" / f"{version('llama-cpp-python')}-{backend()}"
 
 
 def tools() -> dict[str, Any]:

@@ -1,82 +1,143 @@
 #!/usr/bin/env bash
-# Build llama.cpp's own tools (llama-server, llama-bench, llama-perplexity, llama-quantize)
-# from the llama-cpp-python source distribution pinned in requirements.txt, so the native
-# engine the course measures is exactly the one inside the Python binding.
+# Compile llama.cpp ONCE, from the llama-cpp-python sdist pinned in requirements.txt, and get
+# from that one build both the Python binding (a wheel) and llama.cpp's own tools. Before,
+# pip compiled the binding (178 C/C++ files) and this script compiled the same sources again
+# for the tools (198 files); now one build of 199 files (~10 CPU-minutes, ~5-6 min on 2
+# cores) serves both.
 #
-# Idempotent and cached OUTSIDE the work tree, keyed by the pinned version:
-#   ${LLMOPS_CACHE:-~/.cache/llmops}/llama-tools/<version>/bin/...   the four tools
-#   ${LLMOPS_CACHE:-~/.cache/llmops}/llama-tools/<version>/tools.json where they are
-# (llmops_lib.native reads tools.json). Network: only `pip download` from the package
-# registry; curl support is off, so the tools never download anything themselves.
+# How: the binding's own build (pip wheel -> scikit-build-core -> CMake) with the tools
+# switched on and a build directory kept until the wheel is made; the tools and the shared
+# libraries they link (libllama, libggml*, ...) are copied out of it. The other way, one
+# CMake build of vendor/llama.cpp that the binding loads through LLAMA_CPP_LIB_PATH,
+# compiles the very same 199 files, and then needs that variable in every shell or a
+# hand-patched site-packages; so it gains nothing.
+#
+# Cached OUTSIDE the work tree, keyed by the pinned version AND the backend (cpu|cuda), so a
+# CUDA machine never gets a CPU build or the reverse:
+#   ${LLMOPS_CACHE:-~/.cache/llmops}/llama-tools/<version>-<backend>/
+#       wheel/llama_cpp_python-<version>-*.whl   what setup_env.sh installs into .venv
+#       bin/llama-server ... + lib*.so           the tools, RPATH $ORIGIN (they move freely)
+#       tools.json                               {"llama_cpp_python", "backend", "tools"}
+# Idempotent (a no-op when cached) and safe to run twice at once (flock).
+#   scripts/build_llama_tools.sh                build if needed
+#   scripts/build_llama_tools.sh --print-wheel  print the cached wheel's path (fails if none)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-TOOLS=(llama-server llama-bench llama-perplexity llama-quantize)
+# What the course runs: llama-server (nb 03, 10), llama-bench (nb 07), llama-perplexity and
+# llama-quantize (nb 09); llama-imatrix (importance matrix for low-bit quants) is one more
+# source file on top of the same libraries, so it comes almost free. Not built: llama-cli,
+# tts, gguf-split, tokenize, the mtmd CLIs and the other tools. The multimodal library
+# (libmtmd) IS compiled, because llama-server links it in this llama.cpp version.
+TOOLS=(llama-server llama-bench llama-perplexity llama-quantize llama-imatrix)
 PYTHON="${PYTHON:-.venv/bin/python}"
 [ -x "$PYTHON" ] || PYTHON=python3
 
 # One source of truth: the llama-cpp-python pin in requirements.txt (extras allowed).
 VERSION="$(sed -n -E 's/^llama-cpp-python(\[[^]]*\])?==([^ ;#]+).*/\2/p' requirements.txt)"
-if [ -z "$VERSION" ]; then
-    echo "build_llama_tools: no 'llama-cpp-python==X' pin found in requirements.txt" >&2
-    exit 1
+[ -n "$VERSION" ] || { echo "build_llama_tools: no 'llama-cpp-python==X' pin in requirements.txt" >&2; exit 1; }
+
+# The CUDA backend only with a visible GPU and the CUDA compiler; CPU otherwise.
+BACKEND=cpu
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 \
+    && command -v nvcc >/dev/null 2>&1; then
+    BACKEND=cuda
 fi
 
-ROOT="${LLMOPS_CACHE:-$HOME/.cache/llmops}/llama-tools/$VERSION"
+ROOT="${LLMOPS_CACHE:-$HOME/.cache/llmops}/llama-tools/$VERSION-$BACKEND"
 MANIFEST="$ROOT/tools.json"
-mkdir -p "$ROOT"
-
+wheel_path() { compgen -G "$ROOT/wheel/llama_cpp_python-$VERSION-*.whl" | head -n 1; }
 built() {
-    [ -f "$MANIFEST" ] || return 1
+    [ -f "$MANIFEST" ] && [ -n "$(wheel_path)" ] || return 1
     for tool in "${TOOLS[@]}"; do [ -x "$ROOT/bin/$tool" ] || return 1; done
 }
 
+if [ "${1:-}" = --print-wheel ]; then
+    built || { echo "build_llama_tools: nothing built in $ROOT" >&2; exit 1; }
+    wheel_path
+    exit 0
+fi
+
+mkdir -p "$ROOT"
 # Two concurrent callers (make test in two shells) must not build over each other.
 exec 9>"$ROOT/.lock"
 flock 9
 
 if built; then
-    echo "llama.cpp tools for llama-cpp-python $VERSION: up to date in $ROOT/bin"
+    echo "llama.cpp $VERSION ($BACKEND): binding wheel and tools up to date in $ROOT"
     exit 0
 fi
 
+# Under the lock, any work folder left is from an interrupted build: remove it; and no
+# manifest while bin/ is being replaced.
+rm -rf "$ROOT"/work.* "$MANIFEST"
 WORK="$(mktemp -d "$ROOT/work.XXXXXX")"
 trap 'rm -rf "$WORK"' EXIT
+trap 'exit 143' INT TERM HUP
+LOG="$ROOT/build.log"
 
-echo "Downloading the llama-cpp-python $VERSION source distribution ..."
-# --no-binary for this one package only: pip still prepares its metadata, and `:all:` would
-# also compile every build dependency (scikit-build-core, hatchling, ...) from source.
-"$PYTHON" -m pip download --quiet --no-deps --no-binary llama-cpp-python \
-    --dest "$WORK" "llama-cpp-python==$VERSION"
-mkdir "$WORK/src"
-tar -xzf "$WORK"/*.tar.gz -C "$WORK/src"
-SRC="$(echo "$WORK"/src/*/vendor/llama.cpp)"
-[ -f "$SRC/CMakeLists.txt" ] || { echo "build_llama_tools: no vendor/llama.cpp in the sdist" >&2; exit 1; }
+# CMake options, on top of what llama-cpp-python's CMakeLists.txt sets (shared libraries,
+# llama-common, no curl). CMAKE_ARGS from the caller's shell is NOT inherited: an option the
+# cache key does not know about must not slip into a cached build.
+FLAGS=(
+    -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_SERVER=ON
+    # The binding's LLAVA_BUILD adds tools/mtmd a second time once the tools are on (CMake
+    # error), so it is off: the tools build libmtmd; the binding's llama_cpp/lib has no copy,
+    # which only matters for llava/mtmd chat handlers, unused here.
+    -DLLAVA_BUILD=OFF
+    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_APP=OFF
+    # No network at build or run time: no HTTPS in the tools and no web UI (its assets
+    # would be fetched from the Hugging Face Hub during the build).
+    -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF
+    # The tools find the shared libraries beside them wherever bin/ is copied.
+    -DCMAKE_BUILD_RPATH_USE_ORIGIN=ON
+)
+[ "$BACKEND" = cuda ] && FLAGS+=(-DGGML_CUDA=on)
+export CMAKE_ARGS="${FLAGS[*]}"
 
-# No network at build or run time: no curl/HTTPS (so no model downloads from the tools) and
-# no web UI (its assets would be fetched from the Hugging Face Hub during the build).
-CMAKE_FLAGS=(-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF
-    -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_UI=OFF
-    -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=ON
-    -DLLAMA_BUILD_SERVER=ON)
-BACKEND=cpu
-# Same rule as setup_env.sh: the CUDA backend only with a visible GPU and the CUDA compiler.
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 \
-    && command -v nvcc >/dev/null 2>&1; then
-    CMAKE_FLAGS+=(-DGGML_CUDA=on)
-    BACKEND=cuda
+# Build only the tools: their link dependencies are exactly what the binding installs
+# (llama, ggml*, llama-common, mtmd), so nothing else is compiled. The wheel leaves out
+# bin/ (llama-server would otherwise land in site-packages/bin).
+TARGETS="$(IFS=';'; echo "${TOOLS[*]}")"
+case "$BACKEND" in cpu) ETA="about 6 min on 2 cores" ;; *) ETA="longer for CUDA" ;; esac
+echo "Building llama.cpp once for llama-cpp-python $VERSION ($BACKEND, $(nproc) cores, $ETA):"
+echo "  the Python binding + ${TOOLS[*]}; full log: $LOG"
+START=$SECONDS
+# --no-binary: the sdist even if some index offers a wheel; --no-cache-dir: pip keeps no
+# copy of its own (its wheel cache is keyed by version only, not by backend).
+status=0
+"$PYTHON" -m pip wheel -v --no-deps --no-cache-dir --no-binary llama-cpp-python \
+    --wheel-dir "$WORK/dist" \
+    -C build-dir="$WORK/build" -C build.targets="$TARGETS" -C cmake.verbose=false \
+    -C wheel.exclude="bin/**" \
+    "llama-cpp-python==$VERSION" 2>&1 | tee "$LOG" | {
+    # Progress from ninja's "[done/total]" lines: one line per 10 %.
+    next=10
+    while IFS= read -r line; do
+        [[ "$line" =~ \[([0-9]+)/([0-9]+)\] ]] || continue
+        pct=$((BASH_REMATCH[1] * 100 / BASH_REMATCH[2]))
+        if [ "$pct" -ge "$next" ]; then
+            t=$((SECONDS - START))
+            printf '  llama.cpp build %3d%%  (%s/%s steps, %dm%02ds)\n' \
+                "$pct" "${BASH_REMATCH[1]}" "${BASH_REMATCH[2]}" $((t / 60)) $((t % 60))
+            next=$((pct / 10 * 10 + 10))
+        fi
+    done
+} || status=$?
+if [ "$status" -ne 0 ]; then
+    tail -n 40 "$LOG" >&2
+    echo "build_llama_tools: the build failed (exit $status); full log: $LOG" >&2
+    exit 1
 fi
-command -v ninja >/dev/null 2>&1 && CMAKE_FLAGS+=(-G Ninja)
 
-echo "Building ${TOOLS[*]} ($BACKEND) with $(nproc) jobs; about 7 min on 2 cores ..."
-cmake -S "$SRC" -B "$WORK/build" "${CMAKE_FLAGS[@]}" >"$WORK/cmake.log" 2>&1 \
-    || { cat "$WORK/cmake.log" >&2; exit 1; }
-cmake --build "$WORK/build" --target "${TOOLS[@]}" -j"$(nproc)"
-
-# Install the binaries (static against llama/ggml, so they can move), manifest last:
-# a half-finished build never looks finished.
-rm -rf "$ROOT/bin" && mkdir -p "$ROOT/bin"
+# Tools + every shared library of the build (symlinks kept), then a smoke test with no
+# environment help; the manifest comes last, so a half-finished build never looks finished.
+rm -rf "$ROOT/bin" "$ROOT/wheel" && mkdir -p "$ROOT/bin" "$ROOT/wheel"
 for tool in "${TOOLS[@]}"; do install -m 755 "$WORK/build/bin/$tool" "$ROOT/bin/$tool"; done
+cp -P "$WORK"/build/bin/lib*.so* "$ROOT/bin/"
+env -u LD_LIBRARY_PATH "$ROOT/bin/llama-server" --version >/dev/null 2>&1 \
+    || { echo "build_llama_tools: llama-server does not start from $ROOT/bin" >&2; exit 1; }
+mv "$WORK"/dist/llama_cpp_python-*.whl "$ROOT/wheel/"
 "$PYTHON" - "$ROOT" "$VERSION" "$BACKEND" "${TOOLS[@]}" <<'EOF'
 import json, os, sys
 root, version, backend, tools = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
@@ -87,4 +148,5 @@ with open(tmp, "w") as f:
     json.dump(info, f, indent=2)
 os.replace(tmp, os.path.join(root, "tools.json"))
 EOF
-echo "llama.cpp tools for llama-cpp-python $VERSION ($BACKEND) in $ROOT/bin"
+t=$((SECONDS - START))
+echo "llama.cpp $VERSION ($BACKEND) built in $((t / 60))m$((t % 60))s: wheel and tools in $ROOT"
