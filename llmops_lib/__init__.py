@@ -12,13 +12,21 @@ __all__ = ["Session", "setup"]
 __version__ = "0.1.0"
 
 
-def setup(profile: str | None = None, quiet: bool = False) -> Session:
+NO_GPU_BANNER = """
+!!! This notebook is written for a GPU, and this machine has none (CUDA not visible).
+!!! It runs on the CPU with the {profile!r} profile: the GPU sections are skipped or slow.
+!!! On Colab: Runtime -> Change runtime type -> T4 GPU, then Runtime -> Run all.
+"""
+
+
+def setup(profile: str | None = None, quiet: bool = False, wants_gpu: bool = False) -> Session:
     """Detect the machine, pick the profile and print a summary; call once per notebook.
 
     The profile comes from the argument, else LLMOPS_PROFILE, else the hardware
     (Colab T4 -> colab-t4, L4/A100 -> colab-l4, anything else -> tiny). An offline
     profile switches huggingface_hub and transformers to offline mode, so a stray
-    download fails loudly instead of reaching the network.
+    download fails loudly instead of reaching the network. `wants_gpu`: the notebook's
+    lesson needs a GPU; without one a banner says so (also when `quiet`).
     """
     hw = hardware.detect(check_token=False)
     chosen = profiles.resolve(profile, hw)
@@ -27,6 +35,8 @@ def setup(profile: str | None = None, quiet: bool = False) -> Session:
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
     hw = replace(hw, hf_token=hardware.has_hf_token())
     session = Session(profile=chosen, hardware=hw)
+    if wants_gpu and hw.gpu_name is None:
+        print(NO_GPU_BANNER.format(profile=chosen.name))
     if not quiet:
         for item, value in session.summary()["value"].items():
             print(f"{item:<18} {value}")

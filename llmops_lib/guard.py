@@ -19,7 +19,7 @@ import os
 import time
 import uuid
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -423,7 +423,7 @@ class GuardedChat:
             return None if v is None else {**v.as_dict(), "label": v.label}
 
         return {
-            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
             "request_id": result.request_id,
             "input_guard": self.input_guard.name,
             "output_guard": self.output_guard.name,

@@ -1,17 +1,31 @@
-"""The one place that names the course's GitHub repository; badges are built from it."""
+"""The one place that names the course's GitHub repository, and the command that rewrites
+everything built from it: colab_links.md, each notebook's badge and Colab install line, and
+the Colab runtime (GPU or not) stored in each notebook.
+
+    python -m llmops_lib.links                      rewrite all from GITHUB_SLUG and REF
+    python -m llmops_lib.links --repo OWNER/NAME [--ref TAG]   move the course, then rewrite
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import re
+from pathlib import Path
+
 GITHUB_SLUG = "on-prem-llmops/llmops-course"
-BRANCH = "main"
+REF = "main"  # a branch or a tag: what Colab opens and installs
 BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
+# Notebooks whose lesson needs a GPU (their badge opens a T4 runtime; setup() warns without).
+GPU_NOTEBOOKS = ("02_present_quantized_llama.ipynb", "07_cpu_vs_gpu.ipynb")
+# Extras of llmops_lib a notebook installs on Colab beyond [colab] (06 scans code).
+NOTEBOOK_EXTRAS = {"06_guard_companion.ipynb": ("guard",)}
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def colab_url(notebook: str) -> str:
     """Open-in-Colab address of a notebook file in notebooks/."""
-    return (
-        f"https://colab.research.google.com/github/{GITHUB_SLUG}/blob/{BRANCH}/notebooks/{notebook}"
-    )
+    return f"https://colab.research.google.com/github/{GITHUB_SLUG}/blob/{REF}/notebooks/{notebook}"
 
 
 def badge(notebook: str) -> str:
@@ -21,18 +35,38 @@ def badge(notebook: str) -> str:
 
 def pip_install_url() -> str:
     """What Colab installs: the library straight from the repository."""
-    return f"git+https://github.com/{GITHUB_SLUG}@{BRANCH}"
+    return f"git+https://github.com/{GITHUB_SLUG}@{REF}"
+
+
+def setup_cell(notebook: str) -> str:
+    """The notebook's first code cell: install on Colab only (locally `make lab` did), then
+    setup(). Three lines, so a learner reads it at a glance."""
+    extras = ",".join(("colab", *NOTEBOOK_EXTRAS.get(notebook, ())))
+    wants_gpu = "wants_gpu=True" if notebook in GPU_NOTEBOOKS else ""
+    return (
+        'if "google.colab" in str(get_ipython()):  # locally, `make lab` installed it\n'
+        f'    %pip install -q "llmops_lib[{extras}] @ {pip_install_url()}"\n'
+        f"import llmops_lib; session = llmops_lib.setup({wants_gpu})"
+    )
+
+
+def colab_metadata(notebook: str) -> dict:
+    """Colab's runtime settings stored in the notebook: a T4 GPU where the lesson needs one."""
+    if notebook in GPU_NOTEBOOKS:
+        return {"accelerator": "GPU", "colab": {"gpuType": "T4", "provenance": []}}
+    return {"colab": {"provenance": []}}
 
 
 def colab_links_markdown(notebooks: list[str]) -> str:
     """The text of colab_links.md: one badge per notebook, in course order."""
+    gpu = ", ".join(n[:2] for n in GPU_NOTEBOOKS)
     lines = [
         "# Open the notebooks in Google Colab",
         "",
-        f"Each badge opens the notebook from the `{BRANCH}` branch of "
-        f"[{GITHUB_SLUG}](https://github.com/{GITHUB_SLUG}). Pick a GPU runtime "
-        "(Runtime → Change runtime type → T4 or L4) for notebooks 02 and 07; add your Hugging "
-        "Face token as the Colab secret `HF_TOKEN` for the gated Llama models.",
+        f"Each badge opens the notebook from `{REF}` of "
+        f"[{GITHUB_SLUG}](https://github.com/{GITHUB_SLUG}). Notebooks {gpu} open on a T4 GPU "
+        "runtime (Runtime → Change runtime type to change it); add your Hugging Face token as "
+        "the Colab secret `HF_TOKEN` for the gated Llama models.",
         "",
         "| notebook | open |",
         "|---|---|",
@@ -41,8 +75,61 @@ def colab_links_markdown(notebooks: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-if __name__ == "__main__":  # python -m llmops_lib.links > colab_links.md
-    from pathlib import Path
+def notebook_paths(root: Path = ROOT) -> list[Path]:
+    return sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
-    names = sorted(p.name for p in Path("notebooks").glob("[0-9][0-9]_*.ipynb"))
-    print(colab_links_markdown(names), end="")
+
+BADGE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)")
+
+
+def rewrite_notebook(path: Path) -> None:
+    """Badge (first cell), setup cell (second) and Colab metadata from this module."""
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    first, second = nb["cells"][0], nb["cells"][1]
+    if first["cell_type"] != "markdown" or not BADGE.search("".join(first["source"])):
+        raise ValueError(f"{path.name}: the first cell must be markdown with the Colab badge.")
+    if second["cell_type"] != "code" or "llmops_lib.setup(" not in "".join(second["source"]):
+        raise ValueError(f"{path.name}: the second cell must be the setup cell.")
+    first["source"] = BADGE.sub(badge(path.name), "".join(first["source"])).splitlines(True)
+    second["source"] = setup_cell(path.name).splitlines(True)
+    nb["metadata"].pop("accelerator", None)
+    nb["metadata"].update(colab_metadata(path.name))
+    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def rewrite_all(root: Path = ROOT) -> None:
+    """colab_links.md and every notebook, from GITHUB_SLUG and REF."""
+    paths = notebook_paths(root)
+    for path in paths:
+        rewrite_notebook(path)
+    text = colab_links_markdown([p.name for p in paths])
+    (root / "colab_links.md").write_text(text, encoding="utf-8")
+
+
+def move_course(slug: str, ref: str, module: Path = Path(__file__)) -> None:
+    """Point GITHUB_SLUG and REF in this file at another repository (a fork, a tag)."""
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", slug):
+        raise ValueError(f"--repo {slug!r} is not OWNER/NAME, e.g. my-org/llmops-course.")
+    if not re.fullmatch(r"[\w./-]+", ref):
+        raise ValueError(f"--ref {ref!r} is not a branch or tag name.")
+    text = module.read_text(encoding="utf-8")
+    text = re.sub(r'^GITHUB_SLUG = ".*"$', f'GITHUB_SLUG = "{slug}"', text, flags=re.M)
+    text = re.sub(r'^REF = "[^"]*"', f'REF = "{ref}"', text, flags=re.M)
+    module.write_text(text, encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m llmops_lib.links", description=__doc__)
+    parser.add_argument("--repo", help="OWNER/NAME of the course's GitHub repository")
+    parser.add_argument("--ref", default=None, help="branch or tag to open and install")
+    args = parser.parse_args(argv)
+    global GITHUB_SLUG, REF
+    if args.repo or args.ref:
+        GITHUB_SLUG, REF = args.repo or GITHUB_SLUG, args.ref or REF
+        move_course(GITHUB_SLUG, REF)
+    rewrite_all()
+    print(f"colab_links.md and {len(notebook_paths())} notebooks now point at {GITHUB_SLUG}@{REF}")
+
+
+if __name__ == "__main__":
+    main()

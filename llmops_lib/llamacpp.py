@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,10 @@ def offload_unavailable() -> str | None:
     if not llama_cpp.llama_supports_gpu_offload():
         return (
             "this llama-cpp-python build has no GPU support (a CPU-only build); on a GPU "
-            'machine install a CUDA build: CMAKE_ARGS="-DGGML_CUDA=on" pip install llama-cpp-python'
+            "machine replace it with a CUDA build (minutes of compiling; pip's cache would "
+            'otherwise hand back the CPU one): CMAKE_ARGS="-DGGML_CUDA=on" pip install '
+            "--force-reinstall --no-cache-dir --no-deps llama-cpp-python=="
+            + version("llama-cpp-python")
         )
     if not detect(check_token=False).has_gpu:
         return "llama-cpp-python can offload, but there is no CUDA GPU on this machine"

@@ -66,7 +66,7 @@ PROFILES: dict[str, Profile] = {
             {
                 "chat": _LLAMA3_GGUF,
                 "classifier": Choice("llama-3.1-8b-instruct", "transformers", "nf4"),
-                "encoder": Choice("bge-small-en-v1.5", "setfit", "fp32"),
+                "encoder": Choice("paraphrase-multilingual-minilm-l12-v2", "setfit", "fp32"),
                 "guard": Choice("llama-guard-3-1b", "transformers", "fp16"),
             },
         ),
@@ -86,7 +86,7 @@ PROFILES: dict[str, Profile] = {
             {
                 "chat": _LLAMA3_GGUF,
                 "classifier": Choice("qwen2.5-0.5b-instruct", "transformers", "fp32"),
-                "encoder": Choice("bge-small-en-v1.5", "setfit", "fp32"),
+                "encoder": Choice("paraphrase-multilingual-minilm-l12-v2", "setfit", "fp32"),
                 "guard": _GUARD2_GGUF,
             },
         ),

@@ -19,9 +19,13 @@ from .errors import unknown
 from .provision import cache_dir
 
 TOOLS = ("llama-server", "llama-bench", "llama-perplexity", "llama-quantize")
+_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "build_llama_tools.sh"
 BUILD_HINT = (
-    "build them with `make setup` (or `scripts/build_llama_tools.sh` in the repository; "
+    "build them with `make setup` in the course's checkout (scripts/build_llama_tools.sh; "
     "about 7 min on 2 cores, once per llama-cpp-python version)"
+    if _SCRIPT.is_file()
+    else "they are built by `make setup` in a checkout of the course's repository; this "
+    "installation (e.g. Colab) has no build script: skip the cells that need these tools"
 )
 
 

@@ -12,6 +12,11 @@ cd "$(dirname "$0")/.."
 START=$SECONDS
 
 PYTHON="${PYTHON:-python3}"
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
+    echo "setup_env: Python 3.11 or newer is needed (pandas 3 and other pins); $PYTHON is" \
+        "$("$PYTHON" --version 2>&1). Run again with PYTHON=python3.11 (or newer)." >&2
+    exit 1
+}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 PIP=(.venv/bin/python -m pip install --progress-bar off)
 "${PIP[@]}" --upgrade pip wheel setuptools

@@ -29,9 +29,16 @@ def test_notebook_starts_with_badge_then_setup(path):
     assert first["cell_type"] == "markdown"
     assert links.badge(path.name) in "".join(first["source"])
     assert second["cell_type"] == "code"
-    source = "".join(second["source"])
-    assert "llmops_lib.setup(" in source
-    assert links.pip_install_url() in source, "Colab install line must use the configured slug"
+    assert "".join(second["source"]) == links.setup_cell(path.name), (
+        "the setup cell differs from links.setup_cell(): run `python -m llmops_lib.links`"
+    )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_opens_on_the_colab_runtime_its_lesson_needs(path):
+    metadata = load(path)["metadata"]
+    for key, value in links.colab_metadata(path.name).items():
+        assert metadata.get(key) == value, f"run `python -m llmops_lib.links` ({key})"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -61,5 +68,4 @@ def test_colab_links_lists_every_notebook_with_the_configured_badge():
     text = (ROOT / "colab_links.md").read_text(encoding="utf-8")
     listed = re.findall(r"/notebooks/([\w.-]+\.ipynb)\)", text)
     assert listed == [p.name for p in NOTEBOOKS]
-    for path in NOTEBOOKS:
-        assert links.badge(path.name) in text
+    assert text == links.colab_links_markdown(listed), "run `python -m llmops_lib.links`"

@@ -7,6 +7,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from importlib.metadata import files
 
 import pytest
@@ -60,3 +61,15 @@ def test_import_and_setup_from_a_fresh_interpreter():
         check=True,
     ).stdout
     assert "tiny" in out
+
+
+def test_a_gpu_notebook_without_a_gpu_says_so_loudly(capsys, monkeypatch):
+    from llmops_lib import hardware
+
+    monkeypatch.setenv("LLMOPS_PROFILE", "tiny")
+    real = hardware.detect
+    monkeypatch.setattr(hardware, "detect", lambda **kw: replace(real(**kw), gpu_name=None))
+    llmops_lib.setup(quiet=True, wants_gpu=True)
+    assert "written for a GPU" in capsys.readouterr().out
+    llmops_lib.setup(quiet=True)
+    assert capsys.readouterr().out == ""
