@@ -33,6 +33,10 @@ def setup(profile: str | None = None, quiet: bool = False, wants_gpu: bool = Fal
     if chosen.offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    if hw.runtime == "colab":
+        from .colab import ensure_llama_cpp
+
+        print(ensure_llama_cpp(hw.has_gpu))
     hw = replace(hw, hf_token=hardware.has_hf_token())
     session = Session(profile=chosen, hardware=hw)
     if wants_gpu and hw.gpu_name is None:

@@ -22,7 +22,7 @@ LAYERS = {
     "foundation": ["errors", "backend", "results", "hardware", "datasets", "links"],
     "planning": [
         "catalog", "profiles", "memory", "sharding", "launch", "roofline", "provision", "tools",
-        "gguf_header",
+        "gguf_header", "colab",
     ],
     "engines": ["llamacpp", "hf", "encoder", "process", "servers", "endpoint", "llama_bench"],
     "session": ["session", "__init__"],

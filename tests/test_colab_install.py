@@ -19,6 +19,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from llmops_lib import colab
+
 ROOT = Path(__file__).resolve().parents[1]
 SNAPSHOT = ROOT / "tests" / "colab" / "pip-freeze.gpu.txt"
 # Colab's interpreter, for environment markers.
@@ -83,8 +85,21 @@ def test_the_snapshot_is_colabs_gpu_image():
 def test_the_colab_install_changes_no_package_colab_ships():
     changed, added = resolve(setup_requirements("colab"))
     assert not changed, f"the Colab install would replace Colab's own packages: {changed}"
-    for needed in ("llama-cpp-python", "setfit", "bitsandbytes"):
-        assert needed in added
+    assert {"setfit", "bitsandbytes", "gguf"} <= added
+    assert "llama-cpp-python" not in added  # colab.py installs it, for the runtime's backend
+
+
+def test_the_llama_cpp_wheel_installed_without_deps_finds_all_of_them():
+    # colab.py installs its wheel with --no-deps: Colab or [colab] must bring what it needs
+    _, added = resolve(setup_requirements("colab"))
+    pinned = f"llama-cpp-python[server]=={colab.LLAMA_CPP_VERSION}"
+    _, needs = resolve([Requirement(pinned)])
+    assert needs - {"llama-cpp-python"} <= added, "add them to the [colab] extra"
+
+
+def test_colab_builds_the_version_requirements_txt_pins():
+    pins = (ROOT / "requirements.txt").read_text(encoding="utf-8")
+    assert f"llama-cpp-python[server]=={colab.LLAMA_CPP_VERSION}\n" in pins
 
 
 def test_only_the_guard_notebook_changes_colab_packages_and_only_semgreps_pins():
