@@ -48,6 +48,12 @@ def gpu_offload_available() -> bool:
     return offload_unavailable() is None
 
 
+def default_gpu_layers() -> int:
+    """Every layer on the GPU when this build can offload and a GPU is present, else none;
+    the in-process model and both servers use it, so a comparison runs on one device."""
+    return -1 if gpu_offload_available() else 0
+
+
 def restart_timings(llm: Any) -> None:
     """Zero llama.cpp's own counters of a llama_cpp.Llama (before the call to be timed)."""
     import llama_cpp
@@ -93,15 +99,13 @@ class LlamaCppModel:
                 f"{trained} tokens; use a whole number in 1..{trained}."
             )
         self.n_threads = n_threads or default_threads()
-        if n_gpu_layers is None:
-            n_gpu_layers = -1 if gpu_offload_available() else 0
-        self.n_gpu_layers = n_gpu_layers
+        self.n_gpu_layers = default_gpu_layers() if n_gpu_layers is None else n_gpu_layers
         start = time.perf_counter()
         self.llm = Llama(
             model_path=str(self.path),
             n_ctx=n_ctx,
             n_threads=self.n_threads,
-            n_gpu_layers=n_gpu_layers,
+            n_gpu_layers=self.n_gpu_layers,
             seed=seed,
             verbose=verbose,
             **llama_kwargs,

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from .llamacpp import default_gpu_layers
 from .process import HOST, ServerProcess, positive
 from .tools import tool_path
 
@@ -28,10 +29,12 @@ class LocalServer(ServerProcess):
         model_path: str | Path,
         n_ctx: int = 2048,
         n_threads: int | None = None,
+        n_gpu_layers: int | None = None,
         port: int | None = None,
         startup_timeout_s: float = 120.0,
     ) -> None:
         super().__init__(model_path, n_ctx, n_threads, port, startup_timeout_s)
+        self.n_gpu_layers = default_gpu_layers() if n_gpu_layers is None else n_gpu_layers
 
     def command(self) -> list[str]:
         cmd = [
@@ -42,6 +45,7 @@ class LocalServer(ServerProcess):
             "--n_ctx", str(self.n_ctx),
             "--n_threads", str(self.n_threads),
             "--n_threads_batch", str(self.n_threads),
+            "--n_gpu_layers", str(self.n_gpu_layers),
             # By default a new request cuts off the stream being generated; a load test
             # must see requests queue instead.
             "--interrupt_requests", "False",
@@ -75,7 +79,7 @@ class LlamaServer(ServerProcess):
     ) -> None:
         super().__init__(model_path, n_ctx, n_threads, startup_timeout_s=startup_timeout_s)
         self.n_parallel = positive("n_parallel", n_parallel)
-        self.n_gpu_layers = n_gpu_layers
+        self.n_gpu_layers = default_gpu_layers() if n_gpu_layers is None else n_gpu_layers
         self.extra_args = tuple(extra_args)
 
     @property
@@ -88,8 +92,7 @@ class LlamaServer(ServerProcess):
         cmd += ["--host", HOST, "--port", str(self.port), "-a", self.model]
         cmd += ["-np", str(self.n_parallel), "-c", str(self.n_ctx * self.n_parallel)]
         cmd += ["-t", str(self.n_threads)]
-        if self.n_gpu_layers is not None:
-            cmd += ["-ngl", str(self.n_gpu_layers)]
+        cmd += ["-ngl", str(self.n_gpu_layers)]
         cmd += ["--jinja"]
         return cmd + list(self.extra_args)
 

@@ -140,3 +140,13 @@ def test_a_server_that_dies_on_start_reports_its_log_and_leaves_nothing(tmp_path
         local.start()
     assert local.process is None and local.log_path is None
     assert port_is_free(local.port)
+
+
+@pytest.mark.model
+def test_both_servers_run_on_the_device_the_in_process_model_uses(session, tiny_chat):
+    # a comparison of the two servers (notebook 03) must not put one on the GPU only
+    python_server = session.server("llama_cpp.server").command()
+    native = session.server("llama-server").command()
+    layers = str(tiny_chat.n_gpu_layers)
+    assert python_server[python_server.index("--n_gpu_layers") + 1] == layers
+    assert native[native.index("-ngl") + 1] == layers
