@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .errors import InputError
+
 Message = dict[str, str]
 ROLES = ("system", "user", "assistant")
 
@@ -121,29 +123,29 @@ def check_chat_args(messages: object, max_tokens: object, temperature: object = 
     the message index and the field.
     """
     if not isinstance(messages, list) or not messages:
-        raise ValueError(
+        raise InputError(
             f"messages must be a non-empty list of {{'role': ..., 'content': ...}} dicts, got "
             f"{type(messages).__name__}{'' if messages else ' (empty)'}."
         )
     for i, message in enumerate(messages):
         if not isinstance(message, dict):
-            raise ValueError(f"messages[{i}] is a {type(message).__name__}, not a dict.")
+            raise InputError(f"messages[{i}] is a {type(message).__name__}, not a dict.")
         unknown = set(message) - {"role", "content"}
         if unknown:
-            raise ValueError(f"messages[{i}] has unknown fields {sorted(unknown)}.")
+            raise InputError(f"messages[{i}] has unknown fields {sorted(unknown)}.")
         if message.get("role") not in ROLES:
-            raise ValueError(
+            raise InputError(
                 f"messages[{i}]['role'] is {message.get('role')!r}; use one of {', '.join(ROLES)}."
             )
         if not isinstance(message.get("content"), str):
-            raise ValueError(
+            raise InputError(
                 f"messages[{i}]['content'] is {type(message.get('content')).__name__}, "
                 "not text (str)."
             )
     if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
-        raise ValueError(
+        raise InputError(
             f"max_tokens={max_tokens!r}: use a whole number >= 1 (the most tokens to generate)."
         )
     real = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
     if not real or not math.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"temperature={temperature!r}: use 0 (greedy) or a finite number > 0.")
+        raise InputError(f"temperature={temperature!r}: use 0 (greedy) or a finite number > 0.")

@@ -25,6 +25,7 @@ import pandas as pd
 import psutil
 
 from .backend import LocalModel, chunk_text
+from .errors import InputError, whole
 
 # A prompt of ~180 tokens (a system prompt with background, then the question), so that
 # prefill is long enough to measure, as in a real chat or retrieval prompt.
@@ -166,11 +167,11 @@ def bench(
     Load time and peak memory are measured once per configuration (the load) and
     repeated on every row, so rows from several configurations can be concatenated.
     """
-    if reps < 1 or warmup < 0 or max_tokens < 1:
-        raise ValueError(
-            f"reps={reps}, warmup={warmup}, max_tokens={max_tokens}: use reps >= 1, "
-            "warmup >= 0 and max_tokens >= 1."
-        )
+    whole("reps", reps)
+    whole("warmup", warmup, minimum=0)
+    whole("max_tokens", max_tokens)
+    if not callable(load):
+        raise InputError(f"load is a {type(load).__name__}; pass a function that loads a model.")
     with PeakMemory() as peak:
         start = time.perf_counter()
         model = load()

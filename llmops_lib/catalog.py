@@ -280,6 +280,9 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
-def get(key: str) -> ModelSpec:
-    """The catalog record for `key`; an unknown key lists the known ones."""
+def get(key: str | ModelSpec) -> ModelSpec:
+    """The catalog record for `key` (a record is returned as it is); an unknown key lists
+    the known ones. Functions that take a model as a record or a name call this first."""
+    if isinstance(key, ModelSpec):
+        return key
     return lookup(MODELS, key, "model", "Add a ModelSpec to catalog.MODELS for a new model.")

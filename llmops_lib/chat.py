@@ -20,7 +20,8 @@ from typing import Any
 import pandas as pd
 
 from . import results
-from .backend import LocalModel, reply_text
+from .backend import LocalModel, check_chat_args, reply_text
+from .errors import InputError
 
 FORMAT = "llmops-conversation/1"
 
@@ -71,14 +72,11 @@ class Conversation:
         max_tokens: int = 256,
         temperature: float = 0.0,
     ) -> None:
+        check_chat_args([{"role": "system", "content": system}], max_tokens, temperature)
         if not system.strip():
-            raise ValueError(
+            raise InputError(
                 "system prompt is empty; pass the instructions the model should follow."
             )
-        if max_tokens < 1:
-            raise ValueError(f"max_tokens={max_tokens} leaves no room for a reply; use 1 or more.")
-        if temperature < 0:
-            raise ValueError(f"temperature={temperature} is negative; use 0 (greedy) or more.")
         self.model = model
         self.system = system
         self.max_tokens = max_tokens

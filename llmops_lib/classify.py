@@ -17,6 +17,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from .backend import ScoringModel, reply_text
+from .errors import InputError, check_columns, fraction, lookup, whole
 
 POSITIVE, NEGATIVE, NEUTRAL = "positive", "negative", "neutral"
 LABELS = (POSITIVE, NEGATIVE, NEUTRAL)
@@ -61,9 +62,7 @@ SPELLINGS = {
 
 
 def _prompt(lang: str) -> dict[str, str]:
-    if lang not in PROMPTS:
-        raise ValueError(f"No prompt for language {lang!r}; use one of {', '.join(PROMPTS)}.")
-    return PROMPTS[lang]
+    return lookup(PROMPTS, lang, "prompt language")
 
 
 def messages(text: str, lang: str, examples: pd.DataFrame | None = None) -> list[dict[str, str]]:
@@ -73,6 +72,8 @@ def messages(text: str, lang: str, examples: pd.DataFrame | None = None) -> list
     label meaning without adding many prompt tokens.
     """
     prompt = _prompt(lang)
+    if not isinstance(text, str):
+        raise InputError(f"text is a {type(text).__name__}; pass the assessment as a string.")
     turns = [{"role": "system", "content": prompt["system"]}]
     for row in (examples if examples is not None else pd.DataFrame()).itertuples():
         answer = prompt["yes"] if row.label == POSITIVE else prompt["no"]
@@ -89,6 +90,8 @@ def parse_answer(answer: str) -> str:
     " **Yes.**", "JA," and "nein - ..." all parse; an answer that starts any other way is
     neutral (the model did not follow the format).
     """
+    if not isinstance(answer, str):
+        raise InputError(f"answer is a {type(answer).__name__}; pass the generated text.")
     match = re.match(r"[\W_]*([^\W\d_]+)", answer)
     word = match.group(1).casefold() if match else ""
     for label, words in ANSWER_WORDS.items():
@@ -122,6 +125,9 @@ def classify(
     explanation (the generated answer) and latency_s (time spent on the text).
     `examples` maps a language to solved examples put into the prompt.
     """
+    check_columns("data", data, ("text", "label", "lang"))
+    whole("max_tokens", max_tokens)
+    fraction("threshold", threshold)
     rows = []
     for row in tqdm(list(data.itertuples()), desc="classify", disable=not progress):
         msgs = messages(row.text, row.lang, (examples or {}).get(row.lang))

@@ -7,11 +7,12 @@ llmops_lib/data/README.md: every text is made up for this course.
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from importlib import resources
 
 import pandas as pd
 
-from .errors import unknown
+from .errors import InputError, check_columns, unknown, whole
 
 LABELS = ("negative", "positive")  # positive: the requested aid is recommended
 LANGS = ("en", "de")
@@ -41,15 +42,18 @@ def split(df: pd.DataFrame, k_per_class: int, seed: int = 0) -> tuple[pd.DataFra
     does not depend on k or seed, so results for different k are comparable, and it
     never shares a row with train.
     """
+    check_columns("df", df, ("text", "label", "lang", "set"))
+    whole("k_per_class", k_per_class)
+    whole("seed", seed, minimum=0)
     fewshot = df[df["set"] == "fewshot"]
     if fewshot.empty or not (df["set"] == "eval").any():
-        raise ValueError(
+        raise InputError(
             "split() needs both 'fewshot' and 'eval' rows; pass load_assessments() "
             "(optionally filtered by language), not an already split frame."
         )
     available = int(fewshot.groupby(["lang", "label"]).size().min())
     if not 1 <= k_per_class <= available:
-        raise ValueError(
+        raise InputError(
             f"k_per_class={k_per_class} is out of range: each language and label has "
             f"{available} few-shot examples; choose 1..{available}."
         )
@@ -68,8 +72,11 @@ def score(test: pd.DataFrame, predicted: list[str]) -> pd.DataFrame:
     """
     from sklearn.metrics import accuracy_score, f1_score
 
+    check_columns("test", test, ("label", "lang"))
+    if not isinstance(predicted, Sized) or isinstance(predicted, str):
+        raise InputError(f"predicted is a {type(predicted).__name__}; pass one label per row.")
     if len(predicted) != len(test):
-        raise ValueError(f"Got {len(predicted)} predictions for {len(test)} test rows.")
+        raise InputError(f"Got {len(predicted)} predictions for {len(test)} test rows.")
     frame = test.assign(predicted=list(predicted))
     rows = []
     for name, part in [*frame.groupby("lang", sort=False), ("all", frame)]:

@@ -24,6 +24,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from . import datasets, results
+from .errors import InputError, whole
 
 
 @contextlib.contextmanager
@@ -163,8 +164,8 @@ def train(
         raise ValueError(f"Got {len(texts)} texts and {len(labels)} labels; pass one per text.")
     if len(classes) < 2:
         raise ValueError(f"Need examples of at least two labels, got only {classes}.")
-    if iterations < 1:
-        raise ValueError(f"iterations={iterations}; use 1 or more (pairs per text).")
+    whole("iterations", iterations)
+    whole("batch_size", batch_size)
     with _quiet(), tempfile.TemporaryDirectory(prefix="setfit-") as scratch:
         from datasets import Dataset
         from setfit import SetFitModel, Trainer, TrainingArguments
@@ -206,7 +207,8 @@ def latency(clf: EncoderClassifier, texts: Sequence[str], warmup: int = 2) -> pd
     """
     texts = list(texts)
     if not texts:
-        raise ValueError("latency() needs at least one text to time.")
+        raise InputError("latency() needs at least one text to time.")
+    whole("warmup", warmup, minimum=0)
     for text in texts[:warmup]:
         clf.predict([text])
     rows = []

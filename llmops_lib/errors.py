@@ -1,14 +1,26 @@
-"""The library's own error for a name it does not know, so every registry fails alike."""
+"""The library's own errors, and the checks that raise them, so every bad input fails alike.
+
+`InputError` is a ValueError that names the argument, what it got and what it needs; a
+caller (or a property test) can tell it from a bug deep inside, which would surface as a
+bare TypeError, KeyError or ZeroDivisionError. The number checks live here, once, because
+sizes, counts and fractions reach every layer.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+import numbers
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
 T = TypeVar("T")
 
 
-class UnknownNameError(ValueError):
+class InputError(ValueError):
+    """An argument the library cannot use: wrong type, out of range, empty, malformed."""
+
+
+class UnknownNameError(InputError):
     """A model, profile, role, precision or tool name that the library does not know."""
 
 
@@ -24,3 +36,51 @@ def unknown(name: object, what: str, valid: Iterable[str], hint: str = "") -> Un
     """The error for an unknown `what` called `name`, listing the valid ones."""
     message = f"Unknown {what} {name!r}. Valid: {', '.join(valid)}."
     return UnknownNameError(f"{message} {hint}".strip())
+
+
+def whole(name: str, value: object, minimum: int = 1) -> int:
+    """`value` when it is a whole number >= `minimum`; True/False and 2.0 are refused.
+
+    Why refuse bools: in Python True == 1, so `users=(True,)` would quietly mean one user.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise InputError(f"{name}={value!r}: needs a whole number >= {minimum}.")
+    return int(value)
+
+
+def _real(name: str, value: object, needs: str, within: Callable[[float], bool]) -> float:
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not (real and math.isfinite(value) and within(value)):
+        raise InputError(f"{name}={value!r}: needs {needs}.")
+    return float(value)
+
+
+def positive(name: str, value: object) -> float:
+    """`value` as a float when it is a finite number > 0 (a size, a bandwidth, seconds)."""
+    return _real(name, value, "a finite number > 0", lambda x: x > 0)
+
+
+def fraction(name: str, value: object) -> float:
+    """`value` as a float when it is a finite number in [0, 1] (a threshold, a share)."""
+    return _real(name, value, "a number between 0 and 1", lambda x: 0 <= x <= 1)
+
+
+def non_empty(name: str, values: object) -> tuple:
+    """`values` as a tuple when it is a non-empty sequence (a list, tuple, range).
+
+    A bare string is refused: it would be read letter by letter, 'T4' as 'T' and '4'.
+    """
+    if not isinstance(values, Sequence) or isinstance(values, (str, bytes)) or not values:
+        raise InputError(f"{name}={values!r}: needs a non-empty list or tuple.")
+    return tuple(values)
+
+
+def check_columns(name: str, frame: object, columns: Sequence[str]) -> None:
+    """Refuse anything but a table (pandas DataFrame) that has all of `columns`."""
+    have = getattr(frame, "columns", None)
+    missing = [c for c in columns if have is None or c not in have]
+    if missing:
+        raise InputError(
+            f"{name} needs a table (pandas DataFrame) with the columns {', '.join(columns)}; "
+            f"got a {type(frame).__name__} without {', '.join(missing)}."
+        )

@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import pandas as pd
 
 from . import results
+from .errors import InputError
 from .guard_prompts import (
     LLAMA_GUARD_3,
     Category,
@@ -84,6 +85,8 @@ def parse_verdict(text: str, policy: GuardPolicy = LLAMA_GUARD_3) -> Verdict:
     Leading and trailing whitespace is ignored (Llama Guard 3 starts with a blank line);
     anything else that is not exactly that shape is unsafe, with `problem` saying why.
     """
+    if not isinstance(text, str):
+        raise InputError(f"parse_verdict needs the guard's answer as text, got {text!r}.")
     lines = text.strip().split("\n")
     if lines == ["safe"]:
         return Verdict(safe=True, raw=text)

@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import encoder
+from .errors import fraction
 from .guard import Verdict
 from .guard_prompts import Category
 
@@ -107,10 +108,8 @@ class PromptGuard:
     name = "offline prompt guard (SetFit)"
 
     def __init__(self, clf: encoder.EncoderClassifier, threshold: float = 0.5) -> None:
-        if not 0 < threshold < 1:
-            raise ValueError(f"threshold={threshold}; use a probability between 0 and 1.")
         self.clf = clf
-        self.threshold = threshold
+        self.threshold = fraction("threshold", threshold)
 
     def judge(self, messages: list[dict[str, str]]) -> Verdict:
         last = messages[-1] if messages else {}

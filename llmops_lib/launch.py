@@ -12,6 +12,7 @@ from __future__ import annotations
 import shlex
 
 from . import catalog
+from .errors import InputError, non_empty, whole
 from .sharding import ShardPlan
 
 TGI_IMAGE = "ghcr.io/huggingface/text-generation-inference:3.3.7"
@@ -26,10 +27,19 @@ DTYPES = {"fp16": "float16", "bf16": "bfloat16"}
 DEFAULT_MAX_NEW_TOKENS = 1024
 
 
+def _check_plan(plan: object, port: object) -> None:
+    if not isinstance(plan, ShardPlan):
+        raise InputError(
+            f"plan is a {type(plan).__name__}; pass a ShardPlan from sharding.shard_plan()."
+        )
+    if whole("port", port) > 65535:
+        raise InputError(f"port={port}: needs a TCP port, 1..65535.")
+
+
 def _repo(plan: ShardPlan) -> str:
     spec = catalog.get(plan.model)
     if not spec.hf_repo:
-        raise ValueError(f"{spec.title} has no Hugging Face repository to serve from.")
+        raise InputError(f"{spec.title} has no Hugging Face repository to serve from.")
     return spec.hf_repo
 
 
@@ -39,7 +49,7 @@ def _check_precision(plan: ShardPlan, table: dict[str, str], engine: str) -> str
         return None
     if plan.precision not in table:
         known = ", ".join([*DTYPES, *table])
-        raise ValueError(
+        raise InputError(
             f"{engine} cannot quantize to {plan.precision!r} while loading; plan with one of "
             f"{known}, or serve a pre-quantized checkpoint (AWQ/GPTQ)."
         )
@@ -50,8 +60,9 @@ def tgi_command(
     plan: ShardPlan, port: int = 8080, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
 ) -> list[str]:
     """`docker run` for TGI with the plan's shards, quantization and token limits (argv)."""
-    if not 0 < max_new_tokens < plan.context_tokens:
-        raise ValueError(
+    _check_plan(plan, port)
+    if whole("max_new_tokens", max_new_tokens) >= plan.context_tokens:
+        raise InputError(
             f"max_new_tokens={max_new_tokens} must be between 1 and the context "
             f"({plan.context_tokens} tokens) minus one."
         )
@@ -73,6 +84,7 @@ def tgi_command(
 
 def vllm_command(plan: ShardPlan, port: int = 8000) -> list[str]:
     """`docker run` for vLLM's OpenAI-compatible server with the plan's settings (argv)."""
+    _check_plan(plan, port)
     quantization = _check_precision(plan, VLLM_QUANTIZATION, "vLLM")
     cmd = [
         "docker", "run", "--gpus", "all", "--ipc=host", "-p", f"{port}:8000",
@@ -94,8 +106,11 @@ def as_shell(argv: list[str]) -> str:
 
     `$VARS` stay unquoted so the shell expands them; everything else is quoted if needed.
     """
+    images = [i for i, a in enumerate(non_empty("argv", argv)) if a in (TGI_IMAGE, VLLM_IMAGE)]
+    if not images or not all(isinstance(a, str) for a in argv):
+        raise InputError("as_shell() needs a command from tgi_command() or vllm_command().")
+    image = images[0]
     quoted = [a if a.startswith("$") else shlex.quote(a) for a in argv]
-    image = next(i for i, a in enumerate(argv) if a in (TGI_IMAGE, VLLM_IMAGE))
     lines = [" ".join(quoted[:image]), quoted[image]]
     for part in quoted[image + 1 :]:
         if part.startswith("--"):

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from .errors import non_empty, whole
 from .gguf_header import check_gguf
 from .llamacpp import default_threads
-from .process import positive
 from .tools import tool_path
 
 
@@ -38,12 +38,12 @@ def llama_bench(
     were built for CUDA).
     """
     model = check_gguf(model_path)
-    threads = positive("n_threads", default_threads() if n_threads is None else n_threads)
-    positive("n_prompt", n_prompt)
-    positive("n_gen", n_gen)
-    positive("reps", reps)
-    if not n_depth or any(not isinstance(d, int) or d < 0 for d in n_depth):
-        raise ValueError(f"n_depth={n_depth!r} must be a tuple of whole numbers >= 0, e.g. (0,).")
+    threads = whole("n_threads", default_threads() if n_threads is None else n_threads)
+    whole("n_prompt", n_prompt)
+    whole("n_gen", n_gen)
+    whole("reps", reps)
+    for i, depth in enumerate(non_empty("n_depth", n_depth)):
+        whole(f"n_depth[{i}]", depth, minimum=0)
     cmd = [str(tool_path("llama-bench")), "-m", str(model), "-t", str(threads)]
     cmd += ["-p", str(n_prompt), "-n", str(n_gen), "-r", str(reps), "-o", "json"]
     cmd += ["-d", ",".join(map(str, n_depth))]

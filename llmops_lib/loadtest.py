@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from . import results
 from .endpoint import Endpoint, EndpointError, connect
+from .errors import InputError, non_empty, positive, whole
 from .process import ServerProcess
 
 PROMPTS = (
@@ -83,6 +84,23 @@ def _user(
     return out
 
 
+def _check_level(
+    users: object,
+    requests_per_user: object,
+    max_tokens: object,
+    timeout_s: object,
+    prompts: object,
+    users_name: str = "users",
+) -> None:
+    """Refuse a level before any thread starts (users=(True,) is not one user)."""
+    whole(users_name, users)
+    whole("requests_per_user", requests_per_user)
+    whole("max_tokens", max_tokens)
+    positive("timeout_s", timeout_s)
+    if not all(isinstance(p, str) and p.strip() for p in non_empty("prompts", prompts)):
+        raise InputError("prompts: needs non-empty strings, one prompt each.")
+
+
 def run_level(
     endpoint: Endpoint,
     users: int,
@@ -97,10 +115,7 @@ def run_level(
     The pool is joined before returning (also on errors), so no thread outlives the call;
     each request is bounded by `timeout_s`, so the join is bounded too.
     """
-    if users < 1 or requests_per_user < 1:
-        raise ValueError(
-            f"users={users}, requests_per_user={requests_per_user}: both must be at least 1."
-        )
+    _check_level(users, requests_per_user, max_tokens, timeout_s, prompts)
     own_bar = bar is None
     bar = bar or tqdm(total=users * requests_per_user, desc=f"{users} users", unit="req")
     t0 = time.perf_counter()
@@ -161,8 +176,8 @@ def run(
     prompts: Sequence[str] = PROMPTS,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run each concurrency level in turn; return (one row per N, one row per request)."""
-    if not users:
-        raise ValueError("users is empty; pass concurrency levels such as (1, 2, 4, 8).")
+    for i, n in enumerate(non_empty("users", users)):
+        _check_level(n, requests_per_user, max_tokens, timeout_s, prompts, f"users[{i}]")
     summary, requests = [], []
     with tqdm(total=sum(users) * requests_per_user, desc="load test", unit="req") as bar:
         for n in users:

@@ -9,12 +9,14 @@ The planner itself works in bytes; `GB` and `GIB` convert.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import pandas as pd
 
+from . import catalog
 from .catalog import ModelSpec
-from .errors import unknown
+from .errors import InputError, non_empty, positive, unknown, whole
 
 GB = 1e9
 GIB = 2**30
@@ -71,13 +73,14 @@ def _gguf_key(precision: str) -> str | None:
 
 def bits_per_weight(precision: str) -> float:
     """Average bits per quantized weight; an unknown precision lists the known ones."""
-    if precision in UNIFORM_BITS:
-        return UNIFORM_BITS[precision]
-    if precision in BNB_BITS:
-        return BNB_BITS[precision]
-    key = _gguf_key(precision)
-    if key:
-        return GGUF_BITS[key]
+    if isinstance(precision, str):
+        if precision in UNIFORM_BITS:
+            return UNIFORM_BITS[precision]
+        if precision in BNB_BITS:
+            return BNB_BITS[precision]
+        key = _gguf_key(precision)
+        if key:
+            return GGUF_BITS[key]
     raise unknown(precision, "precision", PRECISIONS, "GGUF types also as 'gguf:Q4_K_M'.")
 
 
@@ -90,13 +93,15 @@ def unquantized_params(spec: ModelSpec) -> float:
     return matrices * spec.vocab_size * spec.hidden_size
 
 
-def weight_bytes(spec: ModelSpec, precision: str, keep_bytes: float = 2) -> float:
+def weight_bytes(spec: ModelSpec | str, precision: str, keep_bytes: float = 2) -> float:
     """Bytes the weights of `spec` take in `precision`.
 
     fp32/fp16/bf16/fp8/int4 and GGUF types put every parameter at the same width; the
     bitsandbytes types int8/nf4/nf4-no-dq quantize only the Linear layers and keep the
     embeddings and head at `keep_bytes` per value (2 on a GPU, 4 for fp32 on a CPU).
     """
+    spec = catalog.get(spec)
+    keep_bytes = positive("keep_bytes", keep_bytes)
     bits = bits_per_weight(precision)
     params = spec.params_b * 1e9
     if precision not in BNB_BITS:
@@ -106,7 +111,7 @@ def weight_bytes(spec: ModelSpec, precision: str, keep_bytes: float = 2) -> floa
 
 
 def kv_cache_bytes(
-    spec: ModelSpec,
+    spec: ModelSpec | str,
     context_tokens: int,
     batch: int = 1,
     bytes_per_value: float = 2,
@@ -119,16 +124,18 @@ def kv_cache_bytes(
     `sliding_window` tokens, unless `swa_full`: llama.cpp by default keeps the whole context
     in them too, so that cached prompts can be reused.
     """
+    spec = catalog.get(spec)
     if spec.kind != "decoder":
-        raise ValueError(f"{spec.title} is an {spec.kind}: it generates nothing, has no KV cache.")
-    if not 0 < context_tokens <= spec.max_context:
-        raise ValueError(
+        raise InputError(f"{spec.title} is an {spec.kind}: it generates nothing, has no KV cache.")
+    if whole("context_tokens", context_tokens) > spec.max_context:
+        raise InputError(
             f"context_tokens={context_tokens} is outside 1..{spec.max_context}, "
             f"the context {spec.title} was trained for."
         )
-    if batch < 1:
-        raise ValueError(f"batch={batch} is not a batch size; use 1 or more.")
-    per_token_layer = 2 * spec.n_kv_heads * spec.head_dim * bytes_per_value
+    whole("batch", batch)
+    per_token_layer = (
+        2 * spec.n_kv_heads * spec.head_dim * positive("bytes_per_value", bytes_per_value)
+    )
     full_layers = spec.global_layers()
     window = context_tokens
     if spec.sliding_window and not swa_full:
@@ -139,10 +146,8 @@ def kv_cache_bytes(
 
 def gpu_memory_gb(gpu: str | float) -> float:
     """Memory in GB of a GPU named in `GPUS`, or `gpu` itself when it is a number of GB."""
-    if isinstance(gpu, int | float) and not isinstance(gpu, bool):
-        if gpu <= 0:
-            raise ValueError(f"GPU memory {gpu} GB is not positive.")
-        return float(gpu)
+    if isinstance(gpu, numbers.Real) and not isinstance(gpu, bool):
+        return positive("gpu", gpu)
     for name, gb in GPUS.items():
         if str(gpu).upper() == name.upper():
             return gb
@@ -186,7 +191,7 @@ class Plan:
 
 
 def plan(
-    spec: ModelSpec,
+    spec: ModelSpec | str,
     precision: str,
     gpu: str | float,
     context_tokens: int = 4096,
@@ -194,13 +199,16 @@ def plan(
     keep_bytes: float = 2,
 ) -> Plan:
     """Weights + KV cache (16-bit) + overhead for `spec` in `precision` on `gpu`."""
+    spec = catalog.get(spec)
+    gpu_gb = gpu_memory_gb(gpu)
     weights = weight_bytes(spec, precision, keep_bytes=keep_bytes) / GB
+    context_tokens = whole("context_tokens", context_tokens)
     kv = kv_cache_bytes(spec, min(context_tokens, spec.max_context), batch) / GB
     return Plan(
         model=spec.key,
         precision=precision,
         gpu=gpu if isinstance(gpu, str) else f"{gpu:g} GB",
-        gpu_gb=gpu_memory_gb(gpu),
+        gpu_gb=gpu_gb,
         weights_gb=weights,
         kv_gb=kv,
         overhead_gb=OVERHEAD_FRACTION * weights,
@@ -215,9 +223,9 @@ def fit_table(
 ) -> pd.DataFrame:
     """Models x precision rows, one column per GPU: total GB needed and the verdict."""
     rows = []
-    for spec in specs:
-        for precision in precisions:
-            plans = [plan(spec, precision, gpu, context_tokens) for gpu in gpus]
+    for spec in map(catalog.get, non_empty("specs", specs)):
+        for precision in non_empty("precisions", precisions):
+            plans = [plan(spec, precision, gpu, context_tokens) for gpu in non_empty("gpus", gpus)]
             row = {
                 "model": spec.key,
                 "precision": precision,

@@ -25,6 +25,7 @@ from typing import Any
 import openai
 import psutil
 
+from .errors import whole
 from .gguf_header import check_gguf
 from .llamacpp import default_threads
 
@@ -61,13 +62,6 @@ def remove_orphaned_workdirs() -> list[Path]:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
-
-
-def positive(name: str, value: int) -> int:
-    """`value` when it is a whole number >= 1, else an error that names the argument."""
-    if not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be a positive whole number.")
-    return value
 
 
 def free_port(host: str = HOST) -> int:
@@ -107,8 +101,8 @@ class ServerProcess:
         self.model_path = check_gguf(model_path)
         # One core is left to the clients on the same machine (the notebook, a load test):
         # a llama.cpp thread that has to share its core stalls all the others at each step.
-        self.n_ctx = positive("n_ctx", n_ctx)
-        self.n_threads = positive("n_threads", n_threads or max(1, default_threads() - 1))
+        self.n_ctx = whole("n_ctx", n_ctx)
+        self.n_threads = whole("n_threads", n_threads or max(1, default_threads() - 1))
         self._auto_port = port is None
         self.port = port or free_port()
         self.startup_timeout_s = startup_timeout_s

@@ -123,4 +123,6 @@ def default_name(hw: Hardware) -> str:
 
 def resolve(name: str | None, hw: Hardware) -> Profile:
     """Argument first, then LLMOPS_PROFILE, then the hardware default."""
-    return get(name or os.environ.get("LLMOPS_PROFILE") or default_name(hw))
+    if name is None:
+        name = os.environ.get("LLMOPS_PROFILE") or default_name(hw)
+    return get(name)

@@ -8,8 +8,6 @@ ALUs, sets the speed limit; this module measures the bus and does that division.
 
 from __future__ import annotations
 
-import math
-import numbers
 import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files
@@ -18,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .catalog import ModelSpec
+from .errors import positive, whole
 from .memory import kv_cache_bytes
 
 # The slides' reference table (ms per generated token, LLaMA 7B/13B, llama.cpp, 2023).
@@ -28,13 +27,6 @@ PUBLISHED_SOURCE = (
 )
 
 
-def _positive(name: str, value: float) -> float:
-    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not (real and math.isfinite(value) and value > 0):
-        raise ValueError(f"{name}={value!r} must be a positive, finite number.")
-    return float(value)
-
-
 def memory_bandwidth(size_mb: int = 256, repeats: int = 5, threads: int = 1) -> float:
     """Copy bandwidth in GB/s: best of `repeats` copies of a `size_mb` array, read + write.
 
@@ -43,9 +35,9 @@ def memory_bandwidth(size_mb: int = 256, repeats: int = 5, threads: int = 1) -> 
     disjoint slices in parallel (numpy releases the GIL while copying). The best run
     is kept: other programs only ever make a copy slower, never faster.
     """
-    size = int(_positive("size_mb", size_mb) * 1e6)
-    if repeats < 1 or threads < 1:
-        raise ValueError(f"repeats={repeats} and threads={threads} must both be at least 1.")
+    size = int(positive("size_mb", size_mb) * 1e6)
+    whole("repeats", repeats)
+    whole("threads", threads)
     src = np.ones(size, dtype=np.uint8)
     dst = np.empty_like(src)
     bounds = np.linspace(0, size, threads + 1, dtype=np.int64)
@@ -66,20 +58,18 @@ def memory_bandwidth(size_mb: int = 256, repeats: int = 5, threads: int = 1) -> 
 
 def bytes_per_token(weight_bytes: float, kv_bytes: float = 0.0) -> float:
     """Bytes a decoder reads to produce one token: all weights plus the KV cache read."""
-    weights = _positive("weight_bytes", weight_bytes)
-    if not (math.isfinite(kv_bytes) and kv_bytes >= 0):
-        raise ValueError(f"kv_bytes={kv_bytes!r} must be zero or a positive, finite number.")
-    return weights + kv_bytes
+    kv = 0.0 if kv_bytes == 0 else positive("kv_bytes", kv_bytes)
+    return positive("weight_bytes", weight_bytes) + kv
 
 
 def roofline_tps(bandwidth_gbs: float, bytes_per_tok: float) -> float:
     """The highest decode speed (tokens/s) the memory bus allows."""
-    return _positive("bandwidth_gbs", bandwidth_gbs) * 1e9 / _positive("bytes", bytes_per_tok)
+    return positive("bandwidth_gbs", bandwidth_gbs) * 1e9 / positive("bytes", bytes_per_tok)
 
 
 def roofline_fraction(tokens_per_s: float, bandwidth_gbs: float, bytes_per_tok: float) -> float:
     """Measured decode speed as a fraction of the roofline (1.0 = the bus is saturated)."""
-    return _positive("tokens_per_s", tokens_per_s) / roofline_tps(bandwidth_gbs, bytes_per_tok)
+    return positive("tokens_per_s", tokens_per_s) / roofline_tps(bandwidth_gbs, bytes_per_tok)
 
 
 def published_ms_per_token() -> pd.DataFrame:

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .classify import LABELS, NEGATIVE, NEUTRAL, POSITIVE
+from .errors import InputError, check_columns, fraction
 
 
 def calibrate_threshold(p: pd.Series, truth: pd.Series) -> float:
@@ -18,13 +19,18 @@ def calibrate_threshold(p: pd.Series, truth: pd.Series) -> float:
     Candidates are 0.5 and the midpoints between neighbouring scores; ties go to the one
     closest to 0.5, so few examples cannot pull the threshold to an extreme for nothing.
     """
-    if len(p) == 0 or set(truth) - {POSITIVE, NEGATIVE}:
-        raise ValueError("calibrate_threshold needs labelled examples (positive/negative).")
-    scores = sorted(set(p))
+    p, truth = pd.Series(p, dtype=object), pd.Series(truth, dtype=object)
+    labelled = all(label in (POSITIVE, NEGATIVE) for label in truth)
+    if len(p) == 0 or len(p) != len(truth) or not labelled:
+        raise InputError(
+            f"calibrate_threshold needs one label ({POSITIVE}/{NEGATIVE}) per score; got "
+            f"{len(p)} scores and {len(truth)} labels {list(truth)[:4]}."
+        )
+    values = np.array([fraction(f"p[{i}]", value) for i, value in enumerate(p)])
+    is_pos = truth.to_numpy() == POSITIVE
+    scores = sorted(set(values))
     candidates = {0.5, *((a + b) / 2 for a, b in zip(scores, scores[1:], strict=False))}
     candidates |= {scores[0] - 1e-9, scores[-1] + 1e-9}
-    is_pos = truth.to_numpy() == POSITIVE
-    values = p.to_numpy()
 
     def accuracy(t: float) -> float:
         return float(((values >= t) == is_pos).mean())
@@ -53,6 +59,8 @@ def _decide(p: pd.Series, threshold: float) -> pd.Series:
 
 def accuracy_table(df: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """Accuracy per language and overall: parsed answers, and P(Yes) at 0.5 and `threshold`."""
+    check_columns("df", df, ("lang", "truth", "prediction", "p_positive"))
+    fraction("threshold", threshold)
     groups = dict(list(df.groupby("lang"))) | {"all": df}
     thresholds = {"P(Yes) >= 0.5": 0.5, f"P(Yes) >= {threshold:.3f}": threshold}
     rows = {}

@@ -13,8 +13,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from .errors import whole
 from .llamacpp import default_gpu_layers
-from .process import HOST, ServerProcess, positive
+from .process import HOST, ServerProcess
 from .tools import tool_path
 
 
@@ -78,7 +79,7 @@ class LlamaServer(ServerProcess):
         extra_args: tuple[str, ...] = (),
     ) -> None:
         super().__init__(model_path, n_ctx, n_threads, startup_timeout_s=startup_timeout_s)
-        self.n_parallel = positive("n_parallel", n_parallel)
+        self.n_parallel = whole("n_parallel", n_parallel)
         self.n_gpu_layers = default_gpu_layers() if n_gpu_layers is None else n_gpu_layers
         self.extra_args = tuple(extra_args)
 

@@ -17,6 +17,7 @@ import pandas as pd
 
 from . import catalog
 from .catalog import ModelSpec
+from .errors import InputError, non_empty
 from .memory import GB, OVERHEAD_FRACTION, gpu_memory_gb, kv_cache_bytes, weight_bytes
 
 # Tensor-parallel degrees within one node; engines need the attention heads to divide evenly.
@@ -98,10 +99,10 @@ def shard_plan(
     context_tokens: int = 8192,
 ) -> ShardPlan:
     """The fewest shards on which `spec` runs with room for one sequence of `context_tokens`."""
-    spec = catalog.get(spec) if isinstance(spec, str) else spec
+    spec = catalog.get(spec)
+    gpu_gb = gpu_memory_gb(gpu)
     weights = weight_bytes(spec, precision) / GB
     kv_seq = kv_cache_bytes(spec, context_tokens) / GB
-    gpu_gb = gpu_memory_gb(gpu)
     gpu_name = gpu if isinstance(gpu, str) else f"{gpu:g} GB GPU"
     for shards in tp_degrees(spec):
         candidate = ShardPlan(
@@ -119,7 +120,7 @@ def shard_plan(
         if candidate.max_sequences >= 1:
             return candidate
     need = weights * (1 + OVERHEAD_FRACTION)
-    raise ValueError(
+    raise InputError(
         f"{spec.title} in {precision} needs about {need:.0f} GB plus KV cache: more than "
         f"{max(tp_degrees(spec))} x {gpu_name} ({gpu_gb:g} GB each) in one node. Use a "
         "lower precision, a shorter context, or GPUs with more memory."
@@ -135,8 +136,8 @@ def plan_table(
     """The plan for every model x precision x GPU, one row each."""
     rows = [
         shard_plan(model, precision, gpu, context_tokens).row()
-        for model in models
-        for precision in precisions
-        for gpu in gpus
+        for model in non_empty("models", models)
+        for precision in non_empty("precisions", precisions)
+        for gpu in non_empty("gpus", gpus)
     ]
     return pd.DataFrame(rows).set_index(["model", "precision", "gpu"])

@@ -16,8 +16,8 @@ from tqdm import tqdm
 from . import provision
 from .backend import Timings
 from .bench import MESSAGES, bench, iqr
+from .errors import whole
 from .llamacpp import engine_timings, offload_unavailable, restart_timings
-from .process import positive
 
 TINY_MODEL = provision.TINY_CHAT_MODEL  # on every machine: the backend comparison uses it
 
@@ -97,8 +97,8 @@ def library_vs_raw(
     """
     import llama_cpp
 
-    positive("rounds", rounds)  # before loading anything
-    positive("max_tokens", max_tokens)
+    whole("rounds", rounds)  # before loading anything
+    whole("max_tokens", max_tokens)
     lib = session.model(n_ctx=n_ctx, n_threads=n_threads)
     try:
         raw = llama_cpp.Llama(
