@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 
 import pytest
 from fakes import FakeChat
@@ -486,6 +487,35 @@ def test_codeshield_flags_insecure_code_and_passes_plain_code(no_network):
     assert insecure.status == "insecure" and not insecure.ok
     assert any(issue.startswith("CWE-328") for issue in insecure.issues)
     assert plain.status == "secure" and plain.ok
+
+
+COMMAND_INJECTION = 'import os\nos.system("ls " + input())\n'
+HIDDEN_CODE = {
+    "unclosed fence (cut at max_tokens)": f"Here:\n```python\n{COMMAND_INJECTION}",
+    "tilde fence": f"~~~python\n{COMMAND_INJECTION}~~~\n",
+    "indented block": "Run this:\n\n"
+    + "".join(f"    {line}\n" for line in COMMAND_INJECTION.splitlines()),
+    "nested fences": f"````markdown\n```python\n{COMMAND_INJECTION}```\n````\n",
+    "NUL byte": f"```python\nimport os\0\n{COMMAND_INJECTION.split(chr(10), 1)[1]}```\n",
+}
+
+
+@pytest.mark.parametrize("reply", HIDDEN_CODE.values(), ids=HIDDEN_CODE)
+def test_code_a_reader_could_copy_is_found(reply):
+    codes = [block.code for block in guard_code.code_blocks(reply)]
+    assert COMMAND_INJECTION in codes
+
+
+def test_codeshield_scans_hidden_code_and_leaves_no_copies(monkeypatch, tmp_path, no_network):
+    pytest.importorskip("codeshield")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where CodeShield writes copies
+    replies = [*HIDDEN_CODE.values(), "```\nprint(1)\n```\n"]
+    results = [result for reply in replies for result in guard_code.scan_reply(reply)]
+    found = [r for r in results if r.block.code == COMMAND_INJECTION]
+    assert len(found) == len(HIDDEN_CODE)
+    assert all(r.status == "insecure" and "CWE-78" in r.issues[0] for r in found)
+    assert results[-1].status == "secure"  # nothing matched, semgrep skipped: no copy left
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_scanner_error_is_unavailable_never_secure(monkeypatch):
