@@ -18,6 +18,7 @@ import json
 import os
 import time
 import uuid
+import warnings
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -250,7 +251,9 @@ class AuditLog:
     """An append-only JSONL file: one line per decision.
 
     Each line goes out in ONE os.write on a descriptor opened with O_APPEND, so lines
-    from several processes never interleave and a crash leaves whole lines only.
+    from several processes never interleave. A line cut off by a crash (kill -9, a full
+    disk) is closed by the next append, and the reader skips it with a warning: one torn
+    line never makes the whole log unreadable.
     """
 
     def __init__(self, path: str | Path | None = None) -> None:
@@ -263,8 +266,11 @@ class AuditLog:
 
     def append(self, record: dict[str, Any]) -> None:
         data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":  # a torn last line: end it
+                data = b"\n" + data
             written = os.write(fd, data)
         finally:
             os.close(fd)
@@ -274,8 +280,20 @@ class AuditLog:
     def records(self) -> list[dict[str, Any]]:
         if not self.path.exists():
             return []
-        with self.path.open(encoding="utf-8") as fh:
-            return [json.loads(line) for line in fh]
+        records = []
+        with self.path.open("rb") as fh:
+            for number, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    records.append(json.loads(line))
+                except ValueError:  # not UTF-8 or not JSON: a torn write
+                    warnings.warn(
+                        f"Audit log {self.path}, line {number}: not a whole record (a write cut "
+                        "off by a crash?); skipped.",
+                        stacklevel=2,
+                    )
+        return records
 
     def table(self) -> pd.DataFrame:
         """The decisions as a table: one row per line of the log."""
@@ -305,7 +323,7 @@ class GuardedReply:
     user: str
     text: str
     shown: bool
-    blocked_by: str | None  # "input", "output" or None
+    blocked_by: str | None  # "input", "output", "chat error" or None
     input_verdict: Verdict
     output_verdict: Verdict | None
     ms: dict[str, float]  # wall-clock per stage: input_check, chat, output_check, total
@@ -390,10 +408,19 @@ class GuardedChat:
         input_verdict, ms["input_check"] = self._check(self.input_guard, conversation(user))
         if input_verdict.safe:
             t = time.perf_counter()
-            response = self.chat_model.chat(
-                [{"role": "user", "content": user}], max_tokens=self.max_tokens, temperature=0.0
-            )
-            reply = response["choices"][0]["message"]["content"] or ""
+            try:
+                response = self.chat_model.chat(
+                    [{"role": "user", "content": user}], max_tokens=self.max_tokens, temperature=0.0
+                )
+                reply = response["choices"][0]["message"]["content"] or ""
+            except BaseException as err:  # logged, then raised: a failure leaves a trace too
+                now = time.perf_counter()
+                ms["chat"], ms["total"] = 1000 * (now - t), 1000 * (now - start)
+                failed = GuardedReply(
+                    uuid.uuid4().hex, user, "", False, "chat error", input_verdict, None, ms
+                )
+                self.audit.append(self._record(failed, None, f"{type(err).__name__}: {err}"))
+                raise
             ms["chat"] = 1000 * (time.perf_counter() - t)
             if reply.strip():
                 judged = conversation(user, reply)
@@ -421,7 +448,9 @@ class GuardedChat:
         self.audit.append(self._record(result, reply))
         return result
 
-    def _record(self, result: GuardedReply, reply: str | None) -> dict[str, Any]:
+    def _record(
+        self, result: GuardedReply, reply: str | None, error: str | None = None
+    ) -> dict[str, Any]:
         def verdict(v: Verdict | None) -> dict[str, Any] | None:
             return None if v is None else {**v.as_dict(), "label": v.label}
 
@@ -438,4 +467,5 @@ class GuardedChat:
             "reply_chars": None if reply is None else len(reply),
             "reply_sha256": None if reply is None else hashlib.sha256(reply.encode()).hexdigest(),
             "ms": {k: round(v, 1) for k, v in result.ms.items()},
+            "error": error,
         }

@@ -296,6 +296,34 @@ def test_audit_log_has_one_line_per_decision(audit):
     assert len(audit.table()) == 3
 
 
+def test_a_torn_line_is_skipped_with_a_warning_and_the_log_goes_on(audit):
+    pipeline = GuardedChat(fake_chat(REPLY), StubGuard("safe", "safe", "unsafe\nS1"), audit=audit)
+    pipeline.ask("q1")
+    with audit.path.open("ab") as fh:  # what kill -9 in the middle of a write leaves
+        fh.write(b'{"time": "2026-11-24T10:00:00", "user": "q\xc3')
+    pipeline.ask("q2")  # appended after the torn line, on a line of its own
+    with pytest.warns(UserWarning, match=r"line 2: not a whole record"):
+        records = audit.records()
+    assert [r["user"] for r in records] == ["q1", "q2"]
+    with pytest.warns(UserWarning):
+        assert len(audit.table()) == 2
+
+
+class FailingChat(FakeChat):
+    def chat(self, *args, **kwargs):
+        raise ConnectionError("chat server went away")
+
+
+def test_a_chat_model_that_raises_still_leaves_an_audit_line(audit):
+    pipeline = GuardedChat(FailingChat(), StubGuard("safe"), audit=audit)
+    with pytest.raises(ConnectionError, match="went away"):
+        pipeline.ask(USER)
+    [record] = audit.records()
+    assert record["blocked_by"] == "chat error" and not record["shown"]
+    assert record["error"] == "ConnectionError: chat server went away"
+    assert record["input"]["safe"] and record["output"] is None
+
+
 def test_audit_lines_from_many_processes_never_interleave(tmp_path):
     import multiprocessing
 
