@@ -13,6 +13,11 @@ the profile's encoder (MiniLM from PyPI offline, BGE from the Hub elsewhere).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
+import json
+import os
+import secrets
 import tempfile
 import time
 import warnings
@@ -23,7 +28,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from . import datasets, results
+from . import datasets, provision, results
 from .errors import InputError, whole
 
 
@@ -116,22 +121,96 @@ class EncoderClassifier:
         def write(tmp: Path) -> None:
             with _quiet():
                 self.model.save_pretrained(str(tmp))
+            sign_folder(tmp)
 
         return results.save_dir(stem, write, directory)
 
     @classmethod
-    def load(cls, directory: str | Path) -> EncoderClassifier:
-        """Load a classifier written by `save` (local folder only, no Hub access)."""
+    def load(cls, directory: str | Path, trust: bool = False) -> EncoderClassifier:
+        """Load a classifier written by `save` on this machine (local folder, no Hub access).
+
+        Its head is a pickle, and unpickling runs whatever code the file names: so the
+        folder's manifest is checked first (see `check_folder`). `trust=True` skips the
+        check, for a folder from elsewhere that you have reason to trust.
+        """
         path = Path(directory)
         if not (path / "model_head.pkl").is_file():
             raise FileNotFoundError(
                 f"{path} holds no saved SetFit classifier (model_head.pkl missing); "
                 "pass a folder returned by EncoderClassifier.save()."
             )
+        if not trust:
+            check_folder(path)
         with _quiet():
             from setfit import SetFitModel
 
             return cls(SetFitModel.from_pretrained(str(path), local_files_only=True))
+
+
+MANIFEST = "llmops-manifest.json"
+
+
+class UntrustedFolderError(InputError):
+    """A saved model folder that this machine's library did not write, or that changed."""
+
+
+def _signing_key() -> bytes:
+    """This machine's secret for manifests, made once, readable by its owner only."""
+    path = provision.cache_dir() / "folder-signing.key"
+    if not path.exists():
+        fd, tmp = tempfile.mkstemp(dir=path.parent)  # private: mode 0600
+        try:
+            os.write(fd, secrets.token_bytes(32))
+            os.close(fd)
+            with contextlib.suppress(FileExistsError):  # another process made one first
+                os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
+    return path.read_bytes()
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {
+        str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in sorted(folder.rglob("*"))
+        if f.is_file() and f.name != MANIFEST
+    }
+
+
+def _mac(files: dict[str, str]) -> str:
+    text = json.dumps(files, sort_keys=True).encode()
+    return hmac.new(_signing_key(), text, hashlib.sha256).hexdigest()
+
+
+def sign_folder(folder: Path) -> None:
+    """Write the manifest: every file's sha256, and a MAC of them with this machine's key."""
+    files = _hashes(folder)
+    manifest = {"files": files, "hmac": _mac(files)}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+
+
+def check_folder(folder: Path) -> None:
+    """Refuse a folder whose files are not exactly those this machine's library signed.
+
+    A hash alone proves nothing (whoever crafts a folder can write matching hashes), so the
+    manifest carries a MAC made with a key that never leaves this machine.
+    """
+    why = None
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        files = manifest["files"]
+        if not hmac.compare_digest(str(manifest["hmac"]), _mac(files)):
+            why = "its manifest was not written on this machine"
+        elif files != _hashes(folder):
+            why = "its files changed after it was saved"
+    except (OSError, ValueError, KeyError, TypeError):
+        why = f"it has no readable {MANIFEST}"
+    if why:
+        raise UntrustedFolderError(
+            f"Refusing to load {folder}: {why}. Its model_head.pkl is a pickle, and loading a "
+            "pickle runs any code it names. Load only folders you trust: if you know where this "
+            "one comes from, pass trust=True to EncoderClassifier.load."
+        )
 
 
 def embed(texts: Sequence[str], base: str | Path) -> np.ndarray:

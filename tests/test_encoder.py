@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import pickle
+
 import numpy as np
 import pytest
 
@@ -102,3 +105,32 @@ def test_train_rejects_bad_input(texts, labels, match, session):
 def test_load_rejects_a_folder_without_a_model(tmp_path):
     with pytest.raises(FileNotFoundError, match="model_head.pkl"):
         encoder.EncoderClassifier.load(tmp_path)
+
+
+class RunsCode:
+    """What a crafted model_head.pkl holds: unpickling it calls os.mkdir(marker)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_load_refuses_folders_this_machine_did_not_sign_before_unpickling(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMOPS_CACHE", str(tmp_path / "cache"))
+    folder, marker = tmp_path / "crafted", tmp_path / "code-ran"
+    folder.mkdir()
+    (folder / "model_head.pkl").write_bytes(pickle.dumps(RunsCode(marker)))
+    with pytest.raises(encoder.UntrustedFolderError, match="no readable .*trust=True"):
+        encoder.EncoderClassifier.load(folder)
+    encoder.sign_folder(folder)
+    encoder.check_folder(folder)  # signed here: accepted
+    monkeypatch.setenv("LLMOPS_CACHE", str(tmp_path / "other-machine"))
+    with pytest.raises(encoder.UntrustedFolderError, match="not written on this machine"):
+        encoder.EncoderClassifier.load(folder)
+    monkeypatch.setenv("LLMOPS_CACHE", str(tmp_path / "cache"))
+    (folder / "config.json").write_text("{}")  # a file added after the save
+    with pytest.raises(encoder.UntrustedFolderError, match="files changed"):
+        encoder.EncoderClassifier.load(folder)
+    assert not marker.exists()  # nothing was unpickled
