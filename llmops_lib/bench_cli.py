@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         description="Decode speed through llmops_lib vs. llama-cpp-python directly, and the "
         "fraction of the memory-bandwidth roofline it reaches (profile: LLMOPS_PROFILE).",
     )
-    parser.add_argument("--threads", type=int, default=None, help="default: physical cores")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="default: hardware.default_threads()"
+    )
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=25, help="interleaved library/raw pairs")
     args = parser.parse_args(argv)

@@ -15,7 +15,7 @@ import pandas as pd
 
 from .errors import non_empty, whole
 from .gguf_header import check_gguf
-from .llamacpp import default_threads
+from .hardware import default_threads
 from .tools import tool_path
 
 

@@ -13,15 +13,10 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from .backend import Timings, check_chat_args
+from .errors import whole
 from .gguf_header import check_gguf, trained_context
-
-
-def default_threads() -> int:
-    """Physical cores: llama.cpp decoding is memory bound, hyper-threads do not help."""
-    return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+from .hardware import default_threads
 
 
 def offload_unavailable() -> str | None:
@@ -98,7 +93,9 @@ class LlamaCppModel:
                 f"n_ctx={n_ctx!r} does not fit {self.path.name}, which was trained for "
                 f"{trained} tokens; use a whole number in 1..{trained}."
             )
-        self.n_threads = n_threads or default_threads()
+        self.n_threads = whole("n_threads", n_threads or default_threads())
+        # Prefill too: llama-cpp-python would otherwise run it on every logical core.
+        llama_kwargs.setdefault("n_threads_batch", self.n_threads)
         self.n_gpu_layers = default_gpu_layers() if n_gpu_layers is None else n_gpu_layers
         start = time.perf_counter()
         self.llm = Llama(

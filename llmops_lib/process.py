@@ -27,7 +27,7 @@ import psutil
 
 from .errors import whole
 from .gguf_header import check_gguf
-from .llamacpp import default_threads
+from .hardware import default_threads
 
 HOST = "127.0.0.1"
 WORKDIR_PREFIX = "llmops-server-"  # + the starting process's pid: whose server it was

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from llmops_lib import gguf_header, process
+from llmops_lib import gguf_header, hardware, process
 from llmops_lib.backend import check_chat_args
 
 OK = [{"role": "user", "content": "hi"}]
@@ -171,3 +171,27 @@ def test_workdirs_of_living_processes_are_kept(tmp_path, monkeypatch):
         folder.mkdir()
     assert process.remove_orphaned_workdirs() == [dead]
     assert mine.exists() and not dead.exists()
+
+
+@pytest.mark.parametrize(
+    ("cores", "load", "threads"),
+    [
+        (1, 0.0, 1),  # never fewer than one
+        (2, 0.0, 1),  # a small machine keeps a core for everything else
+        (2, 3.5, 1),
+        (4, 0.3, 4),  # idle: every physical core
+        (4, 1.4, 3),  # the other programs' share comes off
+        (8, 6.0, 2),
+        (16, 40.0, 1),  # overloaded: one thread, not a stall at every step
+    ],
+)
+def test_the_thread_default_leaves_busy_cores_alone(cores, load, threads):
+    assert hardware.default_threads(cores, load) == threads
+
+
+def test_servers_take_the_thread_default_and_leave_one_core_to_clients(session, monkeypatch):
+    monkeypatch.setattr(hardware.psutil, "cpu_count", lambda logical=True: 8)
+    monkeypatch.setattr(hardware.os, "getloadavg", lambda: (3.2, 0.0, 0.0))
+    assert hardware.default_threads() == 5
+    assert session.server("llama-server").n_threads == 4
+    assert session.server("llama_cpp.server", n_threads=2).n_threads == 2
