@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import replace
 
 from . import hardware, profiles
@@ -19,6 +20,26 @@ NO_GPU_BANNER = """
 """
 
 
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+def go_offline() -> None:
+    """Switch the Hugging Face libraries to offline mode, also when already imported.
+
+    huggingface_hub and datasets read these variables once, at import, into constants
+    (transformers asks huggingface_hub): a notebook that imported transformers before
+    setup() would otherwise stay online. So the constants are set too.
+    """
+    for name in OFFLINE_ENV:
+        os.environ[name] = "1"
+    hub = sys.modules.get("huggingface_hub.constants")
+    if hub is not None:
+        hub.HF_HUB_OFFLINE = True
+    hf_datasets = sys.modules.get("datasets.config")
+    if hf_datasets is not None:
+        hf_datasets.HF_HUB_OFFLINE = hf_datasets.HF_DATASETS_OFFLINE = True
+
+
 def setup(profile: str | None = None, quiet: bool = False, wants_gpu: bool = False) -> Session:
     """Detect the machine, pick the profile and print a summary; call once per notebook.
 
@@ -31,8 +52,7 @@ def setup(profile: str | None = None, quiet: bool = False, wants_gpu: bool = Fal
     hw = hardware.detect(check_token=False)
     chosen = profiles.resolve(profile, hw)
     if chosen.offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+        go_offline()
     if hw.runtime == "colab":
         from .colab import ensure_llama_cpp
 

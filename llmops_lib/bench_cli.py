@@ -13,6 +13,15 @@ from typing import Any
 import pandas as pd
 
 from . import llama_bench, results, roofline, setup, sweeps
+from .errors import whole
+
+
+def _count(text: str) -> int:
+    """A command-line count: argparse names the option and exits, no traceback."""
+    try:
+        return whole("value", int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1") from None
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -23,10 +32,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "fraction of the memory-bandwidth roofline it reaches (profile: LLMOPS_PROFILE).",
     )
     parser.add_argument(
-        "--threads", type=int, default=None, help="default: hardware.default_threads()"
+        "--threads", type=_count, default=None, help="default: hardware.default_threads()"
     )
-    parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=25, help="interleaved library/raw pairs")
+    parser.add_argument("--max-tokens", type=_count, default=64)
+    parser.add_argument("--rounds", type=_count, default=25, help="interleaved library/raw pairs")
     args = parser.parse_args(argv)
 
     session = setup(quiet=True)

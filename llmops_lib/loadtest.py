@@ -60,10 +60,14 @@ def _user(
     t0: float,
     bar: tqdm,
     prompts: Sequence[str],
+    stop: threading.Event,
 ) -> list[RequestResult]:
-    """One simulated user: `requests` chats in a row, each bounded by `timeout_s`."""
+    """One simulated user: `requests` chats in a row, each bounded by `timeout_s`; no new
+    one once `stop` is set."""
     out = []
     for i in range(requests):
+        if stop.is_set():
+            break
         prompt = prompts[(user + i * users) % len(prompts)]
         started = time.perf_counter() - t0
         try:
@@ -113,31 +117,38 @@ def run_level(
     """All `users` at once; returns every request's result and the level's wall time.
 
     The pool is joined before returning (also on errors), so no thread outlives the call;
-    each request is bounded by `timeout_s`, so the join is bounded too.
+    each request is bounded by `timeout_s`, so the join is bounded too. On Ctrl-C (or any
+    error) no user starts another request: the join waits only for those in flight.
     """
     _check_level(users, requests_per_user, max_tokens, timeout_s, prompts)
     own_bar = bar is None
     bar = bar or tqdm(total=users * requests_per_user, desc=f"{users} users", unit="req")
+    stop = threading.Event()
+    pool = ThreadPoolExecutor(max_workers=users, thread_name_prefix=THREAD_PREFIX)
     t0 = time.perf_counter()
     try:
-        with ThreadPoolExecutor(max_workers=users, thread_name_prefix=THREAD_PREFIX) as pool:
-            futures = [
-                pool.submit(
-                    _user,
-                    endpoint,
-                    users,
-                    u,
-                    requests_per_user,
-                    max_tokens,
-                    timeout_s,
-                    t0,
-                    bar,
-                    prompts,
-                )  # fmt: skip
-                for u in range(users)
-            ]
-            rows = [row for f in futures for row in f.result()]
+        futures = [
+            pool.submit(
+                _user,
+                endpoint,
+                users,
+                u,
+                requests_per_user,
+                max_tokens,
+                timeout_s,
+                t0,
+                bar,
+                prompts,
+                stop,
+            )  # fmt: skip
+            for u in range(users)
+        ]
+        rows = [row for f in futures for row in f.result()]
+    except BaseException:
+        stop.set()  # Ctrl-C or an error: cancel what is queued, not wait for all of it
+        raise
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         if own_bar:
             bar.close()
     return rows, time.perf_counter() - t0

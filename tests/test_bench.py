@@ -208,3 +208,12 @@ def test_plots_draw_one_roofline_per_bandwidth():
     summary = pd.DataFrame({"generated_tps": [40.0], "generated_tps_iqr": [2.0]}, index=["a"])
     assert len(bench.plot_summary(summary).patches) == 1
     plt.close("all")
+
+
+@pytest.mark.parametrize("option", ["--rounds", "--max-tokens", "--threads"])
+@pytest.mark.parametrize("value", ["0", "-3", "2.5", "many"])
+def test_bench_cli_refuses_a_bad_count_before_loading_anything(option, value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_cli.main([option, value])
+    assert exit_info.value.code == 2
+    assert f"argument {option}: '{value}' is not a whole number >= 1" in capsys.readouterr().err

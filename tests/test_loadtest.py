@@ -7,7 +7,10 @@ concurrency level) and test_server.py (llama_cpp.server and the openai client).
 from __future__ import annotations
 
 import math
+import os
+import signal
 import socket
+import threading
 
 import pytest
 from fakes import FakeChat, FakeEndpoint
@@ -107,3 +110,17 @@ def test_plot_draws_each_server_in_one_colour_on_every_panel(endpoint):
         assert colours[:2] == [tokens.lines[0].get_color()] * 2
         assert colours[2:] == [tokens.lines[1].get_color()] * 2
     assert list(tokens.get_xticks()) == [1, 2]
+
+
+def test_ctrl_c_cancels_the_queued_requests_and_leaves_no_threads():
+    slow = FakeEndpoint(FakeChat(token_delay_s=0.05))  # one slot, 0.4 s per request
+    interrupt = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    interrupt.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            loadtest.run(slow, users=(4,), requests_per_user=5, max_tokens=8)
+    finally:
+        interrupt.cancel()
+    assert loadtest.user_threads_alive() == 0
+    # the requests in flight when Ctrl-C came are answered; no user started another one
+    assert len(slow.requests) < 20

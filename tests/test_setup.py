@@ -73,3 +73,21 @@ def test_a_gpu_notebook_without_a_gpu_says_so_loudly(capsys, monkeypatch):
     assert "written for a GPU" in capsys.readouterr().out
     llmops_lib.setup(quiet=True)
     assert capsys.readouterr().out == ""
+
+
+def test_offline_holds_when_hugging_face_was_imported_before_setup():
+    code = (
+        "import datasets, huggingface_hub, transformers\n"
+        "assert not huggingface_hub.is_offline_mode()\n"
+        "import llmops_lib\n"
+        "llmops_lib.setup(profile='tiny', quiet=True)\n"
+        "from transformers.utils.hub import is_offline_mode  # what transformers asks\n"
+        "print(huggingface_hub.constants.HF_HUB_OFFLINE, is_offline_mode(),\n"
+        "      datasets.config.HF_HUB_OFFLINE)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in llmops_lib.OFFLINE_ENV}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["True", "True", "True"]
