@@ -21,6 +21,7 @@ import uuid
 import warnings
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,6 +37,7 @@ from .guard_prompts import (
     guard_prompt,
     policy_for,
 )
+from .llamacpp import mark_contents, tokenize_plain
 
 
 @dataclass(frozen=True)
@@ -203,10 +205,20 @@ class LlamaCppGuard(CompletionGuard):
         )
         self.completion_kwargs = completion_kwargs
 
+    def prompt(self, messages: list[dict[str, str]]) -> str:
+        """The guard prompt with the judged texts marked, so complete() keeps them plain:
+        a '<|eot_id|>' typed by the user cannot end the prompt and answer for the guard."""
+        render = partial(guard_prompt, policy=self.policy)
+        return render(mark_contents(render, messages))
+
+    def tokens(self, prompt: str) -> list[int]:
+        """The prompt's token ids: the template's special tokens parsed, the texts plain."""
+        add_bos = not _starts_with_bos(prompt, self.model.formatter.bos_token)
+        return tokenize_plain(self.model.llm, prompt, add_bos)
+
     def complete(self, prompt: str) -> tuple[str, str]:
         """The guard's raw answer and llama.cpp's finish reason ('stop' or 'length')."""
-        add_bos = not _starts_with_bos(prompt, self.model.formatter.bos_token)
-        tokens = self.model.llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
+        tokens = self.tokens(prompt)
         out = self.model.llm.create_completion(
             tokens,
             max_tokens=self.max_tokens,

@@ -8,13 +8,13 @@ prompt and on each generated token.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from .backend import Timings, check_chat_args
-from .errors import whole
+from .errors import InputError, whole
 from .gguf_header import check_gguf, trained_context
 from .hardware import default_threads
 
@@ -69,8 +69,75 @@ def engine_timings(llm: Any) -> Timings:
     )
 
 
+# Marks each message's content in a rendered prompt, so that only the template's own text is
+# parsed for special tokens. A private-use character: no template writes it; one in a
+# message is dropped.
+PLAIN = "\ue000"
+
+
+def mark_contents(
+    render: Callable[[list[dict[str, str]]], str], messages: list[dict[str, str]]
+) -> list[dict[str, str]]:
+    """`messages` with each content between PLAIN marks, for a prompt that `render` builds.
+
+    Checked: without the marks the prompt is exactly what `render` makes of the messages.
+    A template that trims contents gets them trimmed inside the marks; one that changes
+    contents otherwise cannot keep them plain, which is an error rather than a silent risk.
+    """
+    clean = [
+        {**m, "content": m["content"].replace(PLAIN, "")}
+        if isinstance(m.get("content"), str)
+        else m
+        for m in messages
+    ]
+    expected = render(clean)
+    for trim in (False, True):
+        marked = [
+            {**m, "content": PLAIN + (m["content"].strip() if trim else m["content"]) + PLAIN}
+            for m in clean
+        ]
+        if render(marked).replace(PLAIN, "") == expected:
+            return marked
+    raise InputError(
+        "The chat template changes message contents, so they cannot be tokenized as plain "
+        "text (a user could type control tokens such as <|im_end|>); use another template."
+    )
+
+
+def tokenize_plain(llm: Any, prompt: str, add_bos: bool) -> list[int]:
+    """Tokens of a prompt whose contents are PLAIN-marked: the template's text with special
+    tokens parsed, each content as plain text, so a typed '<|im_end|>' stays text."""
+    tokens: list[int] = []
+    for i, piece in enumerate(prompt.split(PLAIN)):
+        if piece:
+            first = add_bos and not tokens
+            tokens += llm.tokenize(piece.encode("utf-8"), add_bos=first, special=i % 2 == 0)
+    return tokens
+
+
+class _PlainContents:
+    """A llama_cpp.Llama as the chat handler sees it: its tokenize() keeps contents plain.
+
+    llama-cpp-python's handler tokenizes the whole rendered prompt with special=True; this
+    is the one call that differs, everything else (sampling, stops, grammar) is the Llama's.
+    """
+
+    def __init__(self, llm: Any) -> None:
+        self._llm = llm
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._llm, name)
+
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        return tokenize_plain(self._llm, text.decode("utf-8"), add_bos)
+
+
 class LlamaCppModel:
-    """A GGUF model loaded with llama-cpp-python, with chat, streaming and timings."""
+    """A GGUF model loaded with llama-cpp-python, with chat, streaming and timings.
+
+    Message contents are tokenized as plain text: a user who types a control token such as
+    <|im_end|> or <end_of_turn> cannot close their turn and forge the next one.
+    """
 
     def __init__(
         self,
@@ -123,7 +190,12 @@ class LlamaCppModel:
             bos_token=self._token_text(self.llm.token_bos()),
             stop_token_ids=[eos_id],
         )
-        self.llm.chat_handler = self.formatter.to_chat_handler()
+        template_handler = self.formatter.to_chat_handler()
+
+        def plain_contents_handler(*, llama: Any, **kwargs: Any) -> Any:
+            return template_handler(llama=_PlainContents(llama), **kwargs)
+
+        self.llm.chat_handler = plain_contents_handler
 
     def _token_text(self, token_id: int) -> str:
         if token_id < 0:
@@ -143,9 +215,16 @@ class LlamaCppModel:
         """The exact prompt string the chat handler builds from `messages`."""
         return self.formatter(messages=messages).prompt
 
+    def _marked(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        return mark_contents(self.prompt_text, messages)
+
+    def prompt_tokens(self, messages: list[dict[str, str]]) -> list[int]:
+        """The prompt's token ids as chat() builds them (contents as plain text, no BOS)."""
+        return tokenize_plain(self.llm, self.prompt_text(self._marked(messages)), add_bos=False)
+
     def count_tokens(self, messages: list[dict[str, str]]) -> int:
         """Prompt tokens for `messages`, counted with the model's own tokenizer."""
-        return len(self.tokenize(self.prompt_text(messages)))
+        return len(self.prompt_tokens(messages))
 
     def chat(
         self,
@@ -157,9 +236,10 @@ class LlamaCppModel:
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """OpenAI-style chat completion (a dict, or an iterator of chunks when streaming)."""
         check_chat_args(messages, max_tokens, temperature)
+        marked = self._marked(messages)
         restart_timings(self.llm)
         return self.llm.create_chat_completion(
-            messages=messages,
+            messages=marked,
             max_tokens=max_tokens,
             temperature=temperature,
             stream=stream,
