@@ -105,6 +105,13 @@ def _check_level(
         raise InputError("prompts: needs non-empty strings, one prompt each.")
 
 
+def _check_levels(
+    users: object, requests_per_user: object, max_tokens: object, timeout_s: object, prompts: object
+) -> None:
+    for i, n in enumerate(non_empty("users", users)):
+        _check_level(n, requests_per_user, max_tokens, timeout_s, prompts, f"users[{i}]")
+
+
 def run_level(
     endpoint: Endpoint,
     users: int,
@@ -187,8 +194,7 @@ def run(
     prompts: Sequence[str] = PROMPTS,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run each concurrency level in turn; return (one row per N, one row per request)."""
-    for i, n in enumerate(non_empty("users", users)):
-        _check_level(n, requests_per_user, max_tokens, timeout_s, prompts, f"users[{i}]")
+    _check_levels(users, requests_per_user, max_tokens, timeout_s, prompts)
     summary, requests = [], []
     with tqdm(total=sum(users) * requests_per_user, desc="load test", unit="req") as bar:
         for n in users:
@@ -213,6 +219,7 @@ def per_level_servers(
     gives N users N parallel slots, so their requests are decoded together in one batch
     (continuous batching). Every server is stopped before the next one starts.
     """
+    _check_levels(users, requests_per_user, max_tokens, timeout_s, PROMPTS)  # before any start
     rows = []
     for n in users:
         with start(n) as srv:
