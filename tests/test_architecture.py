@@ -30,7 +30,7 @@ LAYERS = {
         "chat", "classify", "scoring", "precision_sweep", "guard_prompts", "guard",
         "guard_classifier", "guard_code", "bench", "sweeps", "loadtest",
     ],
-    "commands": ["bench_cli"],
+    "commands": ["bench_cli", "service"],
 }  # fmt: skip
 LEVEL = {module: i for i, modules in enumerate(LAYERS.values()) for module in modules}
 
