@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -232,6 +233,46 @@ def per_level_servers(
             )
             rows.append(summary)
     return pd.concat(rows)
+
+
+def burst(
+    url: str,
+    clients: int,
+    body: dict[str, Any] | None = None,
+    path: str = "/generate",
+    timeout_s: float = 120.0,
+) -> pd.DataFrame:
+    """`clients` POSTs released at the same instant; one row each: HTTP status, seconds,
+    Retry-After. What a bounded queue does with a crowd: some answered, the rest told at
+    once to come back (429), none left hanging until it times out."""
+    import httpx
+
+    body = body or {"prompt": PROMPTS[0], "max_tokens": 16}
+    start = threading.Barrier(clients)
+
+    def one(client: httpx.Client, i: int) -> dict[str, Any]:
+        start.wait(timeout=timeout_s)
+        t0 = time.perf_counter()
+        response = client.post(path, json=body)
+        return {
+            "client": i,
+            "status": response.status_code,
+            "seconds": time.perf_counter() - t0,
+            "retry_after_s": float(response.headers.get("Retry-After", "nan")),
+        }
+
+    limits = httpx.Limits(max_connections=clients)
+    with (
+        httpx.Client(base_url=url, timeout=timeout_s, limits=limits) as client,
+        ThreadPoolExecutor(max_workers=clients, thread_name_prefix=THREAD_PREFIX) as pool,
+    ):
+        rows = list(pool.map(lambda i: one(client, i), range(clients)))
+    return pd.DataFrame(rows).set_index("client")
+
+
+def burst_summary(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per HTTP status: how many, and their median and worst time to an answer."""
+    return frame.groupby("status")["seconds"].agg(requests="count", p50_s="median", max_s="max")
 
 
 def user_threads_alive() -> int:

@@ -64,6 +64,16 @@ def remove_orphaned_workdirs() -> list[Path]:
     return removed
 
 
+def server_threads() -> int:
+    """llama.cpp threads for a server: every physical core but one.
+
+    The spare core is left to the clients on the same machine (the notebook, a load test)
+    and to the server's own HTTP side: a llama.cpp thread that has to share its core
+    stalls all the others at each step.
+    """
+    return max(1, default_threads() - 1)
+
+
 def free_port(host: str = HOST) -> int:
     """A TCP port that nothing listens on right now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -99,10 +109,8 @@ class ServerProcess:
         startup_timeout_s: float = 120.0,
     ) -> None:
         self.model_path = check_gguf(model_path)
-        # One core is left to the clients on the same machine (the notebook, a load test):
-        # a llama.cpp thread that has to share its core stalls all the others at each step.
         self.n_ctx = whole("n_ctx", n_ctx)
-        self.n_threads = whole("n_threads", n_threads or max(1, default_threads() - 1))
+        self.n_threads = whole("n_threads", n_threads or server_threads())
         self._auto_port = port is None
         self.port = port or free_port()
         self.startup_timeout_s = startup_timeout_s

@@ -38,7 +38,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .backend import LocalModel, Message, chunk_text, reply_text
-from .process import HOST, ServerProcess
+from .process import HOST, ServerProcess, server_threads
 
 MAX_PROMPT_CHARS = 16_000  # all message contents together; a 2k-token context holds ~8k chars
 MAX_MESSAGES = 64
@@ -461,7 +461,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default=HOST, help="0.0.0.0 inside a container only")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--n-ctx", type=int, default=2048)
-    parser.add_argument("--n-threads", type=int, default=None)
+    parser.add_argument("--n-threads", type=int, default=None, help="default: cores - 1")
     parser.add_argument("--queue", type=int, default=DEFAULT_QUEUE, help="requests that wait")
     parser.add_argument(
         "--model-package",
@@ -496,7 +496,9 @@ def main(argv: list[str] | None = None) -> None:
         print(session.model_path(args.role))
         return
     app = create_app(
-        lambda: session.model(args.role, n_ctx=args.n_ctx, n_threads=args.n_threads),
+        lambda: session.model(
+            args.role, n_ctx=args.n_ctx, n_threads=args.n_threads or server_threads()
+        ),
         model_name=session.choice(args.role).model,
         queue_size=args.queue,
     )

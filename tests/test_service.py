@@ -12,7 +12,6 @@ import os
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import anyio
 import httpx
@@ -22,7 +21,7 @@ import uvicorn
 from fakes import FakeChat
 from fastapi.testclient import TestClient
 
-from llmops_lib import service
+from llmops_lib import loadtest, service
 from llmops_lib.process import HOST, free_port, port_is_free
 
 SERVICE_URL_ENV = "LLMOPS_SERVICE_URL"  # a running service (the container) to test instead
@@ -243,6 +242,15 @@ def test_a_client_that_leaves_mid_stream_frees_its_place(slow_service):
     assert reply.json()["completion"] == "You said: next please"
 
 
+def test_a_burst_beyond_the_queue_is_answered_in_part_and_refused_at_once(slow_service):
+    url, queue = slow_service  # one generating, one waiting; 0.05 s a token
+    outcomes = loadtest.burst(url, 6, {"prompt": "one two three", "max_tokens": 8})
+    summary = loadtest.burst_summary(outcomes)
+    assert summary["requests"].to_dict() == {200: 2, 429: 4}
+    assert summary.loc[429, "max_s"] < summary.loc[200, "p50_s"]  # refused without waiting
+    assert queue.snapshot()["admitted"] == 0
+
+
 # --- the real service process -------------------------------------------------------------
 
 
@@ -316,31 +324,26 @@ def test_the_real_service_refuses_bad_input_with_4xx_json(http, case):
 
 
 @pytest.mark.model
-def test_over_the_context_is_a_readable_400_through_the_openai_client(service_url):
+def test_over_the_context_is_a_readable_400_through_the_openai_client(http, service_url):
+    n_ctx = http.get("/health").json()["n_ctx"]
+    assert n_ctx <= 2048  # so that 2600+ tokens fit in the 15,600 characters below
     client = openai.OpenAI(base_url=service_url + "/v1", api_key="none", max_retries=0)
-    long = [{"role": "user", "content": "lorem ipsum " * 1000}]  # ~2000 tokens, n_ctx 1024
+    long = [{"role": "user", "content": "lorem ipsum " * 1300}]
     with pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(model="m", messages=long, max_tokens=8)
-    assert "context holds 1024 tokens" in str(refused.value)
+    assert f"context holds {n_ctx} tokens" in str(refused.value)
 
 
 @pytest.mark.model
-def test_fifty_concurrent_clients_get_answers_or_429_never_an_error(http):
-    def one(i: int) -> tuple[int, str | None]:
-        body = {"prompt": f"Say the number {i}.", "max_tokens": 4}
-        response = http.post("/generate", json=body)
-        return response.status_code, response.headers.get("Retry-After")
-
+def test_fifty_concurrent_clients_get_answers_or_429_never_an_error(http, service_url):
     start = time.monotonic()
-    with ThreadPoolExecutor(max_workers=50) as pool:
-        outcomes = list(pool.map(one, range(50)))
-    statuses = [status for status, _ in outcomes]
-    print(f"50 clients: {statuses.count(200)} answered, {statuses.count(429)} told to retry, "
-          f"{time.monotonic() - start:.1f} s")  # fmt: skip
+    outcomes = loadtest.burst(service_url, 50, {"prompt": "Say a number.", "max_tokens": 4})
+    print(loadtest.burst_summary(outcomes), f"\n50 clients: {time.monotonic() - start:.1f} s")
+    statuses = outcomes["status"]
     assert set(statuses) <= {200, 429}
-    assert statuses.count(200) >= 3  # the one generating and the two waiting
-    assert statuses.count(429) > 0  # 50 at once cannot all fit a queue of 2
-    assert all(retry and int(retry) >= 1 for status, retry in outcomes if status == 429)
+    assert (statuses == 200).sum() >= 3  # the one generating and the two waiting
+    assert (statuses == 429).sum() > 0  # 50 at once cannot all fit a queue of 2
+    assert (outcomes.loc[statuses == 429, "retry_after_s"] >= 1).all()
     assert http.get("/health").json()["queue"]["admitted"] == 0
 
 
