@@ -242,9 +242,9 @@ def burst(
     path: str = "/generate",
     timeout_s: float = 120.0,
 ) -> pd.DataFrame:
-    """`clients` POSTs released at the same instant; one row each: HTTP status, seconds,
-    Retry-After. What a bounded queue does with a crowd: some answered, the rest told at
-    once to come back (429), none left hanging until it times out."""
+    """`clients` POSTs released at the same instant; one row each: HTTP status (0: no
+    answer within `timeout_s`), seconds, Retry-After. What a bounded queue does with a
+    crowd: some answered, the rest told at once to come back (429), none left hanging."""
     import httpx
 
     body = body or {"prompt": PROMPTS[0], "max_tokens": 16}
@@ -253,12 +253,17 @@ def burst(
     def one(client: httpx.Client, i: int) -> dict[str, Any]:
         start.wait(timeout=timeout_s)
         t0 = time.perf_counter()
-        response = client.post(path, json=body)
+        try:
+            response = client.post(path, json=body)
+        except httpx.TimeoutException:
+            status, retry = 0, "nan"
+        else:
+            status, retry = response.status_code, response.headers.get("Retry-After", "nan")
         return {
             "client": i,
-            "status": response.status_code,
+            "status": status,
             "seconds": time.perf_counter() - t0,
-            "retry_after_s": float(response.headers.get("Retry-After", "nan")),
+            "retry_after_s": float(retry),
         }
 
     limits = httpx.Limits(max_connections=clients)

@@ -251,6 +251,12 @@ def test_a_burst_beyond_the_queue_is_answered_in_part_and_refused_at_once(slow_s
     assert queue.snapshot()["admitted"] == 0
 
 
+def test_a_burst_records_a_client_that_got_no_answer_in_time_as_status_0(slow_service):
+    url, _ = slow_service  # "You said: one two three": 5 tokens, 0.25 s
+    outcomes = loadtest.burst(url, 1, {"prompt": "one two three"}, timeout_s=0.1)
+    assert outcomes["status"].tolist() == [0]
+
+
 # --- the real service process -------------------------------------------------------------
 
 
