@@ -204,7 +204,7 @@ def encoder_answer(table: pd.DataFrame, tolerance: float = 0.05) -> str:
     llm_ms = _value(table, "ms per text", "LLM classifier")
     speed = ""
     if enc_ms and llm_ms:
-        speed = f", and it needs {llm_ms / enc_ms:.0f}x less time per text"
+        speed = f"; per text the LLM classifier takes {llm_ms / enc_ms:.1f}x the encoder's time"
     verdict = "Yes, on these figures" if gap >= -points else "Not on accuracy alone"
     return f"{verdict}: {accuracy}{speed}."
 

@@ -106,7 +106,8 @@ def test_encoder_answer_follows_the_figures(full):
     # encoder 0.8 vs LLM 0.5: 30 points above; 300 ms vs 4 ms per text
     assert wrapup.encoder_answer(table) == (
         "Yes, on these figures: the encoder is 30 accuracy points above the better LLM "
-        "reading (more than the 5-point tolerance), and it needs 75x less time per text."
+        "reading (more than the 5-point tolerance); per text the LLM classifier takes 75.0x "
+        "the encoder's time."
     )
 
     def encoder_accuracy(value):
