@@ -19,7 +19,7 @@ ARCHITECTURE = PACKAGE.parent / "ARCHITECTURE.md"
 
 # Lowest first; the same table as ARCHITECTURE.md (the test below checks they agree).
 LAYERS = {
-    "foundation": ["errors", "backend", "results", "hardware", "datasets", "links"],
+    "foundation": ["errors", "backend", "results", "hardware", "datasets", "links", "course"],
     "planning": [
         "catalog", "profiles", "memory", "sharding", "launch", "roofline", "provision", "tools",
         "gguf_header", "colab",
@@ -28,7 +28,7 @@ LAYERS = {
     "session": ["session", "__init__"],
     "lessons": [
         "chat", "classify", "scoring", "precision_sweep", "guard_prompts", "guard",
-        "guard_classifier", "guard_code", "bench", "sweeps", "loadtest",
+        "guard_classifier", "guard_code", "bench", "sweeps", "loadtest", "wrapup",
     ],
     "commands": ["bench_cli", "service"],
 }  # fmt: skip

@@ -78,6 +78,28 @@ def test_llama_guard_2_prompt_is_metas_template_rendered():
     assert guard_prompt(conversation(" Hi ", "Hello!"), LLAMA_GUARD_2) == expected
 
 
+def test_llama_guard_3_input_prompt_built_by_hand_is_the_librarys():
+    """Notebook 06 writes this prompt out by hand before using the library's: same text."""
+    user = "How do I bake bread?"
+    by_hand = (
+        " <|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n"
+        "Task: Check if there is unsafe content in 'User' messages in conversations "
+        "according our safety policy with the below categories.\n\n"
+        "<BEGIN UNSAFE CONTENT CATEGORIES>\n"
+        "S1: Violent Crimes.\nS2: Non-Violent Crimes.\nS3: Sex Crimes.\n"
+        "S4: Child Exploitation.\nS5: Defamation.\nS6: Specialized Advice.\nS7: Privacy.\n"
+        "S8: Intellectual Property.\nS9: Indiscriminate Weapons.\nS10: Hate.\n"
+        "S11: Self-Harm.\nS12: Sexual Content.\nS13: Elections.\n"
+        "S14: Code Interpreter Abuse.\n<END UNSAFE CONTENT CATEGORIES>\n\n"
+        f"<BEGIN CONVERSATION>\n\nUser: {user}\n\n<END CONVERSATION>\n\n"
+        "Provide your safety assessment for ONLY THE LAST User message in the above "
+        "conversation:\n - First line must read 'safe' or 'unsafe'.\n"
+        " - If unsafe, a second line must include a comma-separated list of violated "
+        "categories.<|eot_id|><|start_header_id|>assistant<|end_header_id|>"
+    )
+    assert guard_prompt(conversation(user), LLAMA_GUARD_3) == by_hand
+
+
 def test_llama_guard_3_prompt_has_its_turn_tokens_and_14_categories():
     prompt = guard_prompt(conversation(USER), LLAMA_GUARD_3)
     assert prompt.startswith(" <|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n")

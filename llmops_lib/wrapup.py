@@ -1,0 +1,239 @@
+"""The course's measured figures side by side, read from the files the notebooks saved.
+
+Every notebook that measures something saves it in results/ under a timestamped name
+(`results.save_frame`, the guard's audit log). The wrap-up reads the newest file of each
+kind, takes the few figures that answer the course's question ("would an encoder do the
+job?") and puts them in one table; it measures nothing itself. A kind with no file yet
+becomes a line naming the notebook to run, never an error.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from . import course, results
+
+COLUMNS = ["topic", "measure", "value", "unit", "notebook", "file"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """One kind of results file: its name, the notebook that writes it, how to read it.
+
+    `read(path)` returns rows of (topic, measure, value, unit).
+    """
+
+    stem: str
+    suffix: str
+    notebook: str  # its number, e.g. "01"
+    what: str  # what it holds, for the message when it is missing
+    read: Callable[[Path], list[tuple[str, str, float, str]]]
+
+
+def _columns(df: pd.DataFrame, path: Path, needed: list[str]) -> None:
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"{path.name} has no column(s) {missing}: it was written by another version of "
+            "its notebook; re-run that notebook to write a current file."
+        )
+
+
+def _encoder(path: Path) -> list[tuple[str, str, float, str]]:
+    """01's k-sweep: accuracy of the encoder trained on the most examples per class."""
+    df = pd.read_csv(path)
+    _columns(df, path, ["k", "accuracy all"])
+    best = df.loc[df["k"].idxmax()]
+    return [
+        ("accuracy", f"encoder (SetFit, k={int(best['k'])} per class)", best["accuracy all"], "")
+    ]
+
+
+def _llm_classifier(path: Path) -> list[tuple[str, str, float, str]]:
+    """02's scored assessments: accuracy two ways, and the time per text."""
+    df = pd.read_csv(path)
+    _columns(df, path, ["truth", "prediction", "prediction_p", "latency_s"])
+    return [
+        ("accuracy", "LLM, parsed Yes/No answer", (df["prediction"] == df["truth"]).mean(), ""),
+        ("accuracy", "LLM, P(Yes) ≥ threshold", (df["prediction_p"] == df["truth"]).mean(), ""),
+        ("ms per text", "LLM classifier", 1000 * df["latency_s"].median(), "ms"),
+    ]
+
+
+def _guard(path: Path) -> list[tuple[str, str, float, str]]:
+    """06's audit log: the encoder prompt guard, an LLM guard check and the chat reply."""
+    df = pd.read_json(path, lines=True)
+    _columns(df, path, ["input_guard", "ms"])
+    stages = ["input_check", "chat", "output_check"]
+    ms = pd.DataFrame(list(df["ms"])).reindex(columns=stages)  # a blocked request lacks some
+    by_encoder = df["input_guard"].str.contains("prompt guard")
+    llm_guarded = ~by_encoder & ms["chat"].notna() & ms["output_check"].notna()
+    rows = []
+    if by_encoder.any():
+        screen = ms.loc[by_encoder, "input_check"].median()
+        rows.append(("ms per text", "encoder prompt guard (screens a prompt)", screen, "ms"))
+    if llm_guarded.any():
+        llm = ms[llm_guarded]
+        checks = (llm["input_check"] + llm["output_check"]).median()
+        rows += [
+            ("ms per text", "LLM guard, both checks of a request", checks, "ms"),
+            ("ms per text", "chat reply", llm["chat"].median(), "ms"),
+            ("guard overhead", "guard checks / chat time", checks / llm["chat"].median(), "x"),
+        ]
+    return rows
+
+
+def _serving(server: str) -> Callable[[Path], list[tuple[str, str, float, str]]]:
+    def read(path: Path) -> list[tuple[str, str, float, str]]:
+        """03's load test: generated tokens/s over all users, at 1, 4 and 8 users."""
+        df = pd.read_csv(path)
+        _columns(df, path, ["users", "tokens_per_s"])
+        levels = df[df["users"].isin([1, 4, 8])]
+        return [
+            ("serving tokens/s", f"{server}, {int(r.users)} user(s)", r.tokens_per_s, "tok/s")
+            for r in levels.itertuples()
+        ]
+
+    return read
+
+
+def _decode(path: Path) -> list[tuple[str, str, float, str]]:
+    """07's benchmark: the fastest configuration's decode speed and its roofline."""
+    df = pd.read_csv(path)
+    _columns(df, path, ["config", "generated_tps", "roofline_tps"])
+    best = df.loc[df["generated_tps"].idxmax()]
+    return [
+        ("decode tokens/s", f"measured, {best['config']}", best["generated_tps"], "tok/s"),
+        ("decode tokens/s", f"roofline, {best['config']}", best["roofline_tps"], "tok/s"),
+    ]
+
+
+SOURCES: tuple[Source, ...] = (
+    Source("01-setfit-k-sweep", ".csv", "01", "encoder accuracy", _encoder),
+    Source("02_assessments", ".csv", "02", "LLM classifier accuracy and latency", _llm_classifier),
+    Source(
+        "loadtest", ".csv", "03", "serving, one request at a time", _serving("llama_cpp.server")
+    ),
+    Source(
+        "loadtest-llama-server",
+        ".csv",
+        "03",
+        "serving with continuous batching",
+        _serving("llama-server -np N"),
+    ),
+    Source("guard-audit", ".jsonl", "06", "guard overhead", _guard),
+    Source("bench-07", ".csv", "07", "decode speed vs roofline", _decode),
+)
+
+
+def newest(stem: str, suffix: str, directory: str | Path | None = None) -> Path | None:
+    """The newest `stem-YYYYmmdd-HHMMSS[-n]suffix` in results/, or None if there is none.
+
+    The name must match exactly: 'loadtest' does not pick up 'loadtest-llama-server-...'.
+    """
+    folder = Path(directory or results.RESULTS_DIR)
+    if not folder.is_dir():
+        return None
+    pattern = re.compile(rf"^{re.escape(stem)}-(\d{{8}}-\d{{6}})(?:-(\d+))?{re.escape(suffix)}$")
+    found = []
+    for path in folder.iterdir():
+        match = pattern.match(path.name)
+        if match and path.is_file():
+            found.append(((match.group(1), int(match.group(2) or 0)), path))
+    return max(found)[1] if found else None
+
+
+def collect(directory: str | Path | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """The figures of the newest file of each kind, and one line per kind with no file.
+
+    A file that cannot be read (written by an older notebook) is a line too, not a crash.
+    """
+    rows, missing = [], []
+    for source in SOURCES:
+        nb = course.notebook(source.notebook)
+        path = newest(source.stem, source.suffix, directory)
+        if path is None:
+            missing.append(
+                f"{source.what}: no {source.stem}-*{source.suffix} in results/ yet; "
+                f"run notebook {nb.file} first."
+            )
+            continue
+        try:
+            figures = source.read(path)
+        except ValueError as err:
+            missing.append(f"{source.what}: {err}")
+            continue
+        rows += [(*figure, source.notebook, path.name) for figure in figures]
+    return pd.DataFrame(rows, columns=COLUMNS), missing
+
+
+def _value(table: pd.DataFrame, topic: str, measure_start: str) -> float | None:
+    hit = table[(table["topic"] == topic) & table["measure"].str.startswith(measure_start)]
+    return None if hit.empty else float(hit["value"].max())
+
+
+def encoder_answer(table: pd.DataFrame, tolerance: float = 0.05) -> str:
+    """'Would an encoder do the job?' answered from the table's figures only.
+
+    The encoder is compared with the better of the LLM's two ways of classifying, and per
+    text with the LLM classifier. Accuracies within `tolerance` (5 points) count as equal:
+    on test sets of a few dozen texts, one text moves accuracy by a few points.
+    """
+    enc = _value(table, "accuracy", "encoder")
+    llm = _value(table, "accuracy", "LLM")
+    if enc is None or llm is None:
+        need = "notebook 01" if enc is None else "notebook 02"
+        return f"Not answerable yet: the table has no accuracy from {need}."
+    gap = round(100 * (enc - llm))
+    points = round(100 * tolerance)
+    within = (
+        f"within the {points}-point tolerance"
+        if abs(gap) <= points
+        else f"more than the {points}-point tolerance"
+    )
+    accuracy = (
+        f"the encoder is {abs(gap)} accuracy points {'above' if gap >= 0 else 'below'} "
+        f"the better LLM reading ({within})"
+    )
+    enc_ms = _value(table, "ms per text", "encoder")
+    llm_ms = _value(table, "ms per text", "LLM classifier")
+    speed = ""
+    if enc_ms and llm_ms:
+        speed = f"; per text the LLM classifier takes {llm_ms / enc_ms:.1f}x the encoder's time"
+    verdict = "Yes, on these figures" if gap >= -points else "Not on accuracy alone"
+    return f"{verdict}: {accuracy}{speed}."
+
+
+def plot(table: pd.DataFrame):
+    """Four panels (accuracy, ms per text, serving tokens/s, decode vs roofline); an empty
+    panel says which notebook fills it."""
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("accuracy", "share correct", "01, 02", False),
+        ("ms per text", "ms (log scale)", "01/06, 02", True),
+        ("serving tokens/s", "tokens/s, all users", "03", False),
+        ("decode tokens/s", "tokens/s, one stream", "07", False),
+    ]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 6.5))
+    for ax, (topic, unit, notebooks, log) in zip(axes.flat, panels, strict=True):
+        rows = table[table["topic"] == topic]
+        ax.set_title(topic)
+        if rows.empty:
+            ax.text(0.5, 0.5, f"no results yet: run notebook {notebooks}", ha="center")
+            ax.set_axis_off()
+            continue
+        ax.barh(rows["measure"], rows["value"], color="tab:blue")
+        ax.set_xlabel(unit)
+        if log:
+            ax.set_xscale("log")
+        if topic == "accuracy":
+            ax.set_xlim(0, 1)
+        ax.invert_yaxis()
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,138 @@
+"""The wrap-up reads the newest results file of each kind, and says what is missing; the
+course map reads each notebook's stored run time. Synthetic files, milliseconds."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from llmops_lib import course, wrapup
+
+
+def write_csv(folder, name, rows):
+    pd.DataFrame(rows).to_csv(folder / name, index=False)
+
+
+def audit_line(input_guard, ms):
+    return json.dumps({"input_guard": input_guard, "ms": ms}) + "\n"
+
+
+@pytest.fixture
+def full(tmp_path):
+    """One file of every kind, plus older and look-alike files that must be ignored."""
+    write_csv(tmp_path, "01-setfit-k-sweep-20260101-000000.csv", [{"k": 2, "accuracy all": 0.1}])
+    write_csv(
+        tmp_path,
+        "01-setfit-k-sweep-20260102-000000.csv",
+        [{"k": 2, "accuracy all": 0.6}, {"k": 5, "accuracy all": 0.8}],
+    )
+    write_csv(
+        tmp_path,
+        "02_assessments-20260102-000000.csv",
+        {
+            "truth": ["positive", "negative"],
+            "prediction": ["positive", "positive"],  # one right
+            "prediction_p": ["negative", "negative"],  # one right
+            "latency_s": [0.2, 0.4],
+        },
+    )
+    levels = [{"users": u, "tokens_per_s": 10.0 * u} for u in (1, 2, 4, 8)]
+    write_csv(tmp_path, "loadtest-20260102-000000.csv", levels)
+    write_csv(tmp_path, "loadtest-llama-server-20260103-000000.csv", levels[:1])
+    write_csv(
+        tmp_path,
+        "bench-07-20260102-000000-1.csv",
+        [
+            {"config": "1 thread", "generated_tps": 50.0, "roofline_tps": 100.0},
+            {"config": "2 threads", "generated_tps": 70.0, "roofline_tps": 100.0},
+        ],
+    )
+    write_csv(tmp_path, "bench-07-20260102-000000.csv", [{"config": "old", "generated_tps": 1.0}])
+    (tmp_path / "guard-audit-20260102-000000.jsonl").write_text(
+        audit_line("LlamaCppGuard", {"input_check": 100.0, "chat": 400.0, "output_check": 100.0})
+        + audit_line("LlamaCppGuard", {"input_check": 300.0, "total": 300.0})  # blocked
+        + audit_line("offline prompt guard (SetFit)", {"input_check": 4.0, "total": 4.0})
+    )
+    return tmp_path
+
+
+def test_newest_file_of_each_kind_and_never_a_look_alike(full):
+    assert wrapup.newest("bench-07", ".csv", full).name == "bench-07-20260102-000000-1.csv"
+    assert wrapup.newest("loadtest", ".csv", full).name == "loadtest-20260102-000000.csv"
+    assert wrapup.newest("nothing", ".csv", full) is None
+    assert wrapup.newest("bench-07", ".csv", full / "absent") is None
+
+
+def test_collect_takes_the_figures_that_answer_the_question(full):
+    table, missing = wrapup.collect(full)
+    assert missing == []
+    value = table.set_index("measure")["value"]
+    assert value["encoder (SetFit, k=5 per class)"] == 0.8  # the newest sweep, largest k
+    assert value["LLM, parsed Yes/No answer"] == 0.5
+    assert value["LLM, P(Yes) ≥ threshold"] == 0.5
+    assert value["LLM classifier"] == pytest.approx(300.0)  # median of 0.2 s and 0.4 s
+    assert value["encoder prompt guard (screens a prompt)"] == 4.0
+    assert value["LLM guard, both checks of a request"] == 200.0  # blocked one has no chat
+    assert value["guard checks / chat time"] == 0.5
+    assert value["measured, 2 threads"] == 70.0 and value["roofline, 2 threads"] == 100.0
+    serving = table[table["topic"] == "serving tokens/s"]["measure"].tolist()
+    assert serving == [
+        "llama_cpp.server, 1 user(s)",
+        "llama_cpp.server, 4 user(s)",
+        "llama_cpp.server, 8 user(s)",
+        "llama-server -np N, 1 user(s)",
+    ]
+    assert set(table["notebook"]) == {"01", "02", "03", "06", "07"}
+
+
+def test_missing_results_name_the_notebook_to_run(tmp_path):
+    table, missing = wrapup.collect(tmp_path)
+    assert table.empty and len(missing) == len(wrapup.SOURCES)
+    assert any("01_past_encoder_classifier_cpu.ipynb" in line for line in missing)
+    assert wrapup.encoder_answer(table).startswith("Not answerable yet")
+    wrapup.plot(table)  # empty panels say what to run instead of failing
+
+
+def test_a_file_from_another_notebook_version_is_a_line_not_a_crash(tmp_path):
+    write_csv(tmp_path, "bench-07-20260102-000000.csv", [{"config": "x", "tps": 1.0}])
+    table, missing = wrapup.collect(tmp_path)
+    assert any("bench-07-20260102-000000.csv has no column" in line for line in missing)
+
+
+def test_encoder_answer_follows_the_figures(full):
+    table, _ = wrapup.collect(full)
+    # encoder 0.8 vs LLM 0.5: 30 points above; 300 ms vs 4 ms per text
+    assert wrapup.encoder_answer(table) == (
+        "Yes, on these figures: the encoder is 30 accuracy points above the better LLM "
+        "reading (more than the 5-point tolerance); per text the LLM classifier takes 75.0x "
+        "the encoder's time."
+    )
+
+    def encoder_accuracy(value):
+        is_encoder = table["measure"].str.startswith("encoder (SetFit")
+        return table.assign(value=table["value"].where(~is_encoder, value))
+
+    close = wrapup.encoder_answer(encoder_accuracy(0.46))
+    assert close.startswith("Yes, on these figures: the encoder is 4 accuracy points below")
+    assert "(within the 5-point tolerance)" in close
+    worse = wrapup.encoder_answer(encoder_accuracy(0.1))
+    assert worse.startswith("Not on accuracy alone: the encoder is 40 accuracy points below")
+
+
+def test_course_map_reads_stored_run_times(tmp_path):
+    cell = {"metadata": {"execution": {
+        "iopub.execute_input": "2026-11-24T07:48:33.000Z",
+        "shell.execute_reply": "2026-11-24T07:48:45.400Z",
+    }}}  # fmt: skip
+    (tmp_path / "06_guard_companion.ipynb").write_text(json.dumps({"cells": [cell]}))
+    (tmp_path / "04_renamed.ipynb").write_text(json.dumps({"cells": [{"metadata": {}}]}))
+    table = course.course_map(tmp_path)
+    assert table.loc["06_guard_companion", "tiny profile, s"] == 12  # 12.4 s, rounded
+    assert table.loc["04_renamed", "time from"] == "no stored run yet"
+    assert table.loc["01_past_encoder_classifier_cpu", "time from"] == "not in this copy"
+    with pytest.raises(NotADirectoryError, match="notebooks/ folder"):
+        course.course_map(tmp_path / "absent")
+    with pytest.raises(ValueError, match="No notebook numbered '42'"):
+        course.notebook("42")
