@@ -518,11 +518,10 @@ def test_verdict_dataclass_round_trips_to_the_log():
 
 
 @pytest.mark.model
-def test_transformers_guard_reads_the_real_tiny_model_strictly(session):
+def test_transformers_guard_reads_the_real_tiny_model_strictly(tiny_hf):
     from llmops_lib.guard import TransformersGuard
 
-    with session.model("classifier", n_ctx=1024) as model:
-        verdict = TransformersGuard(model, LLAMA_GUARD_3, max_tokens=8).judge(conversation(USER))
+    verdict = TransformersGuard(tiny_hf, LLAMA_GUARD_3, max_tokens=8).judge(conversation(USER))
     assert verdict.raw  # the model's own words, kept verbatim
     # no grammar here: only an exact 'safe' may pass, anything else must fail closed
     assert verdict.safe == (verdict.raw.strip() == "safe")
