@@ -35,9 +35,21 @@ def session():
 
 
 @pytest.fixture(scope="session")
-def tiny_chat(session):
+def one_thread() -> dict[str, int]:
+    """llama.cpp thread settings for the models tests load: one thread, prefill included.
+
+    Tests check behaviour, not speed. With two threads llama.cpp meets its sibling at a
+    barrier after every operation; on a machine shared with other jobs the OS keeps
+    descheduling one of them and the other waits, so the same tests ran several times
+    slower than on one thread. Benchmarks and notebooks keep the library's defaults.
+    """
+    return {"n_threads": 1, "n_threads_batch": 1}
+
+
+@pytest.fixture(scope="session")
+def tiny_chat(session, one_thread):
     """The tiny profile's chat model (Gemma 3 270M Q4_K_M) on llama.cpp, loaded once."""
-    model = session.model(n_ctx=2048)
+    model = session.model(n_ctx=2048, **one_thread)
     yield model
     model.close()
 

@@ -358,8 +358,8 @@ def test_empty_user_message_is_an_error(audit):
 
 
 @pytest.fixture(scope="module")
-def guard_model(session):
-    model = session.model("guard", n_ctx=1024)
+def guard_model(session, one_thread):
+    model = session.model("guard", n_ctx=1024, **one_thread)
     yield model
     model.close()
 
