@@ -21,7 +21,7 @@ import secrets
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -299,16 +299,34 @@ def latency(clf: EncoderClassifier, texts: Sequence[str], warmup: int = 2) -> pd
 
 
 def k_sweep(
-    df: pd.DataFrame, ks: Sequence[int], base: str | Path, iterations: int = 10, seed: int = 0
+    df: pd.DataFrame,
+    ks: Sequence[int],
+    base: str | Path,
+    iterations: int = 10,
+    seed: int = 0,
+    trained: Mapping[int, EncoderClassifier] | None = None,
 ) -> pd.DataFrame:
     """Train one classifier per k (examples per class and language) on `df`'s few-shot rows
-    and score each on the same held-out rows: how much do a few more examples buy?"""
+    and score each on the same held-out rows: how much do a few more examples buy?
+
+    `trained`: classifiers already trained on `datasets.split(df, k, seed)` with the same
+    `iterations` and `seed`, by k (e.g. the lesson's own k=3 one). They are scored, not
+    trained again: the same rows, iterations and seed give the same classifier, so a
+    second training would only cost CPU time.
+    """
+    trained = dict(trained or {})
+    if unknown := set(trained) - set(ks):
+        raise ValueError(f"trained= has classifiers for k={sorted(unknown)}, not in ks={ks}.")
     rows = []
     for k in ks:  # each training shows its own progress bar
         train_rows, test = datasets.split(df, k, seed)
-        clf = train(train_rows["text"], train_rows["label"], base, iterations, seed)
+        if k in trained:
+            clf = trained[k]
+        else:
+            clf = train(train_rows["text"], train_rows["label"], base, iterations, seed)
         scores = datasets.score(test, clf.predict(test["text"]))
-        row = {"k": k, "train texts": len(train_rows), "train s": round(clf.train_s, 1)}
+        train_s = float("nan") if clf.train_s is None else round(clf.train_s, 1)  # None: loaded
+        row = {"k": k, "train texts": len(train_rows), "train s": train_s}
         row.update({f"accuracy {lang}": scores.loc[lang, "accuracy"] for lang in scores.index})
         rows.append(row)
     return pd.DataFrame(rows).set_index("k")

@@ -8,7 +8,9 @@ seconds; tests that load model files or start a server carry `@pytest.mark.model
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import Iterator
 
 import pytest
 
@@ -33,15 +35,37 @@ def session():
 
 
 @pytest.fixture(scope="session")
-def tiny_chat(session):
+def one_thread() -> dict[str, int]:
+    """llama.cpp thread settings for the models tests load: one thread, prefill included.
+
+    Tests check behaviour, not speed. With two threads llama.cpp meets its sibling at a
+    barrier after every operation; on a machine shared with other jobs the OS keeps
+    descheduling one of them and the other waits, so the same tests ran several times
+    slower than on one thread. Benchmarks and notebooks keep the library's defaults.
+    """
+    return {"n_threads": 1, "n_threads_batch": 1}
+
+
+@pytest.fixture(scope="session")
+def tiny_chat(session, one_thread):
     """The tiny profile's chat model (SmolLM2 135M Instruct Q4_1) on llama.cpp, loaded once."""
-    model = session.model(n_ctx=2048)
+    model = session.model(n_ctx=2048, **one_thread)
     yield model
     model.close()
 
 
-@pytest.fixture
-def no_network(monkeypatch):
+@pytest.fixture(scope="session")
+def tiny_hf(session):
+    """The same Gemma 3 270M on transformers in fp32 (the tiny `classifier`), loaded once.
+
+    Loading it takes seconds and a gigabyte; tests that only call it share this one.
+    """
+    with session.model("classifier", "fp32") as model:
+        yield model
+
+
+@contextlib.contextmanager
+def network_blocked() -> Iterator[None]:
     """Fail any attempt to open a connection that is not to this machine."""
     real_connect = socket.socket.connect
 
@@ -51,4 +75,21 @@ def no_network(monkeypatch):
             return real_connect(sock, address)
         raise AssertionError(f"network access attempted: {address!r}")
 
-    monkeypatch.setattr(socket.socket, "connect", guarded)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", guarded)
+        yield
+
+
+@pytest.fixture
+def no_network():
+    """network_blocked() for one test."""
+    with network_blocked():
+        yield
+
+
+@pytest.fixture(scope="module")
+def no_network_module():
+    """network_blocked() from the first test of a module that asks for it to the module's end
+    (for module fixtures, such as a model trained once, that must work offline)."""
+    with network_blocked():
+        yield

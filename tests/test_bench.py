@@ -123,9 +123,13 @@ def test_offload_plan_is_none_half_all():
 
 
 @pytest.mark.model
-def test_bench_gives_finite_positive_figures_with_the_documented_columns(session, tiny_chat):
+def test_bench_gives_finite_positive_figures_with_the_documented_columns(
+    session, tiny_chat, one_thread
+):
     expected_prompt = tiny_chat.count_tokens(bench.MESSAGES)
-    runs = bench.bench(lambda: session.model(n_ctx=512), "tiny", max_tokens=8, reps=2, warmup=1)
+    runs = bench.bench(
+        lambda: session.model(n_ctx=512, **one_thread), "tiny", max_tokens=8, reps=2, warmup=1
+    )
     gpu_columns = ["peak_gpu_mb"] if "peak_gpu_mb" in runs else []
     assert list(runs.columns) == bench.RUN_COLUMNS + gpu_columns
     assert len(runs) == 2 and set(runs["config"]) == {"tiny"}
@@ -160,7 +164,7 @@ def test_bench_runs_the_transformers_backend_too(session):
 @pytest.mark.model
 def test_bench_command_prints_library_vs_raw_summary(session, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    summary = bench_cli.main(["--rounds", "2", "--max-tokens", "8"])
+    summary = bench_cli.main(["--rounds", "2", "--max-tokens", "8", "--threads", "1"])
     printed = capsys.readouterr().out
     assert json.loads(printed[: printed.rindex("}") + 1]) == summary
     assert summary["prompt_tokens"] > 0 and summary["generated_tokens"] > 0

@@ -170,8 +170,8 @@ def test_system_prompt_and_reply_budget_must_fit_the_context(fake):
 
 
 @pytest.mark.model
-def test_trimming_with_the_models_template_and_tokenizer_on_llama_cpp(session):
-    with session.model(n_ctx=256) as model:
+def test_trimming_with_the_models_template_and_tokenizer_on_llama_cpp(session, one_thread):
+    with session.model(n_ctx=256, **one_thread) as model:
         conv = chat_for_turns(model, 10)
         assert conv.dropped, "10 turns on 256 tokens must have needed trimming"
         # the system prompt survives every trim, as the first turn

@@ -58,9 +58,9 @@ def test_calibrated_threshold_stays_at_half_when_nothing_is_gained():
 
 
 @pytest.fixture(scope="module")
-def tiny(session):
-    with session.model("classifier", "fp32") as model:
-        yield model
+def tiny(tiny_hf):
+    """The tiny profile's classifier (Gemma 3 270M, transformers fp32), shared (conftest)."""
+    return tiny_hf
 
 
 @pytest.mark.model

@@ -24,7 +24,8 @@ def english():
 
 
 @pytest.fixture(scope="module")
-def trained(session, english):
+def trained(session, english, no_network_module):
+    """Trained once for the module, offline: the tiny profile needs no network to train."""
     train, _ = english
     base = session.model_path("encoder")
     return encoder.train(train["text"], train["label"], base, iterations=10)
@@ -49,6 +50,7 @@ def test_probabilities_agree_with_labels(trained, english):
 
 @pytest.mark.model
 def test_save_and_load_give_identical_predictions(trained, english, tmp_path):
+    """Saved and loaded again without network (the module's fixtures block it)."""
     _, test = english
     texts = list(test["text"])
     path = trained.save(tmp_path)
@@ -80,14 +82,19 @@ def test_latency_table_has_one_row_per_text(trained, english):
 
 
 @pytest.mark.model
-def test_tiny_profile_trains_and_reloads_without_network(session, no_network, tmp_path):
-    base = session.model_path("encoder")
-    clf = encoder.train(
-        ["aid recommended", "aid not recommended"] * 2, ["yes", "no"] * 2, base, iterations=1
-    )
-    assert clf.labels == ["no", "yes"]
-    loaded = encoder.EncoderClassifier.load(clf.save(tmp_path))
-    assert loaded.predict(["aid recommended"]) == clf.predict(["aid recommended"])
+def test_k_sweep_scores_a_classifier_it_is_given_instead_of_training(trained, monkeypatch):
+    monkeypatch.setattr(encoder, "train", lambda *a, **k: pytest.fail("trained again"))
+    df = load_assessments("en")  # `trained` came from split(df, 5, seed=0), as the sweep's k=5
+    sweep = encoder.k_sweep(df, [5], "unused-base", iterations=10, seed=0, trained={5: trained})
+    _, test = split(df, k_per_class=5, seed=0)
+    expected = score(test, trained.predict(test["text"])).loc["en", "accuracy"]
+    assert sweep.loc[5, "accuracy en"] == expected
+    assert sweep.loc[5, "train texts"] == 10
+
+
+def test_k_sweep_refuses_classifiers_for_a_k_it_does_not_sweep():
+    with pytest.raises(ValueError, match=r"k=\[4\], not in ks=\[2, 3\]"):
+        encoder.k_sweep(load_assessments("en"), [2, 3], "unused-base", trained={4: None})
 
 
 @pytest.mark.parametrize(

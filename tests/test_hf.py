@@ -38,9 +38,10 @@ def l4(cpu):
 
 
 @pytest.fixture(scope="module")
-def tiny_fp32(cpu):
-    with hf.HFModel(TINY, "fp32", cpu) as model:
-        yield model
+def tiny_fp32(tiny_hf):
+    """The session's fp32 transformers model (conftest), loaded once for all test files."""
+    assert (tiny_hf.spec, tiny_hf.precision) == (TINY, "fp32")
+    return tiny_hf
 
 
 def test_bf16_on_a_t4_fails_naming_fp16(t4):
@@ -134,10 +135,10 @@ def test_streaming_gives_the_same_text_in_chunks(tiny_fp32):
 
 
 @pytest.mark.model
-def test_prompt_longer_than_the_context_is_rejected(cpu):
-    with hf.HFModel(TINY, "fp32", cpu, n_ctx=16) as model:
-        with pytest.raises(ValueError, match="n_ctx is 16"):
-            model.chat(MESSAGES, max_tokens=4)
+def test_prompt_longer_than_the_context_is_rejected(tiny_fp32):
+    too_long = [{"role": "user", "content": "word " * 2 * tiny_fp32.n_ctx}]
+    with pytest.raises(ValueError, match=f"n_ctx is {tiny_fp32.n_ctx}"):
+        tiny_fp32.chat(too_long, max_tokens=4)
 
 
 @pytest.mark.model

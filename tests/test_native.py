@@ -73,10 +73,10 @@ def test_a_table_without_both_phases_is_named():
 @pytest.mark.model
 def test_llama_bench_output_parses_into_finite_figures(session):
     table = llama_bench.llama_bench(
-        session.model_path("chat"), n_threads=2, n_prompt=32, n_gen=16, reps=2, n_depth=(0, 32)
+        session.model_path("chat"), n_threads=1, n_prompt=16, n_gen=8, reps=2, n_depth=(0, 16)
     )
-    assert list(table["test"]) == ["pp32", "tg16", "pp32@d32", "tg16@d32"]
-    assert (table["n_threads"] == 2).all() and (table["reps"] == 2).all()
+    assert list(table["test"]) == ["pp16", "tg8", "pp16@d16", "tg8@d16"]
+    assert (table["n_threads"] == 1).all() and (table["reps"] == 2).all()
     for column in ("tokens_per_s", "tokens_per_s_std"):
         assert all(math.isfinite(x) for x in table[column])
     assert (table["tokens_per_s"] > 0).all()
@@ -90,7 +90,7 @@ def test_llama_bench_output_parses_into_finite_figures(session):
 @needs_tools
 @pytest.mark.model
 def test_llama_server_answers_openai_chat_and_frees_its_port(session, tiny_chat, no_network):
-    with session.server("llama-server", n_parallel=2, n_ctx=1024, n_threads=2) as server:
+    with session.server("llama-server", n_parallel=2, n_ctx=1024, n_threads=1) as server:
         port, process = server.port, server.process
         # Two slots of the requested context each.
         props = server.get_json("/props")
