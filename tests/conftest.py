@@ -56,7 +56,7 @@ def tiny_chat(session, one_thread):
 
 @pytest.fixture(scope="session")
 def tiny_hf(session):
-    """The same Gemma 3 270M on transformers in fp32 (the tiny `classifier`), loaded once.
+    """The same SmolLM2 135M Instruct on transformers in fp32 (the tiny `classifier`), loaded once.
 
     Loading it takes seconds and a gigabyte; tests that only call it share this one.
     """
