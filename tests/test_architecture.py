@@ -24,11 +24,13 @@ LAYERS = {
         "catalog", "profiles", "memory", "sharding", "launch", "roofline", "provision", "tools",
         "gguf_header",
     ],
-    "engines": ["llamacpp", "hf", "encoder", "process", "servers", "endpoint", "llama_bench"],
+    "engines": [
+        "llamacpp", "hf", "encoder", "process", "servers", "endpoint", "llama_bench", "quantize",
+    ],
     "session": ["session", "__init__"],
     "lessons": [
         "chat", "classify", "scoring", "precision_sweep", "guard_prompts", "guard",
-        "guard_classifier", "guard_code", "bench", "sweeps", "loadtest",
+        "guard_classifier", "guard_code", "bench", "sweeps", "loadtest", "quant_sweep",
     ],
     "commands": ["bench_cli"],
 }  # fmt: skip
