@@ -139,9 +139,11 @@ def quantized_files(
 
 
 def measure(
-    files: dict[str, Path], settings: Settings, n_threads: int | None = None
+    files: dict[str, Path], settings: Settings, n_threads: int | None = None, speed: bool = True
 ) -> pd.DataFrame:
     """One row per file: size, bits per weight, perplexity, KL divergence to F16, speed.
+
+    `speed=False` skips llama-bench (the speed columns stay empty) when only quality counts.
 
     The reference's log-probabilities are written once to a temporary file (about 100 kB
     per scored token for a 49k vocabulary) and removed afterwards.
@@ -158,20 +160,26 @@ def measure(
         same = {"ppl": base["ppl"], "kld": 0.0, "kld_99": 0.0, "same_top_pct": 100.0}
         for name, path in files.items():
             quality = same if name == REFERENCE else quantize.kl_divergence(path, logits, n_threads)
-            rows.append(_row(name, path, quality, settings, n_threads))
+            rows.append(_row(name, path, quality, settings if speed else None, n_threads))
     table = pd.DataFrame(rows).set_index("type")
     ref = table.loc[REFERENCE]
     table.insert(2, "size_vs_f16", table["file_mb"] / ref["file_mb"])
     table.insert(4, "ppl_vs_f16_pct", 100 * (table["ppl"] / ref["ppl"] - 1))
-    table.attrs["scored_tokens"] = base["chunks"] * (base["n_ctx"] - 1 - base["n_ctx"] // 2)
+    table.attrs["scored_tokens"] = base["chunks"] * quantize.scored_per_chunk(base["n_ctx"])
     return table
 
 
-def _row(name: str, path: Path, quality: dict, settings: Settings, n_threads: int | None) -> dict:
+def _row(
+    name: str, path: Path, quality: dict, bench: Settings | None, n_threads: int | None
+) -> dict:
     weights = gguf_header.weight_summary(path)
-    speed = llama_bench.llama_bench(
-        path, n_threads, settings.bench_prompt, settings.bench_gen, settings.bench_reps
-    )
+    tps = {"prompt_tps": float("nan"), "generated_tps": float("nan")}
+    if bench is not None:
+        speed = llama_bench.llama_bench(
+            path, n_threads, bench.bench_prompt, bench.bench_gen, bench.bench_reps
+        )
+        tps["prompt_tps"] = speed.loc[speed["n_gen"] == 0, "tokens_per_s"].iloc[0]
+        tps["generated_tps"] = speed.loc[speed["n_prompt"] == 0, "tokens_per_s"].iloc[0]
     return {
         "type": name,
         "file_mb": weights["data_bytes"] / 1e6,
@@ -180,8 +188,7 @@ def _row(name: str, path: Path, quality: dict, settings: Settings, n_threads: in
         "kld": quality["kld"],
         "kld_99": quality["kld_99"],
         "same_top_pct": quality["same_top_pct"],
-        "prompt_tps": speed.loc[speed["n_gen"] == 0, "tokens_per_s"].iloc[0],
-        "generated_tps": speed.loc[speed["n_prompt"] == 0, "tokens_per_s"].iloc[0],
+        **tps,
         "tensor_types": " · ".join(
             f"{t} {share:.0%}" for t, share in weights["type_shares"].items() if share >= 0.01
         ),

@@ -32,6 +32,7 @@ QUANT_TYPES = (
     "IQ1_M", "IQ1_S", "TQ2_0", "TQ1_0",
 )  # fmt: skip
 LOGITS_MAGIC = b"_logits_"  # how llama-perplexity's --kl-divergence-base file starts
+MIN_KLD_TOKENS = 100  # fewer scored tokens and llama-perplexity prints no KL statistics
 
 _FLOAT = r"([-+]?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)"
 _TOO_SHORT = re.compile(r"tokenizes to only (\d+) tokens")
@@ -174,6 +175,12 @@ def perplexity(
     args = _reading_args(model, text, n_ctx, chunks, n_threads)
     if logits_file is None:
         return parse_perplexity(run_tool("llama-perplexity", args, timeout_s), n_ctx)
+    if chunks != -1 and chunks * scored_per_chunk(n_ctx) < MIN_KLD_TOKENS:
+        raise ValueError(
+            f"chunks={chunks} of n_ctx={n_ctx} score {chunks * scored_per_chunk(n_ctx)} tokens; "
+            f"a KL-divergence reference needs at least {MIN_KLD_TOKENS} (llama-perplexity "
+            "prints no statistics below that). Use more chunks or a larger n_ctx."
+        )
     found: dict[str, float] = {}
 
     def write(tmp: Path) -> None:
@@ -202,6 +209,11 @@ def kl_divergence(
     args = ["-m", model, "--kl-divergence-base", logits_file, "--kl-divergence"]
     log = run_tool("llama-perplexity", [*args, "-c", n_ctx, "-b", n_ctx, "-t", threads], timeout_s)
     return parse_kl_divergence(log)
+
+
+def scored_per_chunk(n_ctx: int) -> int:
+    """Tokens llama-perplexity scores in one chunk: the second half, less the last one."""
+    return n_ctx - 1 - n_ctx // 2
 
 
 def logits_context(path: str | Path) -> int:
@@ -258,6 +270,11 @@ def parse_perplexity(log: str, n_ctx: int | None = None) -> dict[str, float]:
 
 def parse_kl_divergence(log: str) -> dict[str, float]:
     """llama-perplexity --kl-divergence's statistics block -> one number per key."""
+    if "Perplexity statistics" not in log and "kl_divergence: computing over" in log:
+        raise ValueError(
+            f"llama-perplexity scored fewer than {MIN_KLD_TOKENS} tokens and printed no KL "
+            "statistics; write the reference with more chunks or a larger n_ctx."
+        )
     found: dict[str, float] = {}
     for key, label in _KLD_STATS.items():
         match = re.search(rf"{label}\s*{_FLOAT}", log)

@@ -108,6 +108,9 @@ def test_a_log_without_its_result_is_an_error():
         quantize.parse_perplexity(cut)
     with pytest.raises(RuntimeError, match="no kld statistic"):
         quantize.parse_kl_divergence(KLD_LOG.replace("Mean    KLD", "Mean KL"))
+    few = "0.14.429.128 I kl_divergence: computing over 2 chunks, n_ctx=64, batch_size=64\n"
+    with pytest.raises(ValueError, match="fewer than 100 tokens"):
+        quantize.parse_kl_divergence(few)
 
 
 def test_requantizing_says_what_to_do():
@@ -130,6 +133,8 @@ def test_bad_inputs_are_refused_before_any_tool_runs(tmp_path):
         quantize.perplexity(header_only, tmp_path / "no-text.txt")
     with pytest.raises(ValueError, match="chunks=0"):
         quantize.perplexity(header_only, header_only, chunks=0)
+    with pytest.raises(ValueError, match="score 62 tokens.*at least 100"):
+        quantize.perplexity(header_only, header_only, 64, 2, logits_file=tmp_path / "r.logits")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["header.gguf", "model.gguf"]
 
 
@@ -231,16 +236,16 @@ def test_quantize_then_score_against_the_f16_reference(f16, tmp_path):
 
     text = datasets.text_path(quant_sweep.EVAL_TEXT)
     logits = tmp_path / "f16.logits"
-    base = quantize.perplexity(f16, text, n_ctx=64, chunks=2, logits_file=logits, n_threads=2)
-    assert base["chunks"] == 2 and base["n_ctx"] == 64
-    assert quantize.logits_context(logits) == 64
+    base = quantize.perplexity(f16, text, n_ctx=128, chunks=2, logits_file=logits, n_threads=2)
+    assert base["chunks"] == 2 and base["n_ctx"] == 128
+    assert quantize.logits_context(logits) == 128
     stats = quantize.kl_divergence(q4, logits, n_threads=2)
     assert stats["ppl_base"] == pytest.approx(base["ppl"], rel=1e-4)  # the same tokens
     assert 1 < stats["ppl"] and math.isfinite(stats["ppl"])
     assert 0 < stats["kld"] <= stats["kld_max"]
     assert 0 < stats["same_top_pct"] <= 100
     with pytest.raises(FileExistsError):  # a reference is never overwritten
-        quantize.perplexity(f16, text, n_ctx=64, chunks=2, logits_file=logits)
+        quantize.perplexity(f16, text, n_ctx=128, chunks=2, logits_file=logits)
 
 
 @needs_tools
