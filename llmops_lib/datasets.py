@@ -1,14 +1,16 @@
-"""The synthetic EN/DE medical-assessment dataset shipped in llmops_lib/data/.
+"""The data shipped in llmops_lib/data/: the synthetic EN/DE medical assessments, and two
+public-domain texts for measuring language models.
 
 One tidy table (text, label, lang, set) so every lesson - the SetFit encoder, the
 LLM classifier, the evaluation - reads the same examples the same way. See
-llmops_lib/data/README.md: every text is made up for this course.
+llmops_lib/data/README.md: every assessment is made up for this course.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sized
 from importlib import resources
+from pathlib import Path
 
 import pandas as pd
 
@@ -17,6 +19,9 @@ from .errors import InputError, check_columns, unknown, whole
 LABELS = ("negative", "positive")  # positive: the requested aid is recommended
 LANGS = ("en", "de")
 SETS = ("fewshot", "eval")
+# Plain-text files for llama.cpp's tools (see data/README.md): notebook 09 scores models on
+# the first and calibrates its importance matrix on the second, so the two never overlap.
+TEXTS = ("us_founding_documents.txt", "lincoln_speeches.txt")
 
 
 def load_assessments(lang: str | None = None) -> pd.DataFrame:
@@ -107,3 +112,10 @@ def plot_confusion(test: pd.DataFrame, predicted: list[str], title: str = ""):
         ax.set_title(f"{title} {lang}".strip())
     fig.tight_layout()
     return fig
+
+
+def text_path(name: str) -> Path:
+    """The file of a shipped text (one of TEXTS), for tools that read a path."""
+    if name not in TEXTS:
+        raise unknown(name, "shipped text", TEXTS)
+    return Path(str(resources.files("llmops_lib") / "data" / name))

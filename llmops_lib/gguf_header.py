@@ -9,7 +9,10 @@ stops at the last key asked for; the large tokenizer arrays are skipped, not dec
 
 from __future__ import annotations
 
+import math
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -77,30 +80,80 @@ def _value(fh: BinaryIO, kind: int, skip: bool) -> Any:
 
 def read_metadata(path: str | Path, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
     """The header's key/value metadata (only `keys`, when given; absent keys are left out)."""
+    with _open_header(path) as (fh, _n_tensors, n_kv):
+        return _read_kv(fh, n_kv, set(keys) if keys is not None else None)
+
+
+def weight_summary(path: str | Path) -> dict[str, Any]:
+    """What the tensors hold, read from the tensor table without loading any of them.
+
+    n_params: weights in all tensors; data_bytes: the tensor data section (what the engine
+    loads, without the header and tokenizer); bits_per_weight: the two divided, as
+    llama-quantize reports it; type_shares: each tensor type's share of the parameters
+    (a quantization "mix" such as Q4_K_M stores different tensors in different types).
+    """
+    from gguf import GGMLQuantizationType  # only its enum of type names
+
+    with _open_header(path) as (fh, n_tensors, n_kv):
+        alignment = _read_kv(fh, n_kv, None, skip_all_but={"general.alignment"}).get(
+            "general.alignment", 32
+        )
+        by_type: dict[str, int] = {}
+        for _ in range(n_tensors):
+            _string(fh, skip=True)
+            dims = [_read(fh, "Q") for _ in range(_read(fh, "I"))]
+            kind, _offset = _read(fh, "I"), _read(fh, "Q")
+            name = GGMLQuantizationType(kind).name
+            by_type[name] = by_type.get(name, 0) + math.prod(dims)
+        start = -(-fh.tell() // alignment) * alignment  # the data begin at the next boundary
+        data_bytes = Path(path).stat().st_size - start
+    n_params = sum(by_type.values())
+    if n_params == 0 or data_bytes <= 0:
+        raise GGUFError(f"{str(path)!r} holds no tensor data; the file is cut short.")
+    return {
+        "n_params": n_params,
+        "data_bytes": data_bytes,
+        "bits_per_weight": 8 * data_bytes / n_params,
+        "type_shares": {k: v / n_params for k, v in sorted(by_type.items(), key=lambda x: -x[1])},
+    }
+
+
+@contextmanager
+def _open_header(path: str | Path) -> Iterator[tuple[BinaryIO, int, int]]:
+    """The open file positioned after the counts, and the counts of tensors and keys; a
+    truncated or malformed header becomes a GGUFError that names the file."""
     path = check_gguf(path)
-    wanted = set(keys) if keys is not None else None
-    found: dict[str, Any] = {}
     try:
         with path.open("rb") as fh:
             fh.seek(4)
-            version, _tensors, n_kv = _read(fh, "I"), _read(fh, "Q"), _read(fh, "Q")
+            version, n_tensors, n_kv = _read(fh, "I"), _read(fh, "Q"), _read(fh, "Q")
             if version not in (2, 3):
                 raise ValueError(f"GGUF version {version} (this reader knows 2 and 3)")
-            for _ in range(n_kv):
-                key = _string(fh)
-                kind = _read(fh, "I")
-                take = wanted is None or key in wanted
-                value = _value(fh, kind, skip=not take)
-                if take:
-                    found[key] = value
-                if wanted is not None and wanted <= found.keys():
-                    break
+            yield fh, n_tensors, n_kv
     except (EOFError, ValueError, struct.error) as err:
         reason = "it ends inside its header" if isinstance(err, EOFError) else str(err)
         raise GGUFError(
             f"{str(path)!r} is not a readable GGUF model: {reason}. The file is cut short or "
             "corrupt; download or assemble it again."
         ) from None
+
+
+def _read_kv(
+    fh: BinaryIO, n_kv: int, wanted: set[str] | None, skip_all_but: set[str] | None = None
+) -> dict[str, Any]:
+    """Key/value pairs in file order: the `wanted` ones (all when None), stopping as soon as
+    they are all found; with `skip_all_but`, every pair is read past (to reach the tensors)."""
+    keep = skip_all_but if skip_all_but is not None else wanted
+    found: dict[str, Any] = {}
+    for _ in range(n_kv):
+        key = _string(fh)
+        kind = _read(fh, "I")
+        take = keep is None or key in keep
+        value = _value(fh, kind, skip=not take)
+        if take:
+            found[key] = value
+        if skip_all_but is None and wanted is not None and wanted <= found.keys():
+            break
     return found
 
 

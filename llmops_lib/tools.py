@@ -2,9 +2,9 @@
 
 Why: llama-cpp-python wraps the engine for one caller at a time. `llama-bench` measures
 the raw engine, `llama-server` runs parallel slots (continuous batching), and
-`llama-perplexity` / `llama-quantize` judge and make quantized files. `make setup` builds
-them into a cache outside the work tree, keyed by the llama-cpp-python version, and lists
-them in tools.json; this module only finds them.
+`llama-perplexity` / `llama-quantize` / `llama-imatrix` judge and make quantized files.
+`make setup` builds them into a cache outside the work tree, keyed by the llama-cpp-python
+version, and lists them in tools.json; this module only finds them.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 from .errors import unknown
 from .provision import cache_dir
 
-TOOLS = ("llama-server", "llama-bench", "llama-perplexity", "llama-quantize")
+TOOLS = ("llama-server", "llama-bench", "llama-perplexity", "llama-quantize", "llama-imatrix")
 _SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "build_llama_tools.sh"
 BUILD_HINT = (
     "build them with `make setup` in the course's checkout (scripts/build_llama_tools.sh; "
@@ -61,7 +61,13 @@ def tool_path(name: str) -> Path:
     """Path of one built tool, e.g. tool_path('llama-bench')."""
     if name not in TOOLS:
         raise unknown(name, "llama.cpp tool", TOOLS)
-    path = Path(tools()["tools"][name])
+    built = tools()["tools"]
+    if name not in built:  # a build from before the tool joined TOOLS
+        raise ToolsNotBuiltError(
+            f"{name} is not among the built tools ({', '.join(built)}): the build predates "
+            f"it; {BUILD_HINT}."
+        )
+    path = Path(built[name])
     if not path.is_file():
         raise ToolsNotBuiltError(f"{name} is listed but missing at {path}; {BUILD_HINT}.")
     return path

@@ -24,11 +24,14 @@ LAYERS = {
         "catalog", "profiles", "memory", "sharding", "launch", "roofline", "provision", "tools",
         "gguf_header", "colab",
     ],
-    "engines": ["llamacpp", "hf", "encoder", "process", "servers", "endpoint", "llama_bench"],
+    "engines": [
+        "llamacpp", "hf", "encoder", "process", "servers", "endpoint", "llama_bench", "quantize",
+    ],
     "session": ["session", "__init__"],
     "lessons": [
         "chat", "classify", "scoring", "precision_sweep", "guard_prompts", "guard",
         "guard_classifier", "guard_code", "bench", "sweeps", "loadtest", "wrapup",
+        "quant_sweep",
     ],
     "commands": ["bench_cli", "service"],
 }  # fmt: skip

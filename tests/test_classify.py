@@ -59,7 +59,7 @@ def test_calibrated_threshold_stays_at_half_when_nothing_is_gained():
 
 @pytest.fixture(scope="module")
 def tiny(tiny_hf):
-    """The tiny profile's classifier (SmolLM2 135M Instruct, transformers fp32), shared (conftest)."""
+    """The tiny profile's classifier (SmolLM2 135M Instruct, fp32), shared (conftest)."""
     return tiny_hf
 
 

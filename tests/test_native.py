@@ -18,7 +18,7 @@ from llmops_lib.session import Session
 
 def _missing_tools() -> str | None:
     try:
-        for name in tools.TOOLS:
+        for name in ("llama-server", "llama-bench"):  # the ones these tests run
             tools.tool_path(name)
     except tools.ToolsNotBuiltError as err:
         return str(err)
