@@ -18,10 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import results
-from .errors import unknown
+from .errors import unknown, whole
 from .gguf_header import check_gguf
-from .llamacpp import default_threads
-from .process import positive
+from .hardware import default_threads
 from .tools import tool_path
 
 # The types llama-quantize accepts (tools/quantize/quantize.cpp, llama-cpp-python 0.3.36).
@@ -96,7 +95,7 @@ def _raise_known_errors(name: str, log: str, n_ctx: int | None = None) -> None:
 
 def _threads(n_threads: int | None) -> int:
     """The threads to use: the physical cores unless the caller chose (checked)."""
-    return positive("n_threads", default_threads() if n_threads is None else n_threads)
+    return whole("n_threads", default_threads() if n_threads is None else n_threads)
 
 
 def check_type(qtype: str) -> str:
@@ -242,7 +241,7 @@ def _reading_args(
     text = Path(text)
     if not text.is_file():
         raise FileNotFoundError(f"Text file not found: {str(text)!r}.")
-    positive("n_ctx", n_ctx)
+    whole("n_ctx", n_ctx)
     if not isinstance(chunks, int) or (chunks < 1 and chunks != -1):
         raise ValueError(f"chunks={chunks!r} must be a whole number >= 1, or -1 for all.")
     threads = _threads(n_threads)
