@@ -28,7 +28,8 @@ LAYERS = {
     "session": ["session", "__init__"],
     "lessons": [
         "chat", "classify", "scoring", "precision_sweep", "guard_prompts", "guard",
-        "guard_classifier", "guard_code", "bench", "sweeps", "loadtest",
+        "guard_classifier", "guard_code", "bench", "sweeps", "loadtest", "evaluation", "judge",
+        "drift",
     ],
     "commands": ["bench_cli"],
 }  # fmt: skip
