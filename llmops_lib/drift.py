@@ -159,7 +159,7 @@ def alarm_rate(
 
 
 def domain_classifier(
-    reference: np.ndarray, current: np.ndarray, permutations: int = 50, seed: int = 0
+    reference: np.ndarray, current: np.ndarray, permutations: int = 30, seed: int = 0
 ) -> pd.Series:
     """Can a logistic regression tell current embeddings from reference ones?
 

@@ -85,9 +85,9 @@ def test_domain_classifier_tells_shifted_embeddings_apart_but_not_same_ones():
     rng = np.random.default_rng(4)
     ref, same = rng.normal(size=(40, 8)), rng.normal(size=(40, 8))
     shifted = rng.normal(size=(40, 8)) + np.r_[1.5, np.zeros(7)]
-    found = drift.domain_classifier(ref, shifted, permutations=20)
+    found = drift.domain_classifier(ref, shifted, permutations=10)
     assert found["auc"] > 0.8 and found["p_value"] < 0.1
-    not_found = drift.domain_classifier(ref, same, permutations=20)
+    not_found = drift.domain_classifier(ref, same, permutations=10)
     assert not_found["auc"] < 0.7 and not_found["p_value"] > 0.05
     with pytest.raises(ValueError, match="5\\+ embeddings"):
         drift.domain_classifier(ref[:3], shifted)
