@@ -33,10 +33,24 @@ def load_assessments(lang: str | None = None) -> pd.DataFrame:
     """
     if lang is not None and lang not in LANGS:
         raise unknown(lang, "language", LANGS, "Or None for all.")
-    source = resources.files("llmops_lib") / "data" / "assessments.csv"
-    with resources.as_file(source) as path:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df = _read("assessments.csv")
     return df if lang is None else df[df["lang"] == lang]
+
+
+def load_new_traffic() -> pd.DataFrame:
+    """Assessments that differ from the training data, for notebook 08's drift detection.
+
+    Same columns as `load_assessments` (set "new"): mostly German, about three times as
+    long, structured as a letter (Re / Findings / Assessment / Recommendation), about aids
+    the original set hardly mentions (stair lifts, insulin pumps, CPAP devices, ...).
+    """
+    return _read("assessments_new_traffic.csv")
+
+
+def _read(name: str) -> pd.DataFrame:
+    source = resources.files("llmops_lib") / "data" / name
+    with resources.as_file(source) as path:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
 
 
 def split(df: pd.DataFrame, k_per_class: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:

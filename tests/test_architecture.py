@@ -31,7 +31,7 @@ LAYERS = {
     "lessons": [
         "chat", "classify", "scoring", "precision_sweep", "guard_prompts", "guard",
         "guard_classifier", "guard_code", "bench", "sweeps", "loadtest", "wrapup",
-        "quant_sweep",
+        "quant_sweep", "evaluation", "judge", "drift",
     ],
     "commands": ["bench_cli", "service"],
 }  # fmt: skip

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from llmops_lib.datasets import LABELS, LANGS, SETS, load_assessments, score, split
+from llmops_lib.datasets import (
+    LABELS,
+    LANGS,
+    SETS,
+    load_assessments,
+    load_new_traffic,
+    score,
+    split,
+)
 
 
 def test_dataset_shape_and_balance():
@@ -78,3 +86,11 @@ def test_score_per_language():
     assert (score(test, flipped)["accuracy"] == 0.0).all()
     with pytest.raises(ValueError, match="predictions"):
         score(test, ["positive"])
+
+
+def test_new_traffic_differs_from_the_assessments_on_purpose():
+    old, new = load_assessments(), load_new_traffic()
+    assert list(new.columns) == list(old.columns) and set(new["set"]) == {"new"}
+    assert set(new["label"]) == set(LABELS) and not set(new["text"]) & set(old["text"])
+    assert (new["lang"] == "de").mean() > 0.6 > (old["lang"] == "de").mean()
+    assert new["text"].str.len().min() > old["text"].str.len().max()
