@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from dataclasses import replace
 
 from . import hardware, profiles
@@ -49,6 +50,9 @@ def setup(profile: str | None = None, quiet: bool = False, wants_gpu: bool = Fal
     download fails loudly instead of reaching the network. `wants_gpu`: the notebook's
     lesson needs a GPU; without one a banner says so (also when `quiet`).
     """
+    # tqdm.auto (inside huggingface_hub, transformers, datasets) warns in a Jupyter kernel
+    # without ipywidgets, then uses its text bar anyway: a warning that teaches nothing.
+    warnings.filterwarnings("ignore", message="IProgress not found")
     hw = hardware.detect(check_token=False)
     chosen = profiles.resolve(profile, hw)
     if chosen.offline:

@@ -238,6 +238,7 @@ class LlamaCppModel:
         check_chat_args(messages, max_tokens, temperature)
         marked = self._marked(messages)
         restart_timings(self.llm)
+        kwargs.setdefault("model", self.path.name)  # llama-cpp-python would put the full path
         return self.llm.create_chat_completion(
             messages=marked,
             max_tokens=max_tokens,
@@ -249,6 +250,10 @@ class LlamaCppModel:
     def weight_bytes(self) -> int:
         """Bytes of the model's tensors as loaded (what each generated token reads)."""
         return int(self.llm._model.size())
+
+    def n_params(self) -> int:
+        """Parameters in the model (with weight_bytes(): the bits stored per weight)."""
+        return int(self.llm._model.n_params())
 
     def reset(self) -> None:
         """Forget the cached tokens, so the next chat() processes its whole prompt again.

@@ -6,8 +6,11 @@ against llama-cpp-python called directly (is the wrapper free?).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import statistics
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pandas as pd
@@ -39,6 +42,26 @@ def thread_sweep(session, threads: tuple[int, ...] = (1, 2), **bench_kw: Any) ->
     return pd.concat(frames, ignore_index=True)
 
 
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No per-tensor loading bars from transformers and no bitsandbytes warnings while the
+    comparison runs: the fallback CPU kernel (no `kernels` package) and the int8 cast to
+    fp16 are notebook 02's lesson, and here they would bury the table. Restored after."""
+    import transformers
+
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    bnb = logging.getLogger("bitsandbytes")
+    level = bnb.level
+    transformers.utils.logging.disable_progress_bar()
+    bnb.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        bnb.setLevel(level)
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
+
+
 def backend_comparison(
     session, precisions: tuple[str, ...] = ("fp32", "int8", "nf4"), **bench_kw: Any
 ) -> pd.DataFrame:
@@ -49,14 +72,15 @@ def backend_comparison(
     this machine cannot run fails with hf.PrecisionError before loading.
     """
     frames = [bench(lambda: session.load(TINY_MODEL, "llamacpp"), "llama.cpp GGUF", **bench_kw)]
-    for precision in tqdm(precisions, desc="transformers"):
-        frames.append(
-            bench(
-                lambda p=precision: session.load(TINY_MODEL, "transformers", p),
-                f"transformers {precision}",
-                **bench_kw,
+    with _quiet_transformers():
+        for precision in tqdm(precisions, desc="transformers"):
+            frames.append(
+                bench(
+                    lambda p=precision: session.load(TINY_MODEL, "transformers", p),
+                    f"transformers {precision}",
+                    **bench_kw,
+                )
             )
-        )
     return pd.concat(frames, ignore_index=True)
 
 
