@@ -14,9 +14,9 @@ import re
 import time
 
 import pandas as pd
-from tqdm import tqdm
 
 from .backend import ScoringModel, reply_text
+from .progress import bar
 
 POSITIVE, NEGATIVE, NEUTRAL = "positive", "negative", "neutral"
 LABELS = (POSITIVE, NEGATIVE, NEUTRAL)
@@ -123,7 +123,7 @@ def classify(
     `examples` maps a language to solved examples put into the prompt.
     """
     rows = []
-    for row in tqdm(list(data.itertuples()), desc="classify", disable=not progress):
+    for row in bar(list(data.itertuples()), desc="classify", disable=not progress):
         msgs = messages(row.text, row.lang, (examples or {}).get(row.lang))
         start = time.perf_counter()
         p = p_positive(model, msgs)

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from . import datasets, results
+from .progress import bar
 
 
 @contextlib.contextmanager
@@ -66,7 +66,7 @@ def _tqdm_callback(desc: str):
         bar = None
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.bar = tqdm(total=state.max_steps, desc=desc, unit="step")
+            self.bar = bar(total=state.max_steps, desc=desc, unit="step")
 
         def on_step_end(self, args, state, control, **kwargs):
             self.bar.update(1)
@@ -80,7 +80,7 @@ def _tqdm_callback(desc: str):
 class EncoderClassifier:
     """A trained SetFit model with the few operations the lessons need."""
 
-    def __init__(self, model, train_s: float | None = None):
+    def __init__(self, model, train_s: float | None = None) -> None:
         self.model = model  # setfit.SetFitModel: body (SentenceTransformer) + sklearn head
         self.train_s = train_s  # seconds the training took; None for a loaded model
 
@@ -149,6 +149,7 @@ def train(
     iterations: int = 10,
     seed: int = 0,
     batch_size: int = 16,
+    progress: bool = True,
 ) -> EncoderClassifier:
     """Fine-tune the encoder in `base` with SetFit on (texts, labels) and fit the head.
 
@@ -156,6 +157,7 @@ def train(
     the number of pairs, and so the training time, is 2 * iterations * len(texts).
     SetFit's default is 20; 10 halves the CPU time of a training run.
     `seed` fixes pair sampling, weights and the head, so a run can be repeated.
+    `progress=False` trains without a bar (a caller that shows its own).
     """
     texts, labels = list(texts), list(labels)
     classes = sorted(set(labels))
@@ -190,7 +192,8 @@ def train(
             for callback in list(trainer.st_trainer.callback_handler.callbacks):
                 if type(callback).__name__.endswith(default_bar):
                     trainer.pop_callback(callback)
-        trainer.add_callback(_tqdm_callback(f"SetFit on {len(texts)} texts"))
+        if progress:
+            trainer.add_callback(_tqdm_callback(f"SetFit on {len(texts)} texts"))
         trainer.st_trainer.args.dataloader_pin_memory = False  # CPU: avoids a warning
         start = time.perf_counter()
         trainer.train()
@@ -210,7 +213,7 @@ def latency(clf: EncoderClassifier, texts: Sequence[str], warmup: int = 2) -> pd
     for text in texts[:warmup]:
         clf.predict([text])
     rows = []
-    for text in tqdm(texts, desc="timing", unit="text"):
+    for text in bar(texts, desc="timing", unit="text"):
         start = time.perf_counter()
         label = clf.predict([text])[0]
         rows.append((text, label, (time.perf_counter() - start) * 1000))
@@ -223,9 +226,9 @@ def k_sweep(
     """Train one classifier per k (examples per class and language) on `df`'s few-shot rows
     and score each on the same held-out rows: how much do a few more examples buy?"""
     rows = []
-    for k in ks:  # each training shows its own progress bar
+    for k in bar(list(ks), desc="k sweep", unit="model"):  # one bar, not one per training
         train_rows, test = datasets.split(df, k, seed)
-        clf = train(train_rows["text"], train_rows["label"], base, iterations, seed)
+        clf = train(train_rows["text"], train_rows["label"], base, iterations, seed, progress=False)
         scores = datasets.score(test, clf.predict(test["text"]))
         row = {"k": k, "train texts": len(train_rows), "train s": round(clf.train_s, 1)}
         row.update({f"accuracy {lang}": scores.loc[lang, "accuracy"] for lang in scores.index})

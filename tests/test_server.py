@@ -140,3 +140,22 @@ def test_a_server_that_dies_on_start_reports_its_log_and_leaves_nothing(tmp_path
         local.start()
     assert local.process is None and local.log_path is None
     assert port_is_free(local.port)
+
+
+@pytest.mark.model
+def test_the_raw_openai_client_gets_the_libraries_answer(running):
+    """Notebook 03's raw cell: openai.OpenAI(base_url=...) with and without streaming."""
+    import openai
+
+    client = openai.OpenAI(base_url=running.base_url, api_key="not-needed", max_retries=0)
+    model = client.models.list().data[0].id
+    ask = dict(model=model, messages=MESSAGES, max_tokens=16, temperature=0)
+    plain = client.chat.completions.create(**ask).choices[0].message.content
+    streamed = "".join(
+        chunk.choices[0].delta.content or ""
+        for chunk in client.chat.completions.create(**ask, stream=True)
+        if chunk.choices
+    )
+    library = reply_text(api.connect(running.base_url).chat(MESSAGES, max_tokens=16))
+    assert plain.strip()
+    assert plain == streamed == library  # greedy decoding: the same tokens every way
