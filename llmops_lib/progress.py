@@ -26,6 +26,15 @@ def bar(
     if total is None and iterable is not None and hasattr(iterable, "__len__"):
         total = len(iterable)  # type: ignore[arg-type]
     every = max(1, (total or 0) // REDRAWS)
+    # maxinterval=inf: tqdm's monitor thread would otherwise drop miniters to 1 after 10 s
+    # without a redraw, and a slow bar would redraw on every step again.
     return tqdm(
-        iterable, total=total, desc=desc, unit=unit, disable=disable, miniters=every, mininterval=0
+        iterable,
+        total=total,
+        desc=desc,
+        unit=unit,
+        disable=disable,
+        miniters=every,
+        mininterval=0,
+        maxinterval=float("inf"),
     )
