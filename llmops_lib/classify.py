@@ -14,10 +14,10 @@ import re
 import time
 
 import pandas as pd
-from tqdm import tqdm
 
 from .backend import ScoringModel, reply_text
 from .errors import InputError, check_columns, fraction, lookup, whole
+from .progress import bar
 
 POSITIVE, NEGATIVE, NEUTRAL = "positive", "negative", "neutral"
 LABELS = (POSITIVE, NEGATIVE, NEUTRAL)
@@ -129,7 +129,7 @@ def classify(
     whole("max_tokens", max_tokens)
     fraction("threshold", threshold)
     rows = []
-    for row in tqdm(list(data.itertuples()), desc="classify", disable=not progress):
+    for row in bar(list(data.itertuples()), desc="classify", disable=not progress):
         msgs = messages(row.text, row.lang, (examples or {}).get(row.lang))
         start = time.perf_counter()
         p = p_positive(model, msgs)

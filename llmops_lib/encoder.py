@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from . import datasets, provision, results
 from .errors import InputError, whole
+from .progress import bar
 
 
 @contextlib.contextmanager
@@ -72,7 +72,7 @@ def _tqdm_callback(desc: str):
         bar = None
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.bar = tqdm(total=state.max_steps, desc=desc, unit="step")
+            self.bar = bar(total=state.max_steps, desc=desc, unit="step")
 
         def on_step_end(self, args, state, control, **kwargs):
             self.bar.update(1)
@@ -86,7 +86,7 @@ def _tqdm_callback(desc: str):
 class EncoderClassifier:
     """A trained SetFit model with the few operations the lessons need."""
 
-    def __init__(self, model, train_s: float | None = None):
+    def __init__(self, model, train_s: float | None = None) -> None:
         self.model = model  # setfit.SetFitModel: body (SentenceTransformer) + sklearn head
         self.train_s = train_s  # seconds the training took; None for a loaded model
 
@@ -229,6 +229,7 @@ def train(
     iterations: int = 10,
     seed: int = 0,
     batch_size: int = 16,
+    progress: bool = True,
 ) -> EncoderClassifier:
     """Fine-tune the encoder in `base` with SetFit on (texts, labels) and fit the head.
 
@@ -236,6 +237,7 @@ def train(
     the number of pairs, and so the training time, is 2 * iterations * len(texts).
     SetFit's default is 20; 10 halves the CPU time of a training run.
     `seed` fixes pair sampling, weights and the head, so a run can be repeated.
+    `progress=False` trains without a bar (a caller that shows its own).
     """
     texts, labels = list(texts), list(labels)
     classes = sorted(set(labels))
@@ -270,7 +272,8 @@ def train(
             for callback in list(trainer.st_trainer.callback_handler.callbacks):
                 if type(callback).__name__.endswith(default_bar):
                     trainer.pop_callback(callback)
-        trainer.add_callback(_tqdm_callback(f"SetFit on {len(texts)} texts"))
+        if progress:
+            trainer.add_callback(_tqdm_callback(f"SetFit on {len(texts)} texts"))
         trainer.st_trainer.args.dataloader_pin_memory = False  # CPU: avoids a warning
         start = time.perf_counter()
         trainer.train()
@@ -291,7 +294,7 @@ def latency(clf: EncoderClassifier, texts: Sequence[str], warmup: int = 2) -> pd
     for text in texts[:warmup]:
         clf.predict([text])
     rows = []
-    for text in tqdm(texts, desc="timing", unit="text"):
+    for text in bar(texts, desc="timing", unit="text"):
         start = time.perf_counter()
         label = clf.predict([text])[0]
         rows.append((text, label, (time.perf_counter() - start) * 1000))
@@ -318,12 +321,14 @@ def k_sweep(
     if unknown := set(trained) - set(ks):
         raise ValueError(f"trained= has classifiers for k={sorted(unknown)}, not in ks={ks}.")
     rows = []
-    for k in ks:  # each training shows its own progress bar
+    for k in bar(list(ks), desc="k sweep", unit="model"):  # one bar, not one per training
         train_rows, test = datasets.split(df, k, seed)
         if k in trained:
             clf = trained[k]
         else:
-            clf = train(train_rows["text"], train_rows["label"], base, iterations, seed)
+            clf = train(
+                train_rows["text"], train_rows["label"], base, iterations, seed, progress=False
+            )
         scores = datasets.score(test, clf.predict(test["text"]))
         train_s = float("nan") if clf.train_s is None else round(clf.train_s, 1)  # None: loaded
         row = {"k": k, "train texts": len(train_rows), "train s": train_s}

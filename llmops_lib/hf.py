@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +25,10 @@ from .backend import NO_TIMINGS, Timings, check_chat_args
 from .catalog import ModelSpec
 from .errors import unknown
 from .hardware import Hardware
+
+# transformers' bars import tqdm.auto, which warns in a notebook without ipywidgets that it
+# falls back to text bars: nothing a learner can act on, so it stays out of the outputs.
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 TRANSFORMERS_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "nf4")
 QUANTIZED = ("int8", "nf4")
@@ -80,6 +85,7 @@ def bitsandbytes_devices() -> set[str]:
     """Device types the installed bitsandbytes has kernels for (empty when not installed)."""
     if importlib.util.find_spec("bitsandbytes") is None:
         return set()
+    _quiet_bitsandbytes()
     import bitsandbytes
 
     return set(getattr(bitsandbytes, "supported_torch_devices", set()))
@@ -135,8 +141,8 @@ def quantization_config(precision: str, hw: Hardware):
     """BitsAndBytesConfig for int8 (LLM.int8) or nf4 (4-bit NF4, double quantization)."""
     from transformers import BitsAndBytesConfig
 
+    _quiet_bitsandbytes()
     if precision == "int8":
-        _log_int8_cast_once()
         return BitsAndBytesConfig(load_in_8bit=True)
     if precision == "nf4":
         return BitsAndBytesConfig(
@@ -148,28 +154,51 @@ def quantization_config(precision: str, hw: Hardware):
     return None
 
 
-class _LogOnce(logging.Filter):
-    """Let a log message that starts with `prefix` through once, then drop its repeats."""
+class _DropLog(logging.Filter):
+    """Drop log messages that start with `prefix`; let everything else through."""
 
     def __init__(self, prefix: str) -> None:
         super().__init__()
         self.prefix = prefix
-        self.seen = False
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not record.getMessage().startswith(self.prefix):
-            return True
-        first, self.seen = not self.seen, True
-        return first
+        return not record.getMessage().startswith(self.prefix)
 
 
-def _log_int8_cast_once() -> None:
-    """bitsandbytes logs "inputs will be cast ... to float16" on EVERY int8 matmul when the
-    model computes in fp32/bf16: hundreds of lines per answer for a cast that is by design
-    (see compute_dtype). Keep the first line, drop the repeats."""
-    logger = logging.getLogger("bitsandbytes.autograd._functions")
-    if not any(isinstance(f, _LogOnce) for f in logger.filters):
-        logger.addFilter(_LogOnce("MatMul8bitLt: inputs will be cast"))
+# bitsandbytes messages that teach nothing where they appear (notebook 02 explains both):
+BNB_NOISE = {
+    # Logged on EVERY int8 matmul when the model computes in fp32/bf16: LLM.int8 casts its
+    # inputs to float16 by design (see compute_dtype).
+    "bitsandbytes.autograd._functions": "MatMul8bitLt: inputs will be cast",
+    # Logged at import on AVX512-BF16 CPUs: an optional 4-bit kernel from the Hugging Face
+    # Hub (`kernels` package, a download) is missing; bitsandbytes then runs its own bundled
+    # C++ 4-bit kernel instead (see nf4_cpu_path), which is what the course measures.
+    "bitsandbytes.backends.cpu.ops": "Failed to load CPU gemm_4bit_forward",
+}
+
+
+def _quiet_bitsandbytes() -> None:
+    """Install the BNB_NOISE filters (before bitsandbytes is imported: it logs at import)."""
+    for name, prefix in BNB_NOISE.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropLog) for f in logger.filters):
+            logger.addFilter(_DropLog(prefix))
+
+
+def nf4_cpu_path() -> str:
+    """What multiplies by 4-bit weights on this CPU in bitsandbytes 0.50.
+
+    On a CPU with AVX512-BF16, Linear4bit repacks its weights at the first forward pass
+    and every matmul runs bitsandbytes' own fused C++ kernel in bfloat16 (inputs cast to
+    bf16); elsewhere each matmul first de-quantizes the weights to the compute dtype and
+    then calls torch's ordinary matmul.
+    """
+    _quiet_bitsandbytes()
+    from bitsandbytes.functional import has_avx512bf16
+
+    if has_avx512bf16():
+        return "bitsandbytes' own fused C++ 4-bit kernel, computing in bf16 (AVX512-BF16)"
+    return "de-quantize the 4-bit weights, then torch's ordinary matmul (no AVX512-BF16 here)"
 
 
 class _Clock:

@@ -23,9 +23,11 @@ import pandas as pd
 from tqdm import tqdm
 
 from . import results
+from .backend import chunk_text
 from .endpoint import Endpoint, EndpointError, connect
 from .errors import InputError, non_empty, positive, whole
 from .process import ServerProcess
+from .progress import bar as progress_bar
 
 PROMPTS = (
     "Name three uses of a hospital triage system.",
@@ -130,7 +132,7 @@ def run_level(
     """
     _check_level(users, requests_per_user, max_tokens, timeout_s, prompts)
     own_bar = bar is None
-    bar = bar or tqdm(total=users * requests_per_user, desc=f"{users} users", unit="req")
+    bar = bar or progress_bar(total=users * requests_per_user, desc=f"{users} users", unit="req")
     stop = threading.Event()
     pool = ThreadPoolExecutor(max_workers=users, thread_name_prefix=THREAD_PREFIX)
     t0 = time.perf_counter()
@@ -197,7 +199,7 @@ def run(
     """Run each concurrency level in turn; return (one row per N, one row per request)."""
     _check_levels(users, requests_per_user, max_tokens, timeout_s, prompts)
     summary, requests = [], []
-    with tqdm(total=sum(users) * requests_per_user, desc="load test", unit="req") as bar:
+    with progress_bar(total=sum(users) * requests_per_user, desc="load test", unit="req") as bar:
         for n in users:
             rows, wall = run_level(
                 endpoint, n, requests_per_user, max_tokens, timeout_s, prompts, bar
@@ -322,3 +324,61 @@ def plot(summary: pd.DataFrame | dict[str, pd.DataFrame], title: str = "Load tes
 def save(summary: pd.DataFrame, stem: str = "loadtest") -> Path:
     """Write the summary to a new timestamped CSV in results/ (never over an earlier run)."""
     return results.save_frame(summary, stem)[0]
+
+
+def _one_request(backend: Any, messages: list[dict[str, str]], max_tokens: int, stream: bool):
+    """(generated tokens, seconds to first text or None, total seconds) of one greedy request."""
+    start = time.perf_counter()
+    first = None
+    if stream:
+        tokens = 0
+        for chunk in backend.chat(messages, max_tokens=max_tokens, stream=True):
+            if chunk_text(chunk):  # llama.cpp's servers send one token per chunk
+                first = first or time.perf_counter() - start
+                tokens += 1
+    else:
+        tokens = backend.chat(messages, max_tokens=max_tokens)["usage"]["completion_tokens"]
+    return tokens, first, time.perf_counter() - start
+
+
+def serving_paths(
+    model_path: str | Path,
+    messages: list[dict[str, str]],
+    max_tokens: int = 48,
+    n_threads: int = 1,
+    repeats: int = 3,
+) -> pd.DataFrame:
+    """One user, one request at a time, along each path from llama.cpp to the client.
+
+    The same GGUF, threads and greedy request: llama-cpp-python in this process (no HTTP),
+    its server `llama_cpp.server`, and llama.cpp's C++ `llama-server`, each asked for the
+    whole answer and for a stream of one SSE event per token. Where the tokens/s part ways
+    says where a server's lead comes from: the engine, HTTP, or the per-token streaming.
+    Medians of `repeats` requests after one warm-up.
+    """
+    from .llamacpp import LlamaCppModel
+    from .servers import LlamaServer, LocalServer
+
+    if repeats < 1:
+        raise ValueError(f"repeats={repeats}; use 1 or more requests per path.")
+    rows = []
+
+    def measure(path: str, backend: Any) -> None:
+        for stream in (False, True):
+            _one_request(backend, messages, max_tokens, stream)  # warm-up
+            runs = [_one_request(backend, messages, max_tokens, stream) for _ in range(repeats)]
+            tokens = int(np.median([r[0] for r in runs]))
+            total = float(np.median([r[2] for r in runs]))
+            ttft = float(np.median([r[1] for r in runs])) * 1000 if stream else math.nan
+            way = "streamed (SSE)" if stream and path != "in process" else "streamed"
+            rows.append((path, way if stream else "whole answer", tokens, ttft, total))
+
+    with LlamaCppModel(model_path, n_ctx=2048, n_threads=n_threads) as model:
+        measure("in process", model)
+    with LocalServer(model_path, n_ctx=2048, n_threads=n_threads) as server:
+        measure("llama_cpp.server", connect(server.base_url))
+    with LlamaServer(model_path, n_parallel=1, n_ctx=2048, n_threads=n_threads) as server:
+        measure("llama-server", connect(server.base_url))
+    table = pd.DataFrame(rows, columns=["path", "answer", "tokens", "first token ms", "total s"])
+    table["tokens/s"] = table["tokens"] / table["total s"]
+    return table.set_index(["path", "answer"])

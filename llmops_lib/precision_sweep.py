@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from .classify import classify, messages
-from .scoring import accuracy, calibrate_threshold
+from .scoring import accuracy, accuracy_interval, calibrate_threshold
 
 
 def compare_precisions(
@@ -22,7 +22,7 @@ def compare_precisions(
     """Load the model with `load(precision)` in each precision (a transformers model, e.g.
     `lambda p: session.model("classifier", precision=p)`): load time, footprint (measured
     and planned), decode tokens/s and the Yes/No-probability accuracy with a threshold
-    calibrated per precision.
+    calibrated per precision, with its 95 % Wilson interval (few texts: wide intervals).
 
     A precision this machine cannot run gets a row with the reason instead of a crash.
     """
@@ -48,6 +48,7 @@ def compare_precisions(
                     "tokens/s": model.timings().generated_tps,
                     "threshold": threshold,
                     "accuracy": accuracy(scored, "prediction_p"),
+                    "95% CI": "{:.2f} to {:.2f}".format(*accuracy_interval(scored, "prediction_p")),
                     "note": "",
                 }
         except hf.PrecisionError as err:

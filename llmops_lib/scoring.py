@@ -43,6 +43,25 @@ def accuracy(df: pd.DataFrame, column: str = "prediction") -> float:
     return float((df[column] == df["truth"]).mean())
 
 
+def accuracy_interval(
+    df: pd.DataFrame, column: str = "prediction", confidence: float = 0.95
+) -> tuple[float, float]:
+    """Wilson interval of the accuracy of `column`: where the true accuracy likely lies.
+
+    With a handful of texts one more or one fewer right answer moves the accuracy by many
+    points; the interval says how far apart two accuracies must be before they differ.
+    """
+    from scipy.stats import binomtest
+
+    if len(df) == 0:
+        raise ValueError("accuracy_interval needs at least one scored row.")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence={confidence}; use a level between 0 and 1, e.g. 0.95.")
+    right = int((df[column] == df["truth"]).sum())
+    ci = binomtest(right, len(df)).proportion_ci(confidence_level=confidence, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
 def confusion(df: pd.DataFrame, column: str = "prediction") -> pd.DataFrame:
     """Truth x prediction counts, with neutral as a column when it occurs."""
     predicted = [label for label in LABELS if label != NEUTRAL or (df[column] == NEUTRAL).any()]

@@ -19,7 +19,9 @@ ARCHITECTURE = PACKAGE.parent / "ARCHITECTURE.md"
 
 # Lowest first; the same table as ARCHITECTURE.md (the test below checks they agree).
 LAYERS = {
-    "foundation": ["errors", "backend", "results", "hardware", "datasets", "links", "course"],
+    "foundation": [
+        "errors", "backend", "results", "hardware", "datasets", "links", "course", "progress",
+    ],
     "planning": [
         "catalog", "profiles", "memory", "sharding", "launch", "roofline", "provision", "tools",
         "gguf_header", "colab",

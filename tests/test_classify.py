@@ -127,3 +127,42 @@ def test_confusion_plots_write_each_count_in_its_cell():
             for j in range(matrix.shape[1])
         }
         assert [t.get_text() for t in ax.get_xticklabels()] == list(matrix.columns)
+
+
+@pytest.mark.model
+def test_p_yes_written_out_with_transformers_matches_the_library(session, tiny):
+    """Notebook 02's raw cell: from_pretrained, logits -> softmax -> P(Yes), by hand."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    row = load_assessments("de").iloc[0]
+    msgs = classify.messages(row.text, row.lang)
+    folder = session.model_path("classifier")
+    tok = AutoTokenizer.from_pretrained(folder)
+    raw = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, device_map="cpu")
+    prompt = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    ids = tok(prompt, add_special_tokens=False, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        probs = torch.softmax(raw(input_ids=ids).logits[0, -1].float(), dim=-1)
+
+    def first_tokens(words: list[str]) -> list[int]:
+        return sorted({tok(w, add_special_tokens=False).input_ids[0] for w in words})
+
+    p_yes = float(probs[first_tokens(classify.SPELLINGS[POSITIVE])].sum())
+    p_no = float(probs[first_tokens(classify.SPELLINGS[NEGATIVE])].sum())
+    assert prompt == tiny.prompt_text(msgs)
+    assert p_yes / (p_yes + p_no) == pytest.approx(classify.p_positive(tiny, msgs), abs=1e-4)
+
+
+def test_accuracy_interval_holds_the_accuracy_and_narrows_with_more_texts():
+    def scored(right: int, n: int) -> pd.DataFrame:
+        return pd.DataFrame(
+            {"truth": [POSITIVE] * n, "prediction": [POSITIVE] * right + [NEGATIVE] * (n - right)}
+        )
+
+    low, high = scoring.accuracy_interval(scored(6, 8))
+    assert low < 6 / 8 < high
+    low_many, high_many = scoring.accuracy_interval(scored(60, 80))
+    assert high_many - low_many < high - low
+    with pytest.raises(ValueError, match="confidence"):
+        scoring.accuracy_interval(scored(6, 8), confidence=95)

@@ -141,3 +141,31 @@ def test_load_refuses_folders_this_machine_did_not_sign_before_unpickling(tmp_pa
     with pytest.raises(encoder.UntrustedFolderError, match="files changed"):
         encoder.EncoderClassifier.load(folder)
     assert not marker.exists()  # nothing was unpickled
+
+
+@pytest.mark.model
+def test_setfits_own_trainer_gives_the_libraries_classifier(session, english, tmp_path):
+    """Notebook 01's raw cell: SetFitModel.from_pretrained + Trainer, same seed and data."""
+    from datasets import Dataset
+    from setfit import SetFitModel, Trainer, TrainingArguments
+
+    train, test = english
+    train = train.groupby("label").head(2)  # 4 texts, 1 iteration: seconds
+    texts = list(test["text"][:6])
+    base = session.model_path("encoder")
+    raw = SetFitModel.from_pretrained(str(base), local_files_only=True)
+    data = Dataset.from_dict({"text": list(train["text"]), "label": list(train["label"])})
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        num_iterations=1,
+        seed=0,
+        report_to="none",
+        save_strategy="no",
+        show_progress_bar=False,
+    )
+    Trainer(model=raw, args=args, train_dataset=data).train()
+    library = encoder.train(train["text"], train["label"], base, iterations=1, progress=False)
+    assert list(raw.predict(texts)) == library.predict(texts)
+    np.testing.assert_allclose(
+        raw.predict_proba(texts, as_numpy=True), library.predict_proba(texts).to_numpy(), atol=1e-4
+    )

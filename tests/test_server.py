@@ -150,3 +150,22 @@ def test_both_servers_run_on_the_device_the_in_process_model_uses(session, tiny_
     layers = str(tiny_chat.n_gpu_layers)
     assert python_server[python_server.index("--n_gpu_layers") + 1] == layers
     assert native[native.index("-ngl") + 1] == layers
+
+
+@pytest.mark.model
+def test_the_raw_openai_client_gets_the_libraries_answer(running):
+    """Notebook 03's raw cell: openai.OpenAI(base_url=...) with and without streaming."""
+    import openai
+
+    client = openai.OpenAI(base_url=running.base_url, api_key="not-needed", max_retries=0)
+    model = client.models.list().data[0].id
+    ask = dict(model=model, messages=MESSAGES, max_tokens=16, temperature=0)
+    plain = client.chat.completions.create(**ask).choices[0].message.content
+    streamed = "".join(
+        chunk.choices[0].delta.content or ""
+        for chunk in client.chat.completions.create(**ask, stream=True)
+        if chunk.choices
+    )
+    library = reply_text(api.connect(running.base_url).chat(MESSAGES, max_tokens=16))
+    assert plain.strip()
+    assert plain == streamed == library  # greedy decoding: the same tokens every way
