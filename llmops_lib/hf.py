@@ -239,6 +239,7 @@ class HFModel:
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as tf_logging
 
         if not 0 < n_ctx <= spec.max_context:
             raise ValueError(f"n_ctx={n_ctx} is outside 1..{spec.max_context} for {spec.title}.")
@@ -249,12 +250,18 @@ class HFModel:
         self.path = provision.hf_dir(spec)
         start = time.perf_counter()
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            self.path,
-            dtype=compute_dtype(precision, hw),
-            quantization_config=quantization_config(precision, hw),
-            device_map=self.device,
-        )
+        bars = tf_logging.is_progress_bar_enabled()
+        tf_logging.disable_progress_bar()  # a bar per tensor group of a local folder is noise
+        try:
+            self.model = AutoModelForCausalLM.from_pretrained(
+                self.path,
+                dtype=compute_dtype(precision, hw),
+                quantization_config=quantization_config(precision, hw),
+                device_map=self.device,
+            )
+        finally:
+            if bars:
+                tf_logging.enable_progress_bar()
         self.model.eval()
         self.load_s = time.perf_counter() - start
         self._n_ctx = n_ctx

@@ -224,17 +224,15 @@ def per_level_servers(
     """
     _check_levels(users, requests_per_user, max_tokens, timeout_s, PROMPTS)  # before any start
     rows = []
-    for n in users:
-        with start(n) as srv:
-            summary, _ = run(
-                connect(srv.base_url),
-                users=(n,),
-                requests_per_user=requests_per_user,
-                max_tokens=max_tokens,
-                timeout_s=timeout_s,
-            )
-            rows.append(summary)
-    return pd.concat(rows)
+    total = sum(users) * requests_per_user
+    with progress_bar(total=total, desc="load test", unit="req") as bar:  # one bar for all
+        for n in users:
+            with start(n) as srv:
+                level, wall = run_level(
+                    connect(srv.base_url), n, requests_per_user, max_tokens, timeout_s, PROMPTS, bar
+                )
+                rows.append(level_figures(level, n, wall))
+    return pd.DataFrame(rows).set_index("users")
 
 
 def burst(

@@ -8,6 +8,7 @@ from typing import Any
 import pandas as pd
 
 from .classify import classify, messages
+from .progress import bar
 from .scoring import accuracy, accuracy_interval, calibrate_threshold
 
 
@@ -29,14 +30,21 @@ def compare_precisions(
     from . import hf
 
     rows = []
-    for precision in precisions:
+    for precision in bar(list(precisions), desc="precisions", unit="model"):  # one bar
         row: dict[str, Any] = {"precision": precision}
         try:
             with load(precision) as model:
-                calib = classify(model, calibration, generate=False, examples=examples)
+                calib = classify(
+                    model, calibration, generate=False, examples=examples, progress=False
+                )
                 threshold = calibrate_threshold(calib["p_positive"], calib["truth"])
                 scored = classify(
-                    model, evaluation, generate=False, threshold=threshold, examples=examples
+                    model,
+                    evaluation,
+                    generate=False,
+                    threshold=threshold,
+                    examples=examples,
+                    progress=False,
                 )
                 first = evaluation.iloc[0]
                 msgs = messages(first.text, first.lang, (examples or {}).get(first.lang))

@@ -2,6 +2,8 @@
 # Execute the notebooks in order, each in a fresh kernel, one at a time, and store their
 # outputs in place: the only way the committed outputs are made (`make notebooks`).
 # Timings in those outputs are what readers see, so it refuses to start on a busy machine.
+# Streamed text (a reply printed token by token) is stored as one block per cell, not one
+# output per token (GitHub would show one line per token).
 #   scripts/run_notebooks.sh                      every notebook
 #   scripts/run_notebooks.sh notebooks/05_*.ipynb  some of them
 set -euo pipefail
@@ -24,6 +26,7 @@ for nb in "$@"; do
     (cd "$(dirname "$nb")" && LLMOPS_PROFILE=tiny "$OLDPWD/.venv/bin/jupyter" nbconvert \
         --to notebook --execute --inplace --log-level=WARN \
         --ExecutePreprocessor.timeout=1800 --ExecutePreprocessor.kernel_name=python3 \
+        --NotebookExporter.preprocessors=nbconvert.preprocessors.CoalesceStreamsPreprocessor \
         "$(basename "$nb")")
     echo "   done in $((SECONDS - start)) s"
 done

@@ -69,3 +69,22 @@ def test_colab_links_lists_every_notebook_with_the_configured_badge():
     listed = re.findall(r"/notebooks/([\w.-]+\.ipynb)\)", text)
     assert listed == [p.name for p in NOTEBOOKS]
     assert text == links.colab_links_markdown(listed), "run `python -m llmops_lib.links`"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_ends_with_takeaways_and_exercises_with_hidden_solutions(path):
+    cells = load(path)["cells"]
+    markdown = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    assert "## What to take away" in markdown and "## Exercises" in markdown
+    solutions = [c for c in cells if "solution" in c.get("metadata", {}).get("tags", [])]
+    code = [c for c in solutions if c["cell_type"] == "code"]
+    assert len(code) >= 2, "2-4 exercises, each with a solution cell"
+    for n, cell in enumerate(code, start=1):
+        assert "".join(cell["source"]).startswith(f"# Solution to exercise {n}\n")
+        assert cell["metadata"].get("jupyter", {}).get("source_hidden"), "collapse solutions"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_output_checks_are_cell_tags_not_comments_a_learner_reads(path):
+    for cell in load(path)["cells"]:
+        assert "NBVAL_CHECK_OUTPUT" not in "".join(cell["source"]), "use the nbval-check-output tag"
