@@ -13,6 +13,7 @@ not even in the audit log, which records a hash of it instead.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -262,10 +263,10 @@ def load_guard(session: Any, n_ctx: int = 2048) -> CompletionGuard:
 class AuditLog:
     """An append-only JSONL file: one line per decision.
 
-    Each line goes out in ONE os.write on a descriptor opened with O_APPEND, so lines
-    from several processes never interleave. A line cut off by a crash (kill -9, a full
-    disk) is closed by the next append, and the reader skips it with a warning: one torn
-    line never makes the whole log unreadable.
+    Each line goes out in ONE os.write on a descriptor opened with O_APPEND, under an
+    exclusive lock, so lines from several processes never interleave. A line cut off by a
+    crash (kill -9, a full disk) is closed by the next append, and the reader skips it with
+    a warning: one torn line never makes the whole log unreadable.
     """
 
     def __init__(self, path: str | Path | None = None) -> None:
@@ -280,6 +281,9 @@ class AuditLog:
         data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
+            # Locked: without it, a writer could read the tail while another's line is
+            # half-visible and "close" a line that was not torn.
+            fcntl.flock(fd, fcntl.LOCK_EX)
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":  # a torn last line: end it
                 data = b"\n" + data
