@@ -88,7 +88,7 @@ def vllm_command(plan: ShardPlan, port: int = 8000) -> list[str]:
     quantization = _check_precision(plan, VLLM_QUANTIZATION, "vLLM")
     cmd = [
         "docker", "run", "--gpus", "all", "--ipc=host", "-p", f"{port}:8000",
-        "-e", "HF_TOKEN", "-v", "$HOME/.cache/huggingface:/root/.cache/huggingface",
+        "-e", "HF_TOKEN", "-e", "HF_HOME=/hf-cache", "-v", "$HOME/.cache/huggingface:/hf-cache",
         VLLM_IMAGE,
         "--model", _repo(plan),
         "--tensor-parallel-size", str(plan.shards),

@@ -26,8 +26,9 @@ NOISE = (
     "full-size SWA cache",
     "pip install kernels",
 )
-# An absolute path of this machine: home, temp or checkout folders (not part of a URL).
-LOCAL_PATH = re.compile(r"(?<![\w.:/-])(/home/|/root/|/tmp/|/work/|/Users/|/var/folders/)")
+# An absolute path of a machine (this one or a container's): home, temp or checkout folders,
+# not part of a URL.
+LOCAL_PATH = re.compile(r"(?<![\w./-])(/home/|/root/|/tmp/|/work/|/Users/|/var/folders/)")
 MAX_PROGRESS_UPDATES = 10  # a bar that redraws more often than this is spam in a stored output
 
 
