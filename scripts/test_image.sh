@@ -171,7 +171,8 @@ fetch|Connection (refused|reset)|Network is unreachable|Max retries exceeded" \
     fi
     say "built $TAG in $((SECONDS)) s: $(docker image inspect -f '{{.Size}}' "$TAG" \
         | awk '{printf "%.0f MB", $1 / 1e6}')"
-    docker history --format '{{.Size}}\t{{.CreatedBy}}' "$TAG" | cut -c1-110 | head -n 20
+    # awk reads to the end (no `head`): an early exit would SIGPIPE the writer under pipefail.
+    docker history --format '{{.Size}}\t{{.CreatedBy}}' "$TAG" | awk 'NR <= 20 { print substr($0, 1, 110) }'
 }
 
 test_container() {
@@ -199,12 +200,15 @@ test_container() {
     # uvicorn re-raises the signal after its shutdown (143), which PID 1 ignores (0); a
     # kill by docker after the grace would be 137.
     docker stop -t 15 "$CONTAINER" >/dev/null
-    local code
+    local code logs
     code="$(docker inspect -f '{{.State.ExitCode}}' "$CONTAINER")"
-    if { [ "$code" != 0 ] && [ "$code" != 143 ]; } \
-        || ! docker logs "$CONTAINER" 2>&1 | grep -q "shutdown complete"; then
+    # Read the whole log first: `docker logs | grep -q` under pipefail fails when grep
+    # exits at its first match and docker logs then dies of SIGPIPE.
+    logs="$(docker logs "$CONTAINER" 2>&1)"
+    if { [ "$code" != 0 ] && [ "$code" != 143 ]; } || [[ "$logs" != *"shutdown complete"* ]]; then
         docker logs --tail 20 "$CONTAINER" || true
-        say "FAILED: the service did not shut down cleanly on SIGTERM (exit code $code)."
+        say "FAILED: the service did not shut down cleanly on SIGTERM (exit code $code;" \
+            "'shutdown complete' in its log: $([[ "$logs" == *"shutdown complete"* ]] && echo yes || echo no))."
         exit 1
     fi
     say "the container stopped cleanly on SIGTERM; passed in $((SECONDS)) s"
