@@ -92,24 +92,32 @@ def weight_summary(path: str | Path) -> dict[str, Any]:
     llama-quantize reports it; type_shares: each tensor type's share of the parameters
     (a quantization "mix" such as Q4_K_M stores different tensors in different types).
     """
-    from gguf import GGMLQuantizationType  # only its enum of type names
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType  # type names and block sizes
 
     with _open_header(path) as (fh, n_tensors, n_kv):
         alignment = _read_kv(fh, n_kv, None, skip_all_but={"general.alignment"}).get(
             "general.alignment", 32
         )
         by_type: dict[str, int] = {}
+        needed = 0  # where the last tensor's data ends, from the start of the data section
         for _ in range(n_tensors):
             _string(fh, skip=True)
             dims = [_read(fh, "Q") for _ in range(_read(fh, "I"))]
-            kind, _offset = _read(fh, "I"), _read(fh, "Q")
+            kind, offset = _read(fh, "I"), _read(fh, "Q")
             name = GGMLQuantizationType(kind).name
+            block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType(kind)]
             by_type[name] = by_type.get(name, 0) + math.prod(dims)
+            needed = max(needed, offset + math.prod(dims) // block * block_bytes)
         start = -(-fh.tell() // alignment) * alignment  # the data begin at the next boundary
         data_bytes = Path(path).stat().st_size - start
     n_params = sum(by_type.values())
-    if n_params == 0 or data_bytes <= 0:
-        raise GGUFError(f"{str(path)!r} holds no tensor data; the file is cut short.")
+    if n_params == 0:
+        raise GGUFError(f"{str(path)!r} holds no tensors (a vocabulary-only file?).")
+    if data_bytes < needed:
+        raise GGUFError(
+            f"{str(path)!r} is cut short: its tensors need {needed:,} bytes of data and the "
+            f"file holds {max(data_bytes, 0):,}. Download or assemble it again."
+        )
     return {
         "n_params": n_params,
         "data_bytes": data_bytes,

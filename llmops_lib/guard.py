@@ -38,7 +38,8 @@ from .guard_prompts import (
     guard_prompt,
     policy_for,
 )
-from .llamacpp import mark_contents, tokenize_plain
+from .llamacpp import tokenize_plain
+from .plain_text import mark_contents
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,10 @@ class CompletionGuard:
         return f"{type(self).__name__} ({self.policy.name} template)"
 
     def prompt(self, messages: list[dict[str, str]]) -> str:
-        return guard_prompt(messages, self.policy)
+        """The guard prompt with the judged texts marked, so complete() keeps them plain:
+        a '<|eot_id|>' typed by the user cannot end the prompt and answer for the guard."""
+        render = partial(guard_prompt, policy=self.policy)
+        return render(mark_contents(render, messages))
 
     def complete(self, prompt: str) -> tuple[str, str]:
         raise NotImplementedError
@@ -205,12 +209,6 @@ class LlamaCppGuard(CompletionGuard):
             LlamaGrammar.from_string(verdict_grammar(policy), verbose=False) if constrain else None
         )
         self.completion_kwargs = completion_kwargs
-
-    def prompt(self, messages: list[dict[str, str]]) -> str:
-        """The guard prompt with the judged texts marked, so complete() keeps them plain:
-        a '<|eot_id|>' typed by the user cannot end the prompt and answer for the guard."""
-        render = partial(guard_prompt, policy=self.policy)
-        return render(mark_contents(render, messages))
 
     def tokens(self, prompt: str) -> list[int]:
         """The prompt's token ids: the template's special tokens parsed, the texts plain."""

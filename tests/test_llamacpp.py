@@ -6,8 +6,9 @@ import math
 
 import pytest
 
+from llmops_lib import provision
 from llmops_lib.backend import chunk_text
-from llmops_lib.gguf_header import check_gguf
+from llmops_lib.gguf_header import GGUFError, check_gguf, weight_summary
 from llmops_lib.llamacpp import LlamaCppModel
 
 MESSAGES = [
@@ -58,6 +59,30 @@ def test_corrupt_gguf_names_the_path(tmp_path):
     bad.write_bytes(b"<html>not a model</html>")
     with pytest.raises(ValueError, match="broken.gguf.*not a GGUF"):
         check_gguf(bad)
+
+
+@pytest.mark.model
+def test_a_gguf_cut_inside_its_tensors_is_refused_before_loading(session, tmp_path):
+    path = session.model_path("chat")
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
+    with pytest.raises(GGUFError, match=r"cut\.gguf.*cut short: its tensors need"):
+        LlamaCppModel(cut)
+
+
+@pytest.mark.model
+def test_a_packaged_gguf_damaged_past_its_header_is_caught_by_its_record(session, tmp_path):
+    path = session.model_path("chat")
+    expected = provision.record_sha256(provision.TINY_GGUF_PACKAGE, path)
+    assert expected is not None  # pip's RECORD lists the model file
+    assert provision.verify_sha256(path, expected, "reinstall") == path
+    damaged = tmp_path / "damaged.gguf"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one weight byte: header and sizes stay valid
+    damaged.write_bytes(bytes(data))
+    weight_summary(damaged)  # the structure is intact: only a checksum can tell
+    with pytest.raises(provision.ModelAccessError, match=r"damaged\.gguf is damaged.*reinstall"):
+        provision.verify_sha256(damaged, expected, "reinstall")
 
 
 @pytest.mark.model
