@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Compile llama.cpp ONCE, from the pinned llama-cpp-python sdist (requirements.txt; given by the
 # caller where there is no checkout), and get from that one build both the Python binding (a
-# wheel) and llama.cpp's own tools. Before, pip compiled the binding (178 C/C++ files) and this script compiled the same sources again
-# for the tools (198 files); now one build of 199 files (~10 CPU-minutes, ~5-6 min on 2
-# cores) serves both.
+# wheel) and llama.cpp's own tools. Before, pip compiled the binding (178 C/C++ files) and
+# this script compiled the same sources again for the tools (198 files); now one build of
+# 199 files (~10 CPU-minutes, ~5-6 min on 2 cores) serves both.
 #
 # How: the binding's own build (pip wheel -> scikit-build-core -> CMake) with the tools
 # switched on and a build directory kept until the wheel is made; the tools and the shared
