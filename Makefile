@@ -12,7 +12,7 @@ export LLMOPS_PROFILE ?= tiny
 .PHONY: setup lab test notebooks lint clean image test-image
 
 $(STAMP): requirements.txt requirements-models.txt requirements-dev.txt constraints.txt \
-          pyproject.toml scripts/setup_env.sh scripts/build_llama_tools.sh
+          pyproject.toml scripts/setup_env.sh llmops_lib/data/build_llama_tools.sh
 	scripts/setup_env.sh
 	touch $@
 
@@ -20,7 +20,7 @@ $(STAMP): requirements.txt requirements-models.txt requirements-dev.txt constrai
 # the repo per llama-cpp-python version and backend; setup_env.sh starts it. Here it is a
 # no-op check that rebuilds only if that cache was removed.
 setup: $(STAMP)
-	scripts/build_llama_tools.sh
+	llmops_lib/data/build_llama_tools.sh
 
 lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks

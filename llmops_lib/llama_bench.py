@@ -16,7 +16,7 @@ import pandas as pd
 from .errors import non_empty, whole
 from .gguf_header import check_gguf
 from .hardware import default_threads
-from .tools import tool_path
+from .tools import missing, skipped, tool_path
 
 
 def llama_bench(
@@ -35,7 +35,8 @@ def llama_bench(
     tokens already in the KV cache when the test starts: decoding after a 128-token prompt,
     as a chat does, is `tg64@d128`, a little slower than from an empty cache.
     `n_gpu_layers=None` keeps llama-bench's default (all layers on the GPU when the tools
-    were built for CUDA).
+    were built for CUDA). Without a built llama-bench it prints why and returns those rows
+    with no figures (NaN) instead of raising.
     """
     model = check_gguf(model_path)
     threads = whole("n_threads", default_threads() if n_threads is None else n_threads)
@@ -44,6 +45,16 @@ def llama_bench(
     whole("reps", reps)
     for i, depth in enumerate(non_empty("n_depth", n_depth)):
         whole(f"n_depth[{i}]", depth, minimum=0)
+    reason = missing("llama-bench")
+    if reason is not None:  # the rows llama-bench would give, with no figures
+        tests = [(p, g, d) for d in n_depth for p, g in ((n_prompt, 0), (0, n_gen))]
+        table = skipped(reason, range(len(tests)), COLUMNS)
+        table["test"] = [
+            (f"pp{p}" if p else f"tg{g}") + (f"@d{d}" if d else "") for p, g, d in tests
+        ]
+        table[["n_prompt", "n_gen", "n_depth"]] = tests
+        table["n_threads"] = threads
+        return table
     cmd = [str(tool_path("llama-bench")), "-m", str(model), "-t", str(threads)]
     cmd += ["-p", str(n_prompt), "-n", str(n_gen), "-r", str(reps), "-o", "json"]
     cmd += ["-d", ",".join(map(str, n_depth))]
@@ -55,6 +66,10 @@ def llama_bench(
             f"llama-bench failed (exit {proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}"
         )
     return parse_bench_json(proc.stdout)
+
+
+COLUMNS = ["test", "n_prompt", "n_gen", "n_depth", "n_threads", "tokens_per_s"]
+COLUMNS += ["tokens_per_s_std", "reps", "backend", "n_gpu_layers", "model"]
 
 
 def parse_bench_json(text: str) -> pd.DataFrame:

@@ -28,6 +28,7 @@ from .endpoint import Endpoint, EndpointError, connect
 from .errors import InputError, non_empty, positive, whole
 from .process import ServerProcess
 from .progress import bar as progress_bar
+from .tools import ToolsNotBuiltError, skipped
 
 PROMPTS = (
     "Name three uses of a hospital triage system.",
@@ -221,17 +222,26 @@ def per_level_servers(
     For llama-server, `start = lambda n: session.server("llama-server", n_parallel=n)`
     gives N users N parallel slots, so their requests are decoded together in one batch
     (continuous batching). Every server is stopped before the next one starts.
+    Where the server's llama.cpp tool is not built, it prints why and returns the levels
+    with no figures (tools.skipped) instead of raising.
     """
     _check_levels(users, requests_per_user, max_tokens, timeout_s, PROMPTS)  # before any start
     rows = []
     total = sum(users) * requests_per_user
-    with progress_bar(total=total, desc="load test", unit="req") as bar:  # one bar for all
-        for n in users:
-            with start(n) as srv:
-                level, wall = run_level(
-                    connect(srv.base_url), n, requests_per_user, max_tokens, timeout_s, PROMPTS, bar
-                )
-                rows.append(level_figures(level, n, wall))
+    try:
+        with progress_bar(total=total, desc="load test", unit="req") as bar:  # one bar for all
+            for n in users:
+                with start(n) as srv:
+                    client = connect(srv.base_url)
+                    level, wall = run_level(
+                        client, n, requests_per_user, max_tokens, timeout_s, PROMPTS, bar
+                    )
+                    rows.append(level_figures(level, n, wall))
+    except ToolsNotBuiltError as err:
+        if rows:
+            raise
+        figures = list(level_figures([], 1, 1.0))[1:]  # the columns, without "users"
+        return skipped(str(err), pd.Index(list(users), name="users"), figures)
     return pd.DataFrame(rows).set_index("users")
 
 
@@ -352,7 +362,8 @@ def serving_paths(
     its server `llama_cpp.server`, and llama.cpp's C++ `llama-server`, each asked for the
     whole answer and for a stream of one SSE event per token. Where the tokens/s part ways
     says where a server's lead comes from: the engine, HTTP, or the per-token streaming.
-    Medians of `repeats` requests after one warm-up.
+    Medians of `repeats` requests after one warm-up. Without a built llama-server its rows
+    stay, with no figures, and a line says why.
     """
     from .llamacpp import LlamaCppModel
     from .servers import LlamaServer, LocalServer
@@ -375,8 +386,14 @@ def serving_paths(
         measure("in process", model)
     with LocalServer(model_path, n_ctx=2048, n_threads=n_threads) as server:
         measure("llama_cpp.server", connect(server.base_url))
-    with LlamaServer(model_path, n_parallel=1, n_ctx=2048, n_threads=n_threads) as server:
-        measure("llama-server", connect(server.base_url))
+    try:
+        with LlamaServer(model_path, n_parallel=1, n_ctx=2048, n_threads=n_threads) as server:
+            measure("llama-server", connect(server.base_url))
+    except ToolsNotBuiltError as err:  # the rows stay, with no figures
+        print(f"skipped: {err}")
+        rows += [
+            ("llama-server", a, 0, math.nan, math.nan) for a in ("whole answer", "streamed (SSE)")
+        ]
     table = pd.DataFrame(rows, columns=["path", "answer", "tokens", "first token ms", "total s"])
     table["tokens/s"] = table["tokens"] / table["total s"]
     return table.set_index(["path", "answer"])

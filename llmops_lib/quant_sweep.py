@@ -21,12 +21,15 @@ import pandas as pd
 
 from . import datasets, gguf_header, llama_bench, quantize, roofline
 from .provision import cache_dir
-from .tools import ToolsNotBuiltError, tool_path
+from .tools import missing, skipped
 
 REFERENCE = "F16"
 EVAL_TEXT, CALIBRATION_TEXT = datasets.TEXTS  # scored on the first, calibrated on the second
 TYPES = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0", "Q3_K_M", "Q2_K")
 IMATRIX_TYPE = "Q2_K"  # the low-bit type made a second time with an importance matrix
+# measure()'s columns, one row per type.
+COLUMNS = ["file_mb", "bits_per_weight", "size_vs_f16", "ppl", "ppl_vs_f16_pct", "kld", "kld_99"]
+COLUMNS += ["same_top_pct", "prompt_tps", "generated_tps", "tensor_types"]
 
 
 @dataclass(frozen=True)
@@ -63,11 +66,7 @@ def settings_for(profile: str) -> Settings:
 
 def imatrix_unavailable() -> str | None:
     """Why the importance-matrix variant cannot be made here, or None when it can."""
-    try:
-        tool_path("llama-imatrix")
-    except ToolsNotBuiltError as err:
-        return str(err)
-    return None
+    return missing("llama-imatrix")
 
 
 def source_folder(source: str | Path) -> Path:
@@ -109,7 +108,13 @@ def quantized_files(
     de-quantized by this step: then F16 is the best the source can offer, not the original.
     With `imatrix_type`, that type is made once more with an importance matrix measured on
     the calibration text (never the evaluation text, which would flatter it).
+    Without a built llama-quantize it prints why and returns no files (measure() then
+    gives a table with no figures).
     """
+    reason = missing("llama-quantize")
+    if reason is not None:
+        print(f"skipped: {reason}")
+        return {}
     folder = source_folder(source)
     reference = _cached(
         folder / f"{REFERENCE}.gguf",
@@ -144,12 +149,23 @@ def measure(
     """One row per file: size, bits per weight, perplexity, KL divergence to F16, speed.
 
     `speed=False` skips llama-bench (the speed columns stay empty) when only quality counts.
+    Without llama.cpp's tools it prints why and returns the rows with no figures (NaN), which
+    the plots and helpers below accept.
 
     The reference's log-probabilities are written once to a temporary file (about 100 kB
     per scored token for a 49k vocabulary) and removed afterwards.
     """
+    # No files made, or none can be scored: the rows, with no figures.
+    reason = missing("llama-perplexity") or (None if files else missing("llama-quantize"))
+    if reason is not None:
+        table = skipped(reason, pd.Index([REFERENCE, *settings.types], name="type"), COLUMNS)
+        table.attrs["scored_tokens"] = 0
+        return table
     if REFERENCE not in files:
         raise ValueError(f"measure() needs the {REFERENCE} reference among {list(files)}.")
+    if speed and (reason := missing("llama-bench")) is not None:
+        print(f"speed not measured: {reason}")
+        speed = False
     text = datasets.text_path(EVAL_TEXT)
     rows = []
     with tempfile.TemporaryDirectory(prefix="llmops-kld-") as tmp:
@@ -196,7 +212,10 @@ def _row(
 
 
 def smallest_within(table: pd.DataFrame, max_ppl_increase_pct: float) -> str:
-    """The type with the smallest file whose perplexity is at most this much above F16's."""
+    """The type with the smallest file whose perplexity is at most this much above F16's
+    (F16 itself, with no figures, where the table was skipped for want of the tools)."""
+    if table.attrs.get("skipped"):  # nothing measured: the reference, with no figures
+        return REFERENCE
     fits = table[table["ppl_vs_f16_pct"] <= max_ppl_increase_pct]
     if fits.empty:
         raise ValueError(f"No type stays within {max_ppl_increase_pct}% of F16's perplexity.")
@@ -209,6 +228,10 @@ def plot_quality(table: pd.DataFrame, axes: Sequence | None = None):
 
     if axes is None:
         _, axes = plt.subplots(1, 2, figsize=(11, 4))
+    if table.attrs.get("skipped"):
+        for ax in axes[:2]:
+            ax.set_title(f"skipped: {table.attrs['skipped']}"[:80], fontsize=8)
+        return axes
     ref = table.loc[REFERENCE]
     for ax, column, label in (
         (axes[0], "ppl", "perplexity (lower is better)"),
@@ -228,7 +251,9 @@ def plot_quality(table: pd.DataFrame, axes: Sequence | None = None):
 
 def speed_points(table: pd.DataFrame) -> pd.DataFrame:
     """The decode measurements as roofline.plot_roofline() points: bytes read per token =
-    the weights (the KV cache of a short llama-bench decode adds well under 1 %)."""
+    the weights (the KV cache of a short llama-bench decode adds well under 1 %); types
+    not measured (NaN) are left out."""
+    table = table.dropna(subset=["file_mb", "generated_tps"])
     return pd.DataFrame(
         {
             "label": table.index,

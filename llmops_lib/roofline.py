@@ -103,6 +103,9 @@ def plot_roofline(bandwidths: dict[str, float], points: pd.DataFrame, ax=None):
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4.5))
+    if points.empty:  # nothing measured (e.g. the tools were missing): the axes, named
+        ax.set(title="Decode speed vs. the memory-bandwidth roofline: no measurements")
+        return ax
     lo = points["bytes_per_token"].min() / 2
     hi = points["bytes_per_token"].max() * 2
     x = np.geomspace(lo, hi, 50)

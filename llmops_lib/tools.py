@@ -3,8 +3,10 @@
 Why: llama-cpp-python wraps the engine for one caller at a time. `llama-bench` measures
 the raw engine, `llama-server` runs parallel slots (continuous batching), and
 `llama-perplexity` / `llama-quantize` / `llama-imatrix` judge and make quantized files.
-`make setup` builds them into a cache outside the work tree, keyed by the llama-cpp-python
-version, and lists them in tools.json; this module only finds them.
+One script, shipped in the package (data/build_llama_tools.sh), builds them into a cache
+outside the work tree, keyed by the llama-cpp-python version and backend, and lists them in
+tools.json: `make setup` runs it in a checkout, `setup()` on Colab (llmops_lib/colab.py);
+this module only finds them.
 """
 
 from __future__ import annotations
@@ -19,14 +21,24 @@ from .errors import unknown
 from .provision import cache_dir
 
 TOOLS = ("llama-server", "llama-bench", "llama-perplexity", "llama-quantize", "llama-imatrix")
-_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "build_llama_tools.sh"
-BUILD_HINT = (
-    "build them with `make setup` in the course's checkout (scripts/build_llama_tools.sh; "
-    "about 7 min on 2 cores, once per llama-cpp-python version)"
-    if _SCRIPT.is_file()
-    else "they are built by `make setup` in a checkout of the course's repository; this "
-    "installation (e.g. Colab) has no build script: skip the cells that need these tools"
-)
+SCRIPT = Path(__file__).resolve().parent / "data" / "build_llama_tools.sh"
+
+
+def build_hint(checkout: bool) -> str:
+    """How to build the tools: `make` only in a clone of the repo, not in a pip install."""
+    if checkout:
+        return (
+            "build them with `make setup` in the course's checkout "
+            "(llmops_lib/data/build_llama_tools.sh; about 7 min on 2 cores, once per "
+            "llama-cpp-python version)"
+        )
+    return (
+        "on Colab, `llmops_lib.setup()` builds them with llama-cpp-python (once, kept in "
+        f"Drive); elsewhere run `LLAMA_CPP_VERSION=<version> bash {SCRIPT}`"
+    )
+
+
+BUILD_HINT = build_hint((SCRIPT.parents[2] / "Makefile").is_file())
 
 
 class ToolsNotBuiltError(FileNotFoundError):
@@ -71,3 +83,29 @@ def tool_path(name: str) -> Path:
     if not path.is_file():
         raise ToolsNotBuiltError(f"{name} is listed but missing at {path}; {BUILD_HINT}.")
     return path
+
+
+def missing(*names: str) -> str | None:
+    """Why a notebook's tool section cannot run here (one line), or None when it can.
+
+    For the lessons: they print this and skip the section instead of stopping half-way;
+    direct library calls still raise ToolsNotBuiltError.
+    """
+    try:
+        for name in names or TOOLS:
+            tool_path(name)
+    except ToolsNotBuiltError as err:
+        return str(err)
+    return None
+
+
+def skipped(reason: str, index: Any, columns: Any) -> Any:
+    """A lesson's table when its tool is missing: the reason printed on one line, then the
+    table's rows and columns with no figures (NaN), `attrs["skipped"]` holding the reason,
+    so the cells after it show empty figures instead of stopping the notebook."""
+    import pandas as pd
+
+    print(f"skipped: {reason}")
+    frame = pd.DataFrame(float("nan"), index=index, columns=columns)
+    frame.attrs["skipped"] = reason
+    return frame

@@ -2,7 +2,7 @@
 # Create .venv in the repo and install everything from the pinned files. Idempotent:
 # the Makefile calls it only when a requirements file or a setup script changed.
 #
-# The long pole is compiling llama.cpp (~6 min on 2 cores). scripts/build_llama_tools.sh
+# The long pole is compiling llama.cpp (~6 min on 2 cores). llmops_lib/data/build_llama_tools.sh
 # does it once for both the Python binding (a wheel) and the native tools, cached by
 # version and backend; it starts first, in the background, and the other packages install
 # meanwhile (mostly download and unpacking, little CPU). A fresh setup costs ~14 CPU-min
@@ -23,7 +23,7 @@ PIP=(.venv/bin/python -m pip install --progress-bar off)
 
 # setsid: the build gets its own process group, so that a failure or Ctrl-C here stops
 # the whole of it (pip, cmake, the compilers), not just the script.
-setsid scripts/build_llama_tools.sh &
+PYTHON=.venv/bin/python setsid llmops_lib/data/build_llama_tools.sh &
 LLAMA_PID=$!
 stop_llama() { [ -z "$LLAMA_PID" ] || kill -- -"$LLAMA_PID" 2>/dev/null || true; }
 trap stop_llama EXIT
@@ -52,6 +52,6 @@ wait "$LLAMA_PID"
 LLAMA_PID=
 # The binding from that build (never from pip's wheel cache, which does not know the
 # backend), then the rest of requirements.txt: llama-cpp-python's own dependencies.
-"${PIP[@]}" --no-deps --force-reinstall "$(scripts/build_llama_tools.sh --print-wheel)"
+"${PIP[@]}" --no-deps --force-reinstall "$(llmops_lib/data/build_llama_tools.sh --print-wheel)"
 "${PIP[@]}" -r requirements.txt -r requirements-dev.txt -c constraints.txt
 echo "Environment ready in $((SECONDS - START)) s."

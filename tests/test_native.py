@@ -1,6 +1,6 @@
 """llama.cpp's own tools: llama-server answers OpenAI-style chats, llama-bench parses.
 
-The tools are built by `make setup` (scripts/build_llama_tools.sh); only their absence skips
+The tools are built by `make setup` (llmops_lib/data/build_llama_tools.sh); only their absence skips
 the tests that run them, and the skip message says how to build them.
 """
 
@@ -39,7 +39,13 @@ def test_missing_build_names_the_command_that_builds_it(tmp_path, monkeypatch):
     with pytest.raises(tools.ToolsNotBuiltError) as err:
         tools.tool_path("llama-server")
     assert "make setup" in str(err.value)
-    assert "scripts/build_llama_tools.sh" in str(err.value)
+    assert "llmops_lib/data/build_llama_tools.sh" in str(err.value)
+
+
+def test_without_a_checkout_the_hint_names_no_make_and_no_scripts_folder():
+    hint = tools.build_hint(checkout=False)
+    assert "make" not in hint and "scripts/" not in hint
+    assert "setup()" in hint and str(tools.SCRIPT) in hint
 
 
 @pytest.mark.model
@@ -140,3 +146,76 @@ def test_load_test_serves_each_level_with_its_own_slots_and_stops_every_server(s
     assert (table["tokens_per_s"] > 0).all()
     servers = [p for p in psutil.Process().children(recursive=True) if "llama-server" in p.name()]
     assert servers == []
+
+
+# Without the tools (a user skipped the build), the lessons' tool sections print one line and
+# go on with tables of no figures; only the direct lookup (tool_path) raises.
+
+
+@pytest.fixture
+def no_tools(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMOPS_CACHE", str(tmp_path / "empty-cache"))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def _said_once(capsys) -> str:
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("skipped")]
+    assert len(lines) == 1 and "not built" in lines[0] and "\n" not in lines[0]
+    return lines[0]
+
+
+def test_without_tools_a_load_test_of_llama_server_prints_why_and_goes_on(no_tools, capsys):
+    class Server:  # what session.server("llama-server") does first: find the tool
+        def __enter__(self):
+            tools.tool_path("llama-server")
+
+        def __exit__(self, *exc):
+            return False
+
+    assert tools.missing("llama-server") is not None
+    table = loadtest.per_level_servers(lambda n: Server(), users=(1, 2, 4, 8))
+    _said_once(capsys)
+    assert list(table.index) == [1, 2, 4, 8] and table["tokens_per_s"].isna().all()
+    assert table.attrs["skipped"] and math.isnan(
+        table["tokens_per_s"][4] / table["tokens_per_s"][1]
+    )
+    loadtest.plot({"queued": table, "batched": table})  # notebook 03's next cell
+
+
+def test_without_tools_llama_bench_gives_its_rows_with_no_figures(no_tools, tmp_path, capsys):
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF" + bytes(60))
+    table = llama_bench.llama_bench(model, n_threads=2, n_prompt=16, n_gen=8, n_depth=(0, 16))
+    _said_once(capsys)
+    assert list(table["test"]) == ["pp16", "tg8", "pp16@d16", "tg8@d16"]
+    compared = llama_bench.versus_library(table, prompt_tps=100.0, generated_tps=10.0)
+    assert compared["ratio"].isna().all()  # notebook 07 shows NaN, it does not stop
+
+
+def test_without_tools_the_quantization_sweep_gives_rows_the_later_cells_accept(
+    no_tools, tmp_path, capsys
+):
+    from llmops_lib import quant_sweep, roofline
+
+    settings = quant_sweep.QUICK
+    assert quant_sweep.quantized_files(tmp_path / "never-read.gguf", settings) == {}
+    _said_once(capsys)
+    table = quant_sweep.measure({}, settings)
+    _said_once(capsys)
+    assert list(table.index) == [quant_sweep.REFERENCE, *settings.types]
+    assert table.attrs["scored_tokens"] == 0 and table["ppl"].isna().all()
+    # What notebook 09's later cells do with it.
+    quant_sweep.plot_quality(table)
+    roofline.plot_roofline({"2 threads": 10.0}, quant_sweep.speed_points(table))
+    quant_sweep.beside_published(table)
+    assert quant_sweep.smallest_within(table, 5) == quant_sweep.REFERENCE
+    said = f"{table.loc['Q8_0', 'size_vs_f16']:.0%} {table.loc['Q2_K', 'kld']:.2f}"
+    assert said == "nan% nan"
+    with pytest.raises(tools.ToolsNotBuiltError):  # the direct lookup still raises
+        tools.tool_path("llama-quantize")
