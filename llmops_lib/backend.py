@@ -91,6 +91,11 @@ class LocalModel(ChatBackend, Protocol):
         """Bytes of weights the model reads per generated token, as loaded."""
         ...
 
+    def gpu_share(self) -> float:
+        """Share of the weights on a GPU: 0 all on the CPU, 1 all on the GPU (which memory
+        bus a generated token reads them from: the roofline of each row)."""
+        ...
+
     def reset(self) -> None:
         """Forget cached prompt tokens, so the next call processes its whole prompt."""
         ...

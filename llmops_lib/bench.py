@@ -63,6 +63,7 @@ RUN_COLUMNS = [
     "peak_rss_mb",
     "rss_added_mb",
     "weight_bytes",
+    "gpu_share",
 ]
 # Per configuration (summarize): medians, and IQRs of the figures that vary per repetition.
 # With a GPU, both tables also have peak_gpu_mb (memory in use on GPU 0, all processes).
@@ -75,6 +76,7 @@ SUMMARY_COLUMNS = [
     "peak_rss_mb",
     "rss_added_mb",
     "weight_bytes",
+    "gpu_share",
 ]
 
 
@@ -180,10 +182,11 @@ def bench(
             for _ in range(warmup):
                 run_once(model, messages, max_tokens)
             runs = [run_once(model, messages, max_tokens) for _ in range(reps)]
-            weights = model.weight_bytes()
+            weights, on_gpu = model.weight_bytes(), model.gpu_share()
         finally:
             model.close()
     fixed = {"config": config, "load_s": load_s, **peak.as_dict(), "weight_bytes": weights}
+    fixed["gpu_share"] = on_gpu
     rows = [{**fixed, "rep": i, **run} for i, run in enumerate(runs)]
     columns = RUN_COLUMNS + (["peak_gpu_mb"] if peak.has_gpu else [])
     return pd.DataFrame(rows, columns=columns)

@@ -278,6 +278,10 @@ class HFModel:
         """Bytes of parameters and buffers as transformers measures them."""
         return int(self.model.get_memory_footprint())
 
+    def gpu_share(self) -> float:
+        """1 on a GPU, 0 on the CPU: the model is never split across both (device_for)."""
+        return 1.0 if self.device != "cpu" else 0.0
+
     def reset(self) -> None:
         """Nothing to forget: transformers keeps no cache between calls."""
 

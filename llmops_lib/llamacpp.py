@@ -235,6 +235,15 @@ class LlamaCppModel:
         """Bytes of the model's tensors as loaded (what each generated token reads)."""
         return int(self.llm._model.size())
 
+    def gpu_share(self) -> float:
+        """Share of the layers llama.cpp runs on the GPU (0 on a CPU-only build)."""
+        import llama_cpp
+
+        if self.n_gpu_layers == 0 or not llama_cpp.llama_supports_gpu_offload():
+            return 0.0
+        layers = llama_cpp.llama_model_n_layer(self.llm.model)
+        return 1.0 if self.n_gpu_layers < 0 else min(1.0, self.n_gpu_layers / layers)
+
     def n_params(self) -> int:
         """Parameters in the model (with weight_bytes(): the bits stored per weight)."""
         return int(self.llm._model.n_params())

@@ -56,6 +56,32 @@ def memory_bandwidth(size_mb: int = 256, repeats: int = 5, threads: int = 1) -> 
     return 2 * size / min(seconds) / 1e9
 
 
+def gpu_memory_bandwidth(size_mb: int = 1024, repeats: int = 5) -> float | None:
+    """The GPU's own copy bandwidth in GB/s (read + write, best of `repeats`), or None
+    without a CUDA GPU. A model on the GPU reads its weights from GPU memory, so its
+    roofline is this bus, not the CPU's (data sheets: T4 320 GB/s, L4 300 GB/s)."""
+    import torch
+
+    size = int(positive("size_mb", size_mb) * 1e6)
+    whole("repeats", repeats)
+    if not torch.cuda.is_available():
+        return None
+    src = torch.ones(size, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # the first copy warms up the allocator and the kernel: not timed
+    seconds = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        seconds.append(start.elapsed_time(end) / 1000)
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * size / min(seconds) / 1e9
+
+
 def bytes_per_token(weight_bytes: float, kv_bytes: float = 0.0) -> float:
     """Bytes a decoder reads to produce one token: all weights plus the KV cache read."""
     kv = 0.0 if kv_bytes == 0 else positive("kv_bytes", kv_bytes)
@@ -138,12 +164,19 @@ def plot_roofline(bandwidths: dict[str, float], points: pd.DataFrame, ax=None):
 
 
 def roofline_points(
-    summary: pd.DataFrame, spec: ModelSpec, bandwidth_gbs: float, kv_bytes_per_value: float = 2
+    summary: pd.DataFrame,
+    spec: ModelSpec,
+    bandwidth_gbs: float,
+    kv_bytes_per_value: float = 2,
+    gpu_gbs: float | None = None,
 ) -> pd.DataFrame:
     """Per configuration: bytes read per generated token, the roofline and the fraction reached.
 
     Bytes per token = the weights + the KV cache at the mean context length of the decode
-    (prompt + half the generated tokens), at llama.cpp's default 16-bit cache.
+    (prompt + half the generated tokens), at llama.cpp's default 16-bit cache. Each row is
+    judged against the bus it read from (`bus`): `bandwidth_gbs` (the CPU's) for rows all
+    on the CPU, `gpu_gbs` for rows all on the GPU (`gpu_share` 1); a row split across both,
+    or on the GPU without `gpu_gbs`, has no roofline (NaN) rather than the wrong one.
     """
     kv = [
         kv_cache_bytes(spec, max(1, round(p + g / 2)), bytes_per_value=kv_bytes_per_value)
@@ -160,6 +193,12 @@ def roofline_points(
         },
         index=summary.index,
     )
-    points["roofline_tps"] = [roofline_tps(bandwidth_gbs, b) for b in per_token]
+    share = summary["gpu_share"] if "gpu_share" in summary else pd.Series(0.0, summary.index)
+    points["bus"] = ["CPU" if s == 0 else "GPU" if s == 1 else "CPU+GPU" for s in share]
+    bus_gbs = {"CPU": bandwidth_gbs, "GPU": gpu_gbs}
+    points["roofline_tps"] = [
+        roofline_tps(bus_gbs[bus], b) if bus_gbs.get(bus) else np.nan
+        for bus, b in zip(points["bus"], per_token, strict=True)
+    ]
     points["roofline_fraction"] = points["generated_tps"] / points["roofline_tps"]
     return points

@@ -101,6 +101,9 @@ class FakeChat:
     def weight_bytes(self) -> int:
         return self._weight_bytes
 
+    def gpu_share(self) -> float:
+        return 0.0
+
     def reset(self) -> None:
         self._cache = []
 

@@ -21,6 +21,7 @@ ARCHITECTURE = PACKAGE.parent / "ARCHITECTURE.md"
 LAYERS = {
     "foundation": [
         "errors", "backend", "results", "hardware", "datasets", "links", "course", "progress",
+        "plain_text",
     ],
     "planning": [
         "catalog", "profiles", "memory", "sharding", "launch", "roofline", "provision", "tools",
@@ -35,7 +36,7 @@ LAYERS = {
         "guard_classifier", "guard_code", "bench", "sweeps", "loadtest", "wrapup",
         "quant_sweep", "evaluation", "judge", "drift",
     ],
-    "commands": ["bench_cli", "service"],
+    "commands": ["bench_cli", "service", "llama_cpp_server"],
 }  # fmt: skip
 LEVEL = {module: i for i, modules in enumerate(LAYERS.values()) for module in modules}
 

@@ -9,11 +9,13 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+import torch
 
 from llmops_lib import bench, bench_cli, roofline, sweeps
 from llmops_lib.llamacpp import gpu_offload_available, offload_unavailable
 
 GPU = gpu_offload_available()
+CUDA = torch.cuda.is_available()
 
 
 def test_roofline_arithmetic_on_known_numbers():
@@ -80,6 +82,7 @@ def test_summary_is_median_and_iqr_per_configuration():
             "peak_rss_mb": [500.0] * 8,
             "rss_added_mb": [300.0] * 8,
             "weight_bytes": [2.5e8] * 8,
+            "gpu_share": [0.0] * 4 + [1.0] * 4,
         }
     )
     summary = bench.summarize(runs)
@@ -89,6 +92,7 @@ def test_summary_is_median_and_iqr_per_configuration():
     assert summary.loc["a", "generated_tps_iqr"] == pytest.approx(32.5 - 17.5)
     assert summary.loc["b", "generated_tps_iqr"] == 0
     assert summary.loc["b", "load_s"] == 2.0
+    assert list(summary["gpu_share"]) == [0.0, 1.0]
 
 
 def test_roofline_points_add_the_kv_cache_of_the_mean_context(session):
@@ -106,6 +110,40 @@ def test_roofline_points_add_the_kv_cache_of_the_mean_context(session):
     assert point["kv_bytes"] == 30 * 2 * 3 * 64 * 2 * 20
     assert point["roofline_tps"] == pytest.approx(100e9 / (1e9 + point["kv_bytes"]))
     assert point["roofline_fraction"] == pytest.approx(25 / point["roofline_tps"])
+
+
+def test_each_row_is_judged_against_the_bus_it_read_from(session):
+    summary = pd.DataFrame(
+        {
+            "weight_bytes": [1e9] * 3,
+            "prompt_tokens": [10] * 3,
+            "generated_tokens": [20] * 3,
+            "generated_tps": [25.0] * 3,
+            "gpu_share": [0.0, 1.0, 0.5],
+        },
+        index=pd.Index(["cpu", "gpu", "split"], name="config"),
+    )
+    spec = session.spec("chat")
+    points = roofline.roofline_points(summary, spec, bandwidth_gbs=30, gpu_gbs=300)
+    assert list(points["bus"]) == ["CPU", "GPU", "CPU+GPU"]
+    per_token = points["bytes_per_token"]
+    assert points.loc["cpu", "roofline_tps"] == pytest.approx(30e9 / per_token["cpu"])
+    assert points.loc["gpu", "roofline_tps"] == pytest.approx(300e9 / per_token["gpu"])
+    assert math.isnan(points.loc["split", "roofline_tps"])  # two buses: no single roof
+    # a GPU row without the GPU's bandwidth gets no roofline, never the CPU's
+    cpu_only = roofline.roofline_points(summary, spec, bandwidth_gbs=30)
+    assert math.isnan(cpu_only.loc["gpu", "roofline_tps"])
+
+
+@pytest.mark.skipif(CUDA, reason="checks the answer on machines without a CUDA GPU")
+def test_gpu_bandwidth_is_none_without_a_gpu():
+    assert roofline.gpu_memory_bandwidth() is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_gpu_bandwidth_is_far_above_a_cpus():
+    assert roofline.gpu_memory_bandwidth(size_mb=256) > 100  # GB/s: T4 320, H100 3,350
 
 
 @pytest.mark.parametrize("rounds", [0, -1])
@@ -134,7 +172,8 @@ def test_bench_gives_finite_positive_figures_with_the_documented_columns(
     assert list(runs.columns) == bench.RUN_COLUMNS + gpu_columns
     assert len(runs) == 2 and set(runs["config"]) == {"tiny"}
     figures = runs.drop(columns=["config", "rep"])
-    assert figures.map(lambda v: math.isfinite(v) and v > 0).all().all(), figures
+    assert figures.drop(columns="gpu_share").map(lambda v: math.isfinite(v) and v > 0).all().all()
+    assert (runs["gpu_share"] == (1.0 if GPU else 0.0)).all()  # all layers where they ran
     # Every repetition processed the whole prompt again (no reuse of the cached prefix).
     assert (runs["prompt_tokens"] == expected_prompt).all()
     assert (runs["ms_per_token"] * runs["generated_tps"]).round(6).eq(1000).all()
@@ -154,7 +193,8 @@ def test_bench_runs_the_transformers_backend_too(session):
         reps=1,
     )
     figures = runs.drop(columns=["config", "rep"])
-    assert figures.map(lambda v: math.isfinite(v) and v > 0).all().all(), figures
+    assert figures.drop(columns="gpu_share").map(lambda v: math.isfinite(v) and v > 0).all().all()
+    assert (runs["gpu_share"] == (1.0 if CUDA else 0.0)).all()
     # fp32: four bytes for each of the 268 M parameters (embeddings shared with the head)
     assert runs.loc[0, "weight_bytes"] == pytest.approx(
         4 * session.spec("chat").params_b * 1e9, rel=0.01
