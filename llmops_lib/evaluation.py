@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .classify import NEGATIVE, POSITIVE
+from .errors import InputError
 
 COLOURS = ("green", "yellow", "red")
 # What a user of the assessment service is shown for each colour (the verdict, or not).
@@ -274,6 +275,21 @@ def _check_log(log: pd.DataFrame) -> pd.DataFrame:
     return log
 
 
+def percentiles(latency_ms: Sequence[float], qs: Sequence[int] = (50, 90)) -> dict[str, float]:
+    """Latency percentiles, e.g. {"p50 ms": ..., "p90 ms": ...}: the median hides the tail."""
+    values = np.asarray(latency_ms, dtype=float)
+    if values.size == 0:
+        raise InputError("No latencies to summarise; log at least one request.")
+    return {f"p{q} ms": float(np.percentile(values, q)) for q in qs}
+
+
+def latency_table(latencies: dict[str, Sequence[float]]) -> pd.DataFrame:
+    """One row per step (a prediction, a judge): how many requests, p50 and p90 in ms."""
+    return pd.DataFrame(
+        {name: {"count": len(ms), **percentiles(ms)} for name, ms in latencies.items()}
+    ).T
+
+
 def summary(log: pd.DataFrame) -> pd.DataFrame:
     """One row per model: accuracy overall, per language and per true class; latency
     percentiles; mean answer length. The table behind `plot_dashboard`."""
@@ -284,8 +300,7 @@ def summary(log: pd.DataFrame) -> pd.DataFrame:
         row = {"rows": len(part), "accuracy": right.mean()}
         row |= {f"accuracy {k}": v for k, v in right.groupby(part["lang"]).mean().items()}
         row |= {f"accuracy {k}": v for k, v in right.groupby(part["truth"]).mean().items()}
-        for q in (50, 90, 99):
-            row[f"p{q} ms"] = float(np.percentile(part["latency_ms"], q))
+        row |= percentiles(part["latency_ms"], (50, 90, 99))
         row |= {f"answer {k}": v for k, v in answer_lengths(part["answer"]).mean().items()}
         rows[model] = row
     return pd.DataFrame(rows).T

@@ -397,3 +397,34 @@ def serving_paths(
     table = pd.DataFrame(rows, columns=["path", "answer", "tokens", "first token ms", "total s"])
     table["tokens/s"] = table["tokens"] / table["total s"]
     return table.set_index(["path", "answer"])
+
+
+# What each ratio of serving_paths() isolates: (numerator row, denominator row) of its table.
+PATH_RATIOS = {
+    "HTTP + server around the Python engine": (
+        ("llama_cpp.server", "whole answer"),
+        ("in process", "whole answer"),
+    ),
+    "one event per token, Python server": (
+        ("llama_cpp.server", "streamed (SSE)"),
+        ("llama_cpp.server", "whole answer"),
+    ),
+    "one event per token, C++ server": (
+        ("llama-server", "streamed (SSE)"),
+        ("llama-server", "whole answer"),
+    ),
+    "C++ server vs Python engine in process": (
+        ("llama-server", "whole answer"),
+        ("in process", "whole answer"),
+    ),
+}
+
+
+def path_ratios(paths: pd.DataFrame) -> pd.Series:
+    """tokens/s of one serving path over another's (PATH_RATIOS): below 1, what the first
+    adds costs speed; above 1, it gains."""
+    tps = paths["tokens/s"]
+    return pd.Series(
+        {what: tps[a] / tps[b] for what, (a, b) in PATH_RATIOS.items()},
+        name="x the tokens/s",
+    )

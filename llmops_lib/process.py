@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -133,6 +134,12 @@ class ServerProcess:
     def command(self) -> list[str]:
         """The exact command line, so it can be run by hand in a terminal too."""
         raise NotImplementedError
+
+    def shown_command(self) -> str:
+        """command() as a reader types it: `python` for this interpreter and file names
+        instead of this machine's folders (what a stored notebook output may show)."""
+        args = ["python" if arg == sys.executable else arg for arg in self.command()]
+        return shlex.join(Path(arg).name if arg.startswith("/") else arg for arg in args)
 
     def start(self) -> ServerProcess:
         """Start the process and wait (bounded) until `ready_path` answers."""

@@ -222,6 +222,29 @@ def smallest_within(table: pd.DataFrame, max_ppl_increase_pct: float) -> str:
     return str(fits["file_mb"].idxmin())
 
 
+def _against_size(ax, table: pd.DataFrame, column: str, label: str) -> None:
+    """`column` against file size, one point per type labelled with its name."""
+    table = table.dropna(subset=["file_mb", column])
+    ax.scatter(table["file_mb"], table[column], zorder=3)
+    for name, row in table.iterrows():
+        ax.annotate(name, (row["file_mb"], row[column]), textcoords="offset points",
+                    xytext=(5, 4), fontsize=8)  # fmt: skip
+    ax.set(xlabel="weights in the file (MB)", ylabel=label)
+    ax.grid(True, alpha=0.3)
+
+
+def plot_speed(table: pd.DataFrame, bandwidths: dict[str, float], axes: Sequence | None = None):
+    """Decode speed against the memory-bandwidth roofline, and prefill speed, by file size."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    roofline.plot_roofline(bandwidths, speed_points(table), ax=axes[0])
+    _against_size(axes[1], table, "prompt_tps", "prompt tokens/s")
+    axes[1].set_title("Prefill")
+    return axes
+
+
 def plot_quality(table: pd.DataFrame, axes: Sequence | None = None):
     """Perplexity and mean KL divergence against file size, one labelled point per type."""
     import matplotlib.pyplot as plt
@@ -233,16 +256,8 @@ def plot_quality(table: pd.DataFrame, axes: Sequence | None = None):
             ax.set_title(f"skipped: {table.attrs['skipped']}"[:80], fontsize=8)
         return axes
     ref = table.loc[REFERENCE]
-    for ax, column, label in (
-        (axes[0], "ppl", "perplexity (lower is better)"),
-        (axes[1], "kld", "mean KL divergence to F16, nats"),
-    ):
-        ax.scatter(table["file_mb"], table[column], zorder=3)
-        for name, row in table.iterrows():
-            ax.annotate(name, (row["file_mb"], row[column]), textcoords="offset points",
-                        xytext=(5, 4), fontsize=8)  # fmt: skip
-        ax.set(xlabel="weights in the file (MB)", ylabel=label)
-        ax.grid(True, alpha=0.3)
+    _against_size(axes[0], table, "ppl", "perplexity (lower is better)")
+    _against_size(axes[1], table, "kld", "mean KL divergence to F16, nats")
     axes[0].axhline(ref["ppl"], ls="--", color="grey", label="F16 reference")
     axes[0].legend(fontsize=8)
     axes[1].set_yscale("symlog", linthresh=1e-3)  # F16 sits at exactly 0

@@ -156,6 +156,14 @@ def test_summary_per_model_language_and_class():
         evaluation.summary(log.assign(p_positive=[0.5, math.nan, 0.1]))
 
 
+def test_latency_table_counts_and_percentiles_per_step():
+    table = evaluation.latency_table({"fast": [10, 20, 30, 40, 50], "judge": [100.0]})
+    assert table.loc["fast"].to_dict() == {"count": 5, "p50 ms": 30.0, "p90 ms": 46.0}
+    assert table.loc["judge", "p90 ms"] == 100.0
+    with pytest.raises(ValueError, match="No latencies"):
+        evaluation.latency_table({"none": []})
+
+
 def test_wilson_interval_known_values_and_edges():
     low, high = evaluation.wilson(8, 10)
     assert (low, high) == pytest.approx((0.4902, 0.9433), abs=1e-4)

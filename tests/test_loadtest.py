@@ -124,3 +124,20 @@ def test_ctrl_c_cancels_the_queued_requests_and_leaves_no_threads():
     assert loadtest.user_threads_alive() == 0
     # the requests in flight when Ctrl-C came are answered; no user started another one
     assert len(slow.requests) < 20
+
+
+def test_path_ratios_divide_the_rows_each_comparison_names():
+    import pandas as pd
+
+    index = pd.MultiIndex.from_tuples(
+        [(p, a) for p in ("in process", "llama_cpp.server", "llama-server")
+         for a in ("whole answer", "streamed (SSE)")],
+        names=["path", "answer"],
+    )  # fmt: skip
+    paths = pd.DataFrame({"tokens/s": [100.0, 90.0, 80.0, 40.0, 120.0, 60.0]}, index=index)
+    ratios = loadtest.path_ratios(paths)
+    assert list(ratios.index) == list(loadtest.PATH_RATIOS)
+    assert ratios["HTTP + server around the Python engine"] == 0.8
+    assert ratios["one event per token, Python server"] == 0.5
+    assert ratios["one event per token, C++ server"] == 0.5
+    assert ratios["C++ server vs Python engine in process"] == 1.2

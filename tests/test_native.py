@@ -201,7 +201,7 @@ def test_without_tools_llama_bench_gives_its_rows_with_no_figures(no_tools, tmp_
 def test_without_tools_the_quantization_sweep_gives_rows_the_later_cells_accept(
     no_tools, tmp_path, capsys
 ):
-    from llmops_lib import quant_sweep, roofline
+    from llmops_lib import quant_sweep
 
     settings = quant_sweep.QUICK
     assert quant_sweep.quantized_files(tmp_path / "never-read.gguf", settings) == {}
@@ -212,7 +212,7 @@ def test_without_tools_the_quantization_sweep_gives_rows_the_later_cells_accept(
     assert table.attrs["scored_tokens"] == 0 and table["ppl"].isna().all()
     # What notebook 09's later cells do with it.
     quant_sweep.plot_quality(table)
-    roofline.plot_roofline({"2 threads": 10.0}, quant_sweep.speed_points(table))
+    quant_sweep.plot_speed(table, {"2 threads": 10.0})
     quant_sweep.beside_published(table)
     assert quant_sweep.smallest_within(table, 5) == quant_sweep.REFERENCE
     said = f"{table.loc['Q8_0', 'size_vs_f16']:.0%} {table.loc['Q2_K', 'kld']:.2f}"

@@ -153,6 +153,13 @@ def test_both_servers_run_on_the_device_the_in_process_model_uses(session, tiny_
 
 
 @pytest.mark.model
+def test_the_shown_command_is_what_a_reader_types(session):
+    shown = session.server("llama_cpp.server", port=8123).shown_command()
+    assert shown.startswith("python -m llmops_lib.llama_cpp_server --model SmolLM2-135M")
+    assert "/" not in shown and "--port 8123" in shown  # no folder of this machine
+
+
+@pytest.mark.model
 def test_the_raw_openai_client_gets_the_libraries_answer(running):
     """Notebook 03's raw cell: openai.OpenAI(base_url=...) with and without streaming."""
     import openai
