@@ -26,16 +26,23 @@ class GGUFError(ValueError):
     """A file that is missing, not a GGUF model, or cut short; the message names it."""
 
 
+def file_start(path: Path, size: int, what: str, advice: str) -> bytes:
+    """The first `size` bytes of a file (fewer if it is shorter), to check its magic number
+    before a tool is given it; a missing file raises FileNotFoundError naming it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {str(path)!r}. {advice}")
+    with path.open("rb") as fh:
+        return fh.read(size)
+
+
 def check_gguf(path: str | Path) -> Path:
     """Fail early, naming the file, when it is missing or not a GGUF model."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"GGUF model file not found: {str(path)!r}. Pass the path of an existing .gguf "
-            "file, or let the profile provide one with session.model_path('chat')."
-        )
-    with path.open("rb") as fh:
-        magic = fh.read(4)
+    advice = (
+        "Pass the path of an existing .gguf file, or let the profile provide one with "
+        "session.model_path('chat')."
+    )
+    magic = file_start(path, 4, "GGUF model file", advice)
     if magic != b"GGUF":
         raise GGUFError(
             f"{str(path)!r} is not a GGUF model (starts with {magic!r}, expected b'GGUF'). "

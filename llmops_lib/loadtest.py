@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,29 @@ def level_figures(rows: list[RequestResult], users: int, wall_s: float) -> dict[
     }
 
 
+def _levels(
+    endpoint_for: Callable[[int], AbstractContextManager[Endpoint]],
+    users: Sequence[int],
+    requests_per_user: int,
+    max_tokens: int,
+    timeout_s: float,
+    prompts: Sequence[str],
+) -> Iterator[tuple[dict[str, float], list[RequestResult]]]:
+    """Each level in turn under one progress bar: (its figures, its requests).
+
+    Every level is checked before the first endpoint is made (a server started), and each
+    endpoint is closed before its level is handed on.
+    """
+    _check_levels(users, requests_per_user, max_tokens, timeout_s, prompts)
+    with progress_bar(total=sum(users) * requests_per_user, desc="load test", unit="req") as bar:
+        for n in users:
+            with endpoint_for(n) as endpoint:
+                rows, wall = run_level(
+                    endpoint, n, requests_per_user, max_tokens, timeout_s, prompts, bar
+                )
+            yield level_figures(rows, n, wall), rows
+
+
 def run(
     endpoint: Endpoint,
     users: Sequence[int] = (1, 2, 4, 8),
@@ -198,16 +222,26 @@ def run(
     prompts: Sequence[str] = PROMPTS,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run each concurrency level in turn; return (one row per N, one row per request)."""
-    _check_levels(users, requests_per_user, max_tokens, timeout_s, prompts)
-    summary, requests = [], []
-    with progress_bar(total=sum(users) * requests_per_user, desc="load test", unit="req") as bar:
-        for n in users:
-            rows, wall = run_level(
-                endpoint, n, requests_per_user, max_tokens, timeout_s, prompts, bar
-            )
-            summary.append(level_figures(rows, n, wall))
-            requests += [asdict(r) for r in rows]
+    levels = list(
+        _levels(
+            lambda n: nullcontext(endpoint),
+            users,
+            requests_per_user,
+            max_tokens,
+            timeout_s,
+            prompts,
+        )
+    )
+    summary = [figures for figures, _ in levels]
+    requests = [asdict(r) for _, rows in levels for r in rows]
     return pd.DataFrame(summary).set_index("users"), pd.DataFrame(requests)
+
+
+@contextmanager
+def _server_endpoint(start: Callable[[int], ServerProcess], users: int) -> Iterator[Endpoint]:
+    """A client of the fresh server `start(users)`, which is stopped on leaving."""
+    with start(users) as srv:
+        yield connect(srv.base_url)
 
 
 def per_level_servers(
@@ -225,24 +259,24 @@ def per_level_servers(
     Where the server's llama.cpp tool is not built, it prints why and returns the levels
     with no figures (tools.skipped) instead of raising.
     """
-    _check_levels(users, requests_per_user, max_tokens, timeout_s, PROMPTS)  # before any start
-    rows = []
-    total = sum(users) * requests_per_user
+    summary = []
+    levels = _levels(
+        lambda n: _server_endpoint(start, n),
+        users,
+        requests_per_user,
+        max_tokens,
+        timeout_s,
+        PROMPTS,
+    )
     try:
-        with progress_bar(total=total, desc="load test", unit="req") as bar:  # one bar for all
-            for n in users:
-                with start(n) as srv:
-                    client = connect(srv.base_url)
-                    level, wall = run_level(
-                        client, n, requests_per_user, max_tokens, timeout_s, PROMPTS, bar
-                    )
-                    rows.append(level_figures(level, n, wall))
+        for figures, _ in levels:
+            summary.append(figures)  # level by level: a tool missing later is not a skip
     except ToolsNotBuiltError as err:
-        if rows:
+        if summary:
             raise
-        figures = list(level_figures([], 1, 1.0))[1:]  # the columns, without "users"
-        return skipped(str(err), pd.Index(list(users), name="users"), figures)
-    return pd.DataFrame(rows).set_index("users")
+        columns = list(level_figures([], 1, 1.0))[1:]  # without "users"
+        return skipped(str(err), pd.Index(list(users), name="users"), columns)
+    return pd.DataFrame(summary).set_index("users")
 
 
 def burst(

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from . import results
 from .errors import unknown, whole
-from .gguf_header import check_gguf
+from .gguf_header import check_gguf, file_start
 from .hardware import default_threads
 from .tools import tool_path
 
@@ -218,13 +218,8 @@ def scored_per_chunk(n_ctx: int) -> int:
 def logits_context(path: str | Path) -> int:
     """The context length a --kl-divergence-base file was written with; checks the file."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"Reference logits file not found: {str(path)!r}. Write it first with "
-            "perplexity(reference_model, text, logits_file=...)."
-        )
-    with path.open("rb") as fh:
-        head = fh.read(len(LOGITS_MAGIC) + 4)
+    advice = "Write it first with perplexity(reference_model, text, logits_file=...)."
+    head = file_start(path, len(LOGITS_MAGIC) + 4, "Reference logits file", advice)
     if len(head) < len(LOGITS_MAGIC) + 4 or not head.startswith(LOGITS_MAGIC):
         raise ValueError(
             f"{str(path)!r} is not a llama-perplexity logits file (no {LOGITS_MAGIC!r} "

@@ -16,13 +16,11 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
-from . import provision
 from .backend import Timings
 from .bench import MESSAGES, bench, iqr
 from .errors import whole
 from .llamacpp import engine_timings, offload_unavailable, restart_timings
-
-TINY_MODEL = provision.TINY_CHAT_MODEL  # on every machine: the backend comparison uses it
+from .provision import TINY_CHAT_MODEL
 
 
 def thread_sweep(session, threads: tuple[int, ...] = (1, 2), **bench_kw: Any) -> pd.DataFrame:
@@ -71,12 +69,14 @@ def backend_comparison(
     prompt and the same greedy decoding, on each backend's default device. A precision
     this machine cannot run fails with hf.PrecisionError before loading.
     """
-    frames = [bench(lambda: session.load(TINY_MODEL, "llamacpp"), "llama.cpp GGUF", **bench_kw)]
+    frames = [
+        bench(lambda: session.load(TINY_CHAT_MODEL, "llamacpp"), "llama.cpp GGUF", **bench_kw)
+    ]
     with _quiet_transformers():
         for precision in tqdm(precisions, desc="transformers"):
             frames.append(
                 bench(
-                    lambda p=precision: session.load(TINY_MODEL, "transformers", p),
+                    lambda p=precision: session.load(TINY_CHAT_MODEL, "transformers", p),
                     f"transformers {precision}",
                     **bench_kw,
                 )

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from llmops_lib import bench, bench_cli, roofline, sweeps
+from llmops_lib import bench, bench_cli, provision, roofline, sweeps
 from llmops_lib.llamacpp import gpu_offload_available, offload_unavailable
 
 GPU = gpu_offload_available()
@@ -187,7 +187,7 @@ def test_bench_gives_finite_positive_figures_with_the_documented_columns(
 @pytest.mark.model
 def test_bench_runs_the_transformers_backend_too(session):
     runs = bench.bench(
-        lambda: session.load(sweeps.TINY_MODEL, "transformers", "fp32", n_ctx=512),
+        lambda: session.load(provision.TINY_CHAT_MODEL, "transformers", "fp32", n_ctx=512),
         "hf",
         max_tokens=6,
         reps=1,

@@ -22,7 +22,7 @@ def test_the_setup_cell_is_three_lines_and_installs_only_on_colab():
     assert "wants_gpu" not in links.setup_cell("04_cpu_only.ipynb")
 
 
-def test_moving_the_course_rewrites_module_badges_cells_and_links(tmp_path, monkeypatch):
+def test_moving_the_course_rewrites_module_badges_cells_and_links(tmp_path):
     module = tmp_path / "links.py"
     shutil.copy(links.__file__, module)
     links.move_course("my-org/my-course", "v1.0", module=module)
@@ -32,9 +32,7 @@ def test_moving_the_course_rewrites_module_badges_cells_and_links(tmp_path, monk
     (tmp_path / "notebooks").mkdir()
     name = "07_cpu_vs_gpu.ipynb"
     shutil.copy(ROOT / "notebooks" / name, tmp_path / "notebooks" / name)
-    monkeypatch.setattr(links, "GITHUB_SLUG", "my-org/my-course")
-    monkeypatch.setattr(links, "REF", "v1.0")
-    links.rewrite_all(tmp_path)
+    links.rewrite_all(tmp_path, "my-org/my-course", "v1.0")
     nb = json.loads((tmp_path / "notebooks" / name).read_text())
     assert "github/my-org/my-course/blob/v1.0/notebooks/07" in "".join(nb["cells"][0]["source"])
     setup = "".join(nb["cells"][1]["source"])
