@@ -197,7 +197,8 @@ def encoder_answer(table: pd.DataFrame, tolerance: float = 0.05) -> str:
         else f"more than the {points}-point tolerance"
     )
     accuracy = (
-        f"the encoder is {abs(gap)} accuracy points {'above' if gap >= 0 else 'below'} "
+        f"the encoder is {abs(gap)} accuracy point{'s' * (abs(gap) != 1)} "
+        f"{'above' if gap >= 0 else 'below'} "
         f"the better LLM reading ({within})"
     )
     enc_ms = _value(table, "ms per text", "encoder")

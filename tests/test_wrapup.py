@@ -116,6 +116,8 @@ def test_encoder_answer_follows_the_figures(full):
 
     close = wrapup.encoder_answer(encoder_accuracy(0.46))
     assert close.startswith("Yes, on these figures: the encoder is 4 accuracy points below")
+    one = wrapup.encoder_answer(encoder_accuracy(0.49))
+    assert "the encoder is 1 accuracy point below" in one
     assert "(within the 5-point tolerance)" in close
     worse = wrapup.encoder_answer(encoder_accuracy(0.1))
     assert worse.startswith("Not on accuracy alone: the encoder is 40 accuracy points below")
