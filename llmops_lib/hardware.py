@@ -73,6 +73,26 @@ def default_threads(cores: int | None = None, load_1min: float | None = None) ->
     return max(1, min(ceiling, idle))
 
 
+def busy_cores(interval_s: float = 0.25) -> float:
+    """Physical cores' worth of CPU that programs use right now: a short sample, unlike the
+    1-minute load average, which still counts work that ended a minute ago (in a notebook,
+    often its own previous cell)."""
+    physical = psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+    return psutil.cpu_percent(interval=interval_s) / 100 * physical
+
+
+def batch_threads(cores: int | None = None, busy: float | None = None) -> int:
+    """llama.cpp threads for batched steps (a prompt, or several sequences decoded at once):
+    every physical core that is idle right now (busy_cores), without default_threads()'s
+    spare core. A batch gives each thread many tokens of work per step, so the wait at the
+    step's barrier costs a small share of it; one token at a time it is most of the step."""
+    if cores is None:
+        cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    if busy is None:
+        busy = busy_cores()
+    return max(1, min(cores, round(cores - busy)))
+
+
 def runtime() -> str:
     """'colab' inside Google Colab, 'ci' when the CI variable is set, else 'local'."""
     if "google.colab" in sys.modules or os.environ.get("COLAB_RELEASE_TAG"):

@@ -462,3 +462,21 @@ def path_ratios(paths: pd.DataFrame) -> pd.Series:
         {what: tps[a] / tps[b] for what, (a, b) in PATH_RATIOS.items()},
         name="x the tokens/s",
     )
+
+
+def batching_gain(tables: dict[str, pd.DataFrame], users: int = 4) -> pd.DataFrame:
+    """Per server configuration: aggregate tokens/s with 1 user and with `users`, and their
+    ratio (what continuous batching gains on this machine; N users could at best give N×)."""
+    rows = {}
+    for name, table in tables.items():
+        tps = table["tokens_per_s"]
+        if 1 not in tps.index or users not in tps.index:
+            raise InputError(
+                f"{name!r} has no load level for 1 and {users} users: {list(tps.index)}"
+            )
+        rows[name] = {
+            "tokens/s, 1 user": tps[1],
+            f"tokens/s, {users} users": tps[users],
+            "gain": tps[users] / tps[1],
+        }
+    return pd.DataFrame(rows).T

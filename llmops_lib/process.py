@@ -28,7 +28,7 @@ import psutil
 
 from .errors import whole
 from .gguf_header import check_gguf
-from .hardware import default_threads
+from .hardware import batch_threads, default_threads
 
 HOST = "127.0.0.1"
 WORKDIR_PREFIX = "llmops-server-"  # + the starting process's pid: whose server it was
@@ -108,10 +108,17 @@ class ServerProcess:
         n_threads: int | None = None,
         port: int | None = None,
         startup_timeout_s: float = 120.0,
+        n_threads_batch: int | None = None,
     ) -> None:
         self.model_path = check_gguf(model_path)
         self.n_ctx = whole("n_ctx", n_ctx)
         self.n_threads = whole("n_threads", n_threads or server_threads())
+        # Batched steps (prompts, several sequences at once) get every idle core by default;
+        # an explicit n_threads pins both, for comparisons at one thread count.
+        self.n_threads_batch = whole(
+            "n_threads_batch",
+            n_threads_batch or (n_threads if n_threads is not None else batch_threads()),
+        )
         self._auto_port = port is None
         self.port = port or free_port()
         self.startup_timeout_s = startup_timeout_s

@@ -33,8 +33,9 @@ class LocalServer(ServerProcess):
         n_gpu_layers: int | None = None,
         port: int | None = None,
         startup_timeout_s: float = 120.0,
+        n_threads_batch: int | None = None,
     ) -> None:
-        super().__init__(model_path, n_ctx, n_threads, port, startup_timeout_s)
+        super().__init__(model_path, n_ctx, n_threads, port, startup_timeout_s, n_threads_batch)
         self.n_gpu_layers = default_gpu_layers() if n_gpu_layers is None else n_gpu_layers
 
     def command(self) -> list[str]:
@@ -46,7 +47,7 @@ class LocalServer(ServerProcess):
             "--port", str(self.port),
             "--n_ctx", str(self.n_ctx),
             "--n_threads", str(self.n_threads),
-            "--n_threads_batch", str(self.n_threads),
+            "--n_threads_batch", str(self.n_threads_batch),
             "--n_gpu_layers", str(self.n_gpu_layers),
             # By default a new request cuts off the stream being generated; a load test
             # must see requests queue instead.
@@ -59,8 +60,10 @@ class LlamaServer(ServerProcess):
     """llama-server on 127.0.0.1 with `n_parallel` slots, as a context manager.
 
     `n_ctx` is the context of ONE sequence: the server gets n_ctx * n_parallel, which it
-    splits evenly over its slots. `--jinja`: the GGUF's own chat template, rendered like
-    llama-cpp-python renders it in-process.
+    splits evenly over its slots. Threads: `n_threads` decode one sequence, `n_threads_batch`
+    run the batched steps (prompts, and the slots decoding together), where more cores pay.
+    `--jinja`: the GGUF's own chat template, rendered like llama-cpp-python renders it
+    in-process.
 
         with LlamaServer(path, n_parallel=4) as server:
             server.client().chat.completions.create(model=server.model, messages=...)
@@ -78,8 +81,15 @@ class LlamaServer(ServerProcess):
         n_gpu_layers: int | None = None,
         startup_timeout_s: float = 120,
         extra_args: tuple[str, ...] = (),
+        n_threads_batch: int | None = None,
     ) -> None:
-        super().__init__(model_path, n_ctx, n_threads, startup_timeout_s=startup_timeout_s)
+        super().__init__(
+            model_path,
+            n_ctx,
+            n_threads,
+            startup_timeout_s=startup_timeout_s,
+            n_threads_batch=n_threads_batch,
+        )
         self.n_parallel = whole("n_parallel", n_parallel)
         self.n_gpu_layers = default_gpu_layers() if n_gpu_layers is None else n_gpu_layers
         self.extra_args = tuple(extra_args)
@@ -93,7 +103,7 @@ class LlamaServer(ServerProcess):
         cmd = [str(tool_path("llama-server")), "-m", str(self.model_path)]
         cmd += ["--host", HOST, "--port", str(self.port), "-a", self.model]
         cmd += ["-np", str(self.n_parallel), "-c", str(self.n_ctx * self.n_parallel)]
-        cmd += ["-t", str(self.n_threads)]
+        cmd += ["-t", str(self.n_threads), "-tb", str(self.n_threads_batch)]
         cmd += ["-ngl", str(self.n_gpu_layers)]
         cmd += ["--jinja"]
         return cmd + list(self.extra_args)

@@ -141,3 +141,16 @@ def test_path_ratios_divide_the_rows_each_comparison_names():
     assert ratios["one event per token, Python server"] == 0.5
     assert ratios["one event per token, C++ server"] == 0.5
     assert ratios["C++ server vs Python engine in process"] == 1.2
+
+
+def test_batching_gain_is_the_ratio_of_the_two_levels():
+    import pandas as pd
+
+    def level(one: float, four: float) -> pd.DataFrame:
+        return pd.DataFrame({"tokens_per_s": [one, four]}, index=pd.Index([1, 4], name="users"))
+
+    gain = loadtest.batching_gain({"queue": level(50, 55), "batch": level(40, 80)})
+    assert gain.loc["batch"].tolist() == [40, 80, 2.0]
+    assert gain.loc["queue", "gain"] == pytest.approx(1.1)
+    with pytest.raises(ValueError, match="'x' has no load level for 1 and 8 users"):
+        loadtest.batching_gain({"x": level(1, 2)}, users=8)

@@ -195,9 +195,38 @@ def test_the_thread_default_leaves_busy_cores_alone(cores, load, threads):
 def test_servers_take_the_thread_default_and_leave_one_core_to_clients(session, monkeypatch):
     monkeypatch.setattr(hardware.psutil, "cpu_count", lambda logical=True: 8)
     monkeypatch.setattr(hardware.os, "getloadavg", lambda: (3.2, 0.0, 0.0))
+    monkeypatch.setattr(hardware, "busy_cores", lambda: 3.2)
     assert hardware.default_threads() == 5
     assert session.server("llama-server").n_threads == 4
     assert session.server("llama_cpp.server", n_threads=2).n_threads == 2
+    # batched steps get every idle core; an explicit thread count pins both
+    native = session.server("llama-server")
+    assert native.n_threads_batch == hardware.batch_threads() == 5
+    command = native.command()
+    assert command[command.index("-tb") + 1] == "5"
+    pinned = session.server("llama_cpp.server", n_threads=2)
+    assert pinned.command()[pinned.command().index("--n_threads_batch") + 1] == "2"
+
+
+@pytest.mark.parametrize(
+    ("cores", "busy", "threads"),
+    [(2, 0.0, 2), (2, 0.9, 1), (8, 3.2, 5), (1, 0.0, 1), (16, 40.0, 1)],
+)
+def test_batched_steps_may_use_the_spare_core_but_not_busy_ones(cores, busy, threads):
+    assert hardware.batch_threads(cores, busy) == threads
+    assert hardware.batch_threads(cores, busy) >= hardware.default_threads(cores, busy)
+
+
+def test_busy_cores_sees_a_program_that_runs_now():
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.2)  # started and spinning
+        # one spinning process keeps one logical CPU busy: physical/logical cores' worth
+        share = psutil.cpu_count(logical=False) / psutil.cpu_count()
+        assert hardware.busy_cores(0.5) >= 0.9 * share
+    finally:
+        spinner.kill()
+        spinner.wait()
 
 
 # Control tokens of the chat templates the course meets: ChatML (SmolLM2, Qwen), Gemma,
