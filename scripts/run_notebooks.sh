@@ -9,18 +9,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-MAX_LOAD="${LLMOPS_MAX_LOAD:-0.5}"
-load="$(cut -d' ' -f1 /proc/loadavg)"
-if awk -v l="$load" -v m="$MAX_LOAD" 'BEGIN { exit !(l > m) }'; then
-    echo "run_notebooks: the 1-minute load average is $load (above $MAX_LOAD): another" \
-        "program is using the CPU and the notebooks' timings would show it. Wait until the" \
-        "machine is idle (see uptime/top), or set LLMOPS_MAX_LOAD to override." >&2
+# Other programs' CPU use right now (a 2 s sample, in cores), not the 1-minute load average,
+# which still counts the previous notebook for a minute after it ended.
+MAX_BUSY="${LLMOPS_MAX_BUSY:-0.5}"
+busy() { .venv/bin/python -c 'from llmops_lib.hardware import busy_cores; print(f"{busy_cores(2.0):.2f}")'; }
+now="$(busy)"
+if awk -v b="$now" -v m="$MAX_BUSY" 'BEGIN { exit !(b > m) }'; then
+    echo "run_notebooks: other programs use $now cores right now (above $MAX_BUSY): the" \
+        "notebooks' timings would show it. Wait until the machine is idle (see top), or set" \
+        "LLMOPS_MAX_BUSY to override." >&2
     exit 1
 fi
 
 [ "$#" -gt 0 ] || set -- notebooks/[0-9][0-9]_*.ipynb
 for nb in "$@"; do
-    echo "== $(basename "$nb") (load average $(cut -d' ' -f1 /proc/loadavg))"
+    echo "== $(basename "$nb") (other programs: $(busy) cores busy)"
     start=$SECONDS
     # Run from notebooks/ so results/ lands in notebooks/results/, as on a reader's machine.
     (cd "$(dirname "$nb")" && LLMOPS_PROFILE=tiny "$OLDPWD/.venv/bin/jupyter" nbconvert \

@@ -88,3 +88,19 @@ def test_notebook_ends_with_takeaways_and_exercises_with_hidden_solutions(path):
 def test_output_checks_are_cell_tags_not_comments_a_learner_reads(path):
     for cell in load(path)["cells"]:
         assert "NBVAL_CHECK_OUTPUT" not in "".join(cell["source"]), "use the nbval-check-output tag"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_under_the_hood_cells_stay_short(path):
+    """Each engine's own API is shown in short cells (at most 12 lines of code each), so a
+    learner can read and retype them."""
+    cells = load(path)["cells"]
+    for i, cell in enumerate(cells):
+        if cell["cell_type"] != "markdown" or "Under the hood" not in "".join(cell["source"]):
+            continue
+        for follower in cells[i + 1 :]:
+            if follower["cell_type"] != "code":
+                break
+            lines = "".join(follower["source"]).splitlines()
+            code = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+            assert len(code) <= 12, f"{path.name}: a raw-engine cell of {len(code)} code lines"
