@@ -10,11 +10,10 @@ grows with N until the GPU is saturated.
 from __future__ import annotations
 
 import math
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -118,17 +117,6 @@ def _check_levels(
         _check_level(n, requests_per_user, max_tokens, timeout_s, prompts, f"users[{i}]")
 
 
-def _gathered(futures: list[Future]) -> list[RequestResult]:
-    """Every user's results, in user order, waiting in short slices so that a Ctrl-C is
-    raised within 0.1 s: with other threads running, CPython can leave a received SIGINT
-    pending until the main thread checks for it, which pthread_sigmask() does."""
-    pending = set(futures)
-    while pending:
-        _, pending = wait(pending, timeout=0.1)
-        signal.pthread_sigmask(signal.SIG_BLOCK, ())  # no change; raises a pending Ctrl-C
-    return [row for f in futures for row in f.result()]
-
-
 def run_level(
     endpoint: Endpoint,
     users: int,
@@ -167,7 +155,7 @@ def run_level(
             )  # fmt: skip
             for u in range(users)
         ]
-        rows = _gathered(futures)
+        rows = [row for f in futures for row in f.result()]
     except BaseException:
         stop.set()  # Ctrl-C or an error: cancel what is queued, not wait for all of it
         raise

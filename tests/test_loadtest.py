@@ -114,7 +114,6 @@ def test_plot_draws_each_server_in_one_colour_on_every_panel(endpoint):
 
 def test_ctrl_c_cancels_the_queued_requests_and_leaves_no_threads():
     slow = FakeEndpoint(FakeChat(token_delay_s=0.05))  # one slot, 0.4 s per request
-    # SIGINT to the process, as Ctrl-C or Jupyter's "Interrupt kernel" sends it
     interrupt = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
     interrupt.start()
     try:
