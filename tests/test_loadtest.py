@@ -114,6 +114,9 @@ def test_plot_draws_each_server_in_one_colour_on_every_panel(endpoint):
 
 def test_ctrl_c_cancels_the_queued_requests_and_leaves_no_threads():
     slow = FakeEndpoint(FakeChat(token_delay_s=0.05))  # one slot, 0.4 s per request
+    # Python's own Ctrl-C handler, also when the test run inherited SIGINT ignored (a job
+    # that a non-interactive shell puts in the background does): Ctrl-C must reach Python.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     interrupt = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
     interrupt.start()
     try:
@@ -121,6 +124,7 @@ def test_ctrl_c_cancels_the_queued_requests_and_leaves_no_threads():
             loadtest.run(slow, users=(4,), requests_per_user=5, max_tokens=8)
     finally:
         interrupt.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert loadtest.user_threads_alive() == 0
     # the requests in flight when Ctrl-C came are answered; no user started another one
     assert len(slow.requests) < 20
