@@ -185,8 +185,8 @@ def bench(
             weights, on_gpu = model.weight_bytes(), model.gpu_share()
         finally:
             model.close()
-    fixed = {"config": config, "load_s": load_s, **peak.as_dict(), "weight_bytes": weights}
-    fixed["gpu_share"] = on_gpu
+    fixed = {"config": config, "load_s": load_s, **peak.as_dict()}
+    fixed |= {"weight_bytes": weights, "gpu_share": on_gpu}
     rows = [{**fixed, "rep": i, **run} for i, run in enumerate(runs)]
     columns = RUN_COLUMNS + (["peak_gpu_mb"] if peak.has_gpu else [])
     return pd.DataFrame(rows, columns=columns)

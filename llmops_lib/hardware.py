@@ -54,6 +54,11 @@ class Hardware:
         ]
 
 
+def physical_cores() -> int:
+    """This machine's physical CPU cores (hyper-threads not counted; all cores if unknown)."""
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
 def default_threads(cores: int | None = None, load_1min: float | None = None) -> int:
     """llama.cpp's default thread count: the physical cores that other programs leave idle.
 
@@ -65,7 +70,7 @@ def default_threads(cores: int | None = None, load_1min: float | None = None) ->
     `cores` and `load_1min` default to this machine's.
     """
     if cores is None:
-        cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+        cores = physical_cores()
     if load_1min is None:
         load_1min = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     idle = round(cores - load_1min)  # cores the other programs leave free
@@ -77,8 +82,7 @@ def busy_cores(interval_s: float = 0.25) -> float:
     """Physical cores' worth of CPU that programs use right now: a short sample, unlike the
     1-minute load average, which still counts work that ended a minute ago (in a notebook,
     often its own previous cell)."""
-    physical = psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
-    return psutil.cpu_percent(interval=interval_s) / 100 * physical
+    return psutil.cpu_percent(interval=interval_s) / 100 * physical_cores()
 
 
 def batch_threads(cores: int | None = None, busy: float | None = None) -> int:
@@ -87,7 +91,7 @@ def batch_threads(cores: int | None = None, busy: float | None = None) -> int:
     spare core. A batch gives each thread many tokens of work per step, so the wait at the
     step's barrier costs a small share of it; one token at a time it is most of the step."""
     if cores is None:
-        cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+        cores = physical_cores()
     if busy is None:
         busy = busy_cores()
     return max(1, min(cores, round(cores - busy)))
@@ -133,7 +137,7 @@ def detect(check_token: bool = True) -> Hardware:
     name, vram, cc = _gpu()
     return Hardware(
         runtime=runtime(),
-        cpu_physical_cores=psutil.cpu_count(logical=False) or os.cpu_count() or 1,
+        cpu_physical_cores=physical_cores(),
         cpu_logical_cores=psutil.cpu_count(logical=True) or os.cpu_count() or 1,
         ram_gb=psutil.virtual_memory().total / 1e9,
         gpu_name=name,

@@ -222,6 +222,20 @@ def smallest_within(table: pd.DataFrame, max_ppl_increase_pct: float) -> str:
     return str(fits["file_mb"].idxmin())
 
 
+def budget_table(table: pd.DataFrame, bounds: Sequence[float]) -> pd.DataFrame:
+    """For each perplexity budget (% above F16): the smallest type within it, its size and
+    its KL divergence: the decision rule the table supports."""
+    chosen = [smallest_within(table, b) for b in bounds]
+    return pd.DataFrame(
+        {
+            "smallest type": chosen,
+            "MB": table.loc[chosen, "file_mb"].to_numpy(),
+            "KL divergence": table.loc[chosen, "kld"].to_numpy(),
+        },
+        index=pd.Index([f"perplexity within {b} % of F16" for b in bounds], name="budget"),
+    )
+
+
 def _against_size(ax, table: pd.DataFrame, column: str, label: str) -> None:
     """`column` against file size, one point per type labelled with its name."""
     table = table.dropna(subset=["file_mb", column])

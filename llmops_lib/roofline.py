@@ -119,11 +119,16 @@ def published_streamed_gbs() -> pd.DataFrame:
     return pd.concat(rows).round(1)
 
 
-def plot_roofline(bandwidths: dict[str, float], points: pd.DataFrame, ax=None):
+def plot_roofline(
+    bandwidths: dict[str, float], points: pd.DataFrame, ax=None, gpu_gbs: float | None = None
+):
     """Log-log roofline: one line per measured bandwidth, one marker per measured run.
 
-    `points` needs the columns label, bytes_per_token and generated_tps.
+    `points` needs the columns label, bytes_per_token and generated_tps. `gpu_gbs` (from
+    gpu_memory_bandwidth(); None without a GPU) adds the GPU memory's line.
     """
+    if gpu_gbs:
+        bandwidths = {**bandwidths, "GPU memory": gpu_gbs}
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 

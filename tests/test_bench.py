@@ -249,6 +249,11 @@ def test_plots_draw_one_roofline_per_bandwidth():
     )
     ax = roofline.plot_roofline({"1 thread": 10.0, "2 threads": 15.0}, points)
     assert len(ax.get_lines()) == 2 and len(ax.collections) == 2
+    with_gpu = roofline.plot_roofline({"1 thread": 10.0}, points, gpu_gbs=300.0)
+    assert [line.get_label() for line in with_gpu.get_lines()] == [
+        "roofline 1 thread: 10.0 GB/s",
+        "roofline GPU memory: 300.0 GB/s",
+    ]
     summary = pd.DataFrame({"generated_tps": [40.0], "generated_tps_iqr": [2.0]}, index=["a"])
     assert len(bench.plot_summary(summary).patches) == 1
     plt.close("all")

@@ -186,6 +186,10 @@ def test_the_decision_rule_picks_the_smallest_file_within_the_bound():
     assert quant_sweep.smallest_within(table, 50.0) == "Q2_K"
     with pytest.raises(ValueError, match="within -1"):
         quant_sweep.smallest_within(table, -1)
+    budgets = quant_sweep.budget_table(table.assign(kld=[0.0, 0.01, 0.2, 1.0]), bounds=(1, 50))
+    assert budgets["smallest type"].tolist() == ["Q8_0", "Q2_K"]
+    assert budgets["MB"].tolist() == [143, 86] and budgets["KL divergence"].tolist() == [0.01, 1.0]
+    assert budgets.index[0] == "perplexity within 1 % of F16"
 
 
 def test_ours_stand_beside_the_slides_relative_to_each_f16():
