@@ -198,12 +198,14 @@ def plan(
     batch: int = 1,
     keep_bytes: float = 2,
 ) -> Plan:
-    """Weights + KV cache (16-bit) + overhead for `spec` in `precision` on `gpu`."""
+    """Weights + KV cache (16-bit) + overhead for `spec` in `precision` on `gpu`.
+
+    A context beyond the one the model was trained for is refused, not planned for less.
+    """
     spec = catalog.get(spec)
     gpu_gb = gpu_memory_gb(gpu)
     weights = weight_bytes(spec, precision, keep_bytes=keep_bytes) / GB
-    context_tokens = whole("context_tokens", context_tokens)
-    kv = kv_cache_bytes(spec, min(context_tokens, spec.max_context), batch) / GB
+    kv = kv_cache_bytes(spec, context_tokens, batch) / GB
     return Plan(
         model=spec.key,
         precision=precision,
