@@ -14,7 +14,7 @@ import pytest
 
 import llmops_lib
 from llmops_lib import provision
-from llmops_lib.errors import UnknownNameError
+from llmops_lib.errors import InputError, UnknownNameError
 
 
 def test_setup_prints_summary_without_network(no_network, capsys, monkeypatch):
@@ -47,6 +47,27 @@ def test_model_refuses_a_role_that_is_not_a_chat_engine(session):
         session.model("encoder")
     with pytest.raises(UnknownNameError, match="'translator'.*chat, classifier"):
         session.model("translator")
+
+
+@pytest.mark.parametrize(
+    ("role", "options", "named"),
+    [
+        ("chat", {"bogus_kwarg": 1}, r"'bogus_kwarg'. Valid: .*n_ctx, .*n_threads,"),
+        ("chat", {"n_ctxx": 4096}, "llamacpp engine option 'n_ctxx'"),  # llama_cpp would ignore it
+        ("classifier", {"n_threads": 2}, r"transformers engine option 'n_threads'. Valid: n_ctx\."),
+        ("chat", {"precision": "nf4"}, "precision='nf4': a llama.cpp model runs in its GGUF's own"),
+    ],
+)
+def test_an_option_the_engine_cannot_take_is_refused_before_any_loading(
+    session, monkeypatch, role, options, named
+):
+    def fetch(*args, **kwargs):
+        raise AssertionError("a model file was fetched before the options were checked")
+
+    for finder in ("gguf_path", "hf_dir", "local_path"):
+        monkeypatch.setattr(provision, finder, fetch)
+    with pytest.raises(InputError, match=named):
+        session.model(role, **options)
 
 
 def test_import_and_setup_from_a_fresh_interpreter():
