@@ -151,6 +151,14 @@ def minilm_dir() -> Path:
     return pkg.get_model_path()
 
 
+def _offline(spec: ModelSpec, why: str) -> ModelAccessError:
+    return ModelAccessError(
+        f"{spec.title} is not in the local Hub cache and the Hugging Face Hub cannot be "
+        f"reached: offline ({why}). Use the offline profile with setup(profile='tiny') or "
+        "connect to the internet."
+    )
+
+
 def _hub_error(err: Exception, spec: ModelSpec, repo: str) -> ModelAccessError:
     """Turn a huggingface_hub exception into an error that says what to do."""
     from huggingface_hub import errors
@@ -166,12 +174,29 @@ def _hub_error(err: Exception, spec: ModelSpec, repo: str) -> ModelAccessError:
             f"Repository {repo!r} for {spec.title} was not found or needs a token. {TOKEN_HELP}"
         )
     if isinstance(err, errors.LocalEntryNotFoundError):
-        return ModelAccessError(
-            f"{spec.title} is not in the local Hub cache and the Hub cannot be reached "
-            "(offline, or HF_HUB_OFFLINE=1). Use the offline profile with "
-            "setup(profile='tiny') or connect to the internet."
-        )
+        return _offline(spec, "offline, or HF_HUB_OFFLINE=1")
     return ModelAccessError(f"Could not fetch {spec.title} from {repo!r}: {err}")
+
+
+def _offline_copy(spec: ModelSpec, repo: str, filename: str) -> Path | None:
+    """None when the Hub answers about the file; offline, the Hub cache's copy of it, or
+    ModelAccessError saying "offline" when there is none.
+
+    The question is asked once, without retries: hf_hub_download retries it five times
+    (about 25 s, printing only "Retrying in 8s") before it says anything, cached or not.
+    """
+    from huggingface_hub import errors, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+
+    try:
+        get_hf_file_metadata(hf_hub_url(repo, filename), timeout=10)
+    except errors.HfHubHTTPError:
+        return None  # the Hub answered (gated, not found, ...): hf_hub_download says what
+    except Exception as err:  # noqa: BLE001 - no answer: DNS, refused, timeout, HF_HUB_OFFLINE
+        cached = try_to_load_from_cache(repo, filename)
+        if isinstance(cached, str):
+            return Path(cached)
+        raise _offline(spec, f"{type(err).__name__}: {err}") from err
+    return None
 
 
 def hub_gguf(spec: ModelSpec) -> Path:
@@ -189,7 +214,8 @@ def hub_gguf(spec: ModelSpec) -> Path:
                     f"{spec.gguf_repo} has {len(files)} files matching {filename!r}: {files}"
                 )
             filename = files[0]
-        return Path(hf_hub_download(spec.gguf_repo, filename))
+        cached = _offline_copy(spec, spec.gguf_repo, filename)
+        return cached or Path(hf_hub_download(spec.gguf_repo, filename))
     except ModelAccessError:
         raise
     except Exception as err:

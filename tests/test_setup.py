@@ -13,7 +13,7 @@ from importlib.metadata import files
 import pytest
 
 import llmops_lib
-from llmops_lib import provision
+from llmops_lib import catalog, provision
 from llmops_lib.errors import InputError, UnknownNameError
 
 
@@ -68,6 +68,48 @@ def test_an_option_the_engine_cannot_take_is_refused_before_any_loading(
         monkeypatch.setattr(provision, finder, fetch)
     with pytest.raises(InputError, match=named):
         session.model(role, **options)
+
+
+@pytest.fixture
+def unreachable_hub(monkeypatch, tmp_path):
+    """The Hub's address is a local port nothing listens on; an empty Hub cache."""
+    from huggingface_hub import constants
+
+    from llmops_lib.process import free_port
+
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return tmp_path / "hub"
+
+
+@pytest.fixture
+def no_hub_download(monkeypatch):
+    import huggingface_hub
+
+    def download(*args, **kwargs):
+        raise AssertionError("hf_hub_download retries for ~25 s before it says anything")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+
+
+LLAMA3_GGUF = catalog.get("llama-3-8b-instruct-gguf")
+
+
+def test_an_unreachable_hub_is_called_offline_at_once(unreachable_hub, no_hub_download):
+    with pytest.raises(
+        provision.ModelAccessError, match=r"Llama 3 8B.*cannot be reached: offline.*'tiny'"
+    ):
+        provision.hub_gguf(LLAMA3_GGUF)
+
+
+def test_offline_a_file_in_the_hub_cache_is_used_without_retries(unreachable_hub, no_hub_download):
+    repo = unreachable_hub / f"models--{LLAMA3_GGUF.gguf_repo.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abcd")
+    cached = repo / "snapshots" / "0123abcd" / LLAMA3_GGUF.gguf_file
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"GGUF")
+    assert provision.hub_gguf(LLAMA3_GGUF) == cached
 
 
 def test_import_and_setup_from_a_fresh_interpreter():
