@@ -299,7 +299,7 @@ class Conversation:
         """
         try:
             data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, RecursionError) as err:
             raise InputError(
                 f"{str(path)!r} cannot be read as a saved conversation ({err}); pass a file "
                 "written by Conversation.save()."

@@ -114,6 +114,7 @@ def check_columns(name: str, frame: object, columns: Sequence[str]) -> None:
     missing = [c for c in columns if have is None or c not in have]
     if missing:
         raise InputError(
-            f"{name} needs a table (pandas DataFrame) with the columns {', '.join(columns)}; "
-            f"got a {type(frame).__name__} without {', '.join(missing)}."
+            f"{name} needs a table (pandas DataFrame) with the columns "
+            f"{', '.join(map(str, columns))}; got a {type(frame).__name__} without "
+            f"{', '.join(map(str, missing))}."
         )
