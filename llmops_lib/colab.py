@@ -106,7 +106,7 @@ def cuda_major() -> int:
     import torch
 
     if not torch.version.cuda:
-        raise RuntimeError("This runtime has a GPU but neither nvcc nor a CUDA build of torch.")
+        raise RuntimeError("No CUDA toolkit here: neither nvcc on PATH nor a CUDA build of torch.")
     return int(torch.version.cuda.split(".")[0])
 
 
@@ -250,12 +250,14 @@ def download(url: str, dest: Path) -> Path:
     digest = hashlib.sha256()
     try:
         with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
-            size = int(response.headers.get("Content-Length") or 0) / 1e6
+            size = round(int(response.headers.get("Content-Length") or 0) / 1e6)
             with progress.bar(total=size or None, desc=dest.name, unit="MB") as bar:
+                received = 0
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     digest.update(chunk)
-                    bar.update(len(chunk) / 1e6)
+                    received += len(chunk)
+                    bar.update(round(received / 1e6) - bar.n)
     except http.client.HTTPException as err:  # e.g. IncompleteRead: the connection dropped
         raise OSError(f"{type(err).__name__}: {err}") from err
     if digest.hexdigest() != expected:

@@ -31,7 +31,7 @@ def build_hint(checkout: bool) -> str:
     if checkout:
         return (
             "build them with `make setup` in the course's checkout "
-            "(llmops_lib/data/build_llama_tools.sh; about 6 min on 2 idle cores, measured; "
+            "(llmops_lib/data/build_llama_tools.sh; about 5 min on 2 idle cores, measured; "
             "once per llama-cpp-python version)"
         )
     return (

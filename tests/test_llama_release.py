@@ -45,12 +45,15 @@ def _run_script(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     )
 
 
+def _config(env: dict[str, str]) -> dict[str, str]:
+    out = _run_script(env, "--print-config").stdout
+    return dict(line.split("=", 1) for line in out.splitlines())
+
+
 def _stage(root: Path, env: dict[str, str]) -> None:
     """Mark `root` as a finished compile for the options of `env` (what the script writes
     right after compiling), so that a run of the script goes straight to its check."""
-    config = dict(
-        line.split("=", 1) for line in _run_script(env, "--print-config").stdout.splitlines()
-    )
+    config = _config(env)
     assert Path(config["root"]) == root
     (root / "compiled").write_text(config["cmake_args"])
 
@@ -60,11 +63,6 @@ def _stage(root: Path, env: dict[str, str]) -> None:
 
 @needs_build
 def test_a_failed_check_keeps_the_compile_and_a_rerun_repeats_only_the_check(tmp_path):
-    key = colab.Variant("cpu", baseline="native").key
-    root = tmp_path / "cache" / "llama-tools" / key
-    root.mkdir(parents=True)
-    for part in ("bin", "wheel"):
-        shutil.copytree(tools.tools_dir() / part, root / part, symlinks=True)
     pip_log = tmp_path / "pip-calls"
     python = tmp_path / "python"  # records every pip call, so a compile would show
     python.write_text(
@@ -72,6 +70,9 @@ def test_a_failed_check_keeps_the_compile_and_a_rerun_repeats_only_the_check(tmp
     )
     python.chmod(0o755)
     env = _env(LLMOPS_CACHE=str(tmp_path / "cache"), LLMOPS_LLAMA_BACKEND="cpu", PYTHON=str(python))
+    root = Path(_config(env)["root"])  # this machine's native build
+    for part in ("bin", "wheel"):
+        shutil.copytree(tools.tools_dir() / part, root / part, symlinks=True)
     _stage(root, env)
     (root / "bin" / "libggml-base.so.0").rename(tmp_path / "libggml-base.so.0")
 
@@ -90,7 +91,7 @@ def test_a_failed_check_keeps_the_compile_and_a_rerun_repeats_only_the_check(tmp
     )
     assert not pip_log.exists(), "nothing was compiled again"
     manifest = json.loads((root / "tools.json").read_text())
-    assert manifest["baseline"] == "native" and manifest["tools"]["llama-server"] == str(
+    assert manifest["baseline"].startswith("native-") and manifest["tools"]["llama-server"] == str(
         root / "bin" / "llama-server"
     )
 
@@ -194,7 +195,8 @@ def test_the_portable_cpu_build_holds_no_avx512_code():
         pytest.skip(f"no portable build in {portable} (scripts/build_release_assets.sh cpu DIR)")
     assert _zmm_instructions(portable) == 0
     assert "avx2" in json.loads((portable / "tools.json").read_text())["cmake_args"].lower()
-    native = provision.cache_dir() / "llama-tools" / colab.Variant("cpu", baseline="native").key
+    mine = _env(LLMOPS_LLAMA_BACKEND="cpu", LLMOPS_CACHE=str(provision.cache_dir()))
+    native = Path(_config(mine)["root"])  # this machine's native build
     if colab.complete(native) and "avx512f" in Path("/proc/cpuinfo").read_text():
         assert _zmm_instructions(native) > 0, "the same count finds AVX-512 in a native build"
 

@@ -13,10 +13,13 @@
 # hand-patched site-packages; so it gains nothing.
 #
 # CPU code, two baselines (LLMOPS_CPU_BASELINE):
-#   native     (default: `make setup`) -march=native, every instruction THIS machine has
-#              (AVX-512, AMX, ...): the fastest on the machine that built it, and a build
-#              that never leaves it (on a CPU without those it dies with SIGILL). A laptop's
-#              own lessons (07's and 09's speed tables) should show its own best.
+#   native     (default: `make setup`) -march=native, every instruction THIS CPU has
+#              (AVX-512, AMX, ...): the fastest on the machine that built it, so a laptop's
+#              lessons (07's and 09's speed tables) show its own best. On another CPU it can
+#              die with SIGILL, and a cache does travel (a copied ~/.cache, a VM image: this
+#              project's warm cache held a native build whose llama-bench died with SIGILL on
+#              the next VM), so its key names the CPU: native-<hash of /proc/cpuinfo's flags>.
+#              A native build is never shipped and never reused on a CPU with other flags.
 #   x86-64-v3  GGML_NATIVE=OFF and AVX, AVX2, FMA, F16C, BMI2 (SSE4.2 below them), no AVX-512:
 #              what every Colab CPU has (Xeon @ 2.2 GHz; some lack AVX-512). Release assets
 #              (scripts/build_release_assets.sh), the Colab replica and a build on a Colab
@@ -24,6 +27,7 @@
 # The cache key says which, so a portable archive is never confused with a native build:
 #   ${LLMOPS_CACHE:-~/.cache/llmops}/llama-tools/<version>-<backend>-<baseline>/
 #       with <backend> = cpu or cuda<major> (the CUDA toolkit's major version, from nvcc)
+#       and <baseline> = x86-64-v3 or native-<8 hex digits>
 #       wheel/llama_cpp_python-<version>-*.whl   what setup_env.sh installs into .venv
 #       bin/llama-server ... + lib*.so           the tools, RPATH $ORIGIN (they move freely)
 #       compiled                                 the CMake options of the compile in bin/ + wheel/
@@ -87,7 +91,11 @@ if [ -z "$BACKEND" ]; then
 fi
 case "$BACKEND" in cpu | cuda) ;; *) echo "build_llama_tools: LLMOPS_LLAMA_BACKEND=$BACKEND (cpu or cuda)" >&2; exit 1 ;; esac
 BASELINE="${LLMOPS_CPU_BASELINE:-native}"
-case "$BASELINE" in native | x86-64-v3) ;; *) echo "build_llama_tools: LLMOPS_CPU_BASELINE=$BASELINE (native or x86-64-v3)" >&2; exit 1 ;; esac
+case "$BASELINE" in
+x86-64-v3) ;;
+native) BASELINE="native-$( (grep -m 1 '^flags' /proc/cpuinfo 2>/dev/null || uname -m) | sha256sum | cut -c1-8)" ;;
+*) echo "build_llama_tools: LLMOPS_CPU_BASELINE=$BASELINE (native or x86-64-v3)" >&2; exit 1 ;;
+esac
 
 # A CUDA build links the toolkit's libcudart.so.<major> and libcublas.so.<major>: a build for
 # one major version never serves another, so the major is part of the key.
@@ -103,11 +111,12 @@ ROOT="${LLMOPS_CACHE:-$HOME/.cache/llmops}/llama-tools/$KEY"
 MANIFEST="$ROOT/tools.json"
 STAMP="$ROOT/compiled"
 
-# Time on screen: measured where it says so, else labelled as an estimate. The CPU figure is
-# the portable build of scripts/build_release_assets.sh cpu on this project's 2-core machine
-# (2026-12-03); the native build compiles the same files.
+# Time on screen: measured where it says so, else labelled as an estimate. CPU, on this
+# project's 2-core machine (2026-12-03): the native build took 4 min 40 s at a load of 1.6
+# (`make setup`); the portable one, the same 226 steps, 39.5 min while the machine was shared
+# (load 10; 777 CPU-seconds).
 case "$BACKEND" in
-cpu) ETA="about 9 min measured on 2 cores; a Colab CPU runtime has 1 physical core, so longer (not measured there)" ;;
+cpu) ETA="about 5 min measured on 2 idle cores; longer on a Colab CPU runtime's 1 physical core (not measured there)" ;;
 *) ETA="an estimate, not measured: 20-40 min per GPU architecture on 2 cores" ;;
 esac
 
@@ -160,11 +169,14 @@ case "${1:-}" in
 esac
 
 wheel_path() { compgen -G "$ROOT/wheel/llama_cpp_python-$VERSION-*.whl" | head -n 1; }
-compiled() {  # bin/ and wheel/ hold a finished compile with today's options
-    [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$CMAKE_ARGS" ] && [ -n "$(wheel_path)" ] || return 1
+present() {  # the wheel and every tool
+    [ -n "$(wheel_path)" ] || return 1
     for tool in "${TOOLS[@]}"; do [ -x "$ROOT/bin/$tool" ] || return 1; done
 }
-built() { [ -f "$MANIFEST" ] && compiled; }
+# Finished: checked, the manifest written (also a build restored from an archive).
+built() { [ -f "$MANIFEST" ] && present; }
+# Compiled with today's options, maybe not checked yet.
+compiled() { [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$CMAKE_ARGS" ] && present; }
 
 if [ "${1:-}" = --print-wheel ]; then
     built || { echo "build_llama_tools: nothing built in $ROOT" >&2; exit 1; }
@@ -271,7 +283,7 @@ else
     fi
     # Keep the compile at once (tools, every shared library with its symlinks, the wheel),
     # the stamp last: whatever fails after this point, a rerun does not compile again.
-    rm -rf "$STAMP" "$ROOT/bin" "$ROOT/wheel" && mkdir -p "$ROOT/bin" "$ROOT/wheel"
+    rm -rf "$STAMP" "${ROOT:?}/bin" "$ROOT/wheel" && mkdir -p "$ROOT/bin" "$ROOT/wheel"
     for tool in "${TOOLS[@]}"; do install -m 755 "$WORK/build/bin/$tool" "$ROOT/bin/$tool"; done
     cp -P "$WORK"/build/bin/lib*.so* "$ROOT/bin/"
     mv "$WORK"/dist/llama_cpp_python-*.whl "$ROOT/wheel/"
