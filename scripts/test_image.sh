@@ -111,8 +111,8 @@ base_image() {
 
 host_wheel() {
     # The llama-cpp-python wheel this machine already compiled, so the image does not
-    # compile llama.cpp again: the llama-tools cache first (the portable build, else this
-    # machine's native one), then pip's wheel cache. CPU builds only: a CUDA build would
+    # compile llama.cpp again: the llama-tools cache first (the portable build, else the
+    # machine's default one), then pip's wheel cache. CPU builds only: a CUDA build would
     # need the CUDA runtime in the image.
     local native
     native="$(LLMOPS_CACHE="$CACHE" LLMOPS_LLAMA_BACKEND=cpu llmops_lib/data/build_llama_tools.sh --print-wheel 2>/dev/null || true)"

@@ -70,7 +70,7 @@ def test_a_failed_check_keeps_the_compile_and_a_rerun_repeats_only_the_check(tmp
     )
     python.chmod(0o755)
     env = _env(LLMOPS_CACHE=str(tmp_path / "cache"), LLMOPS_LLAMA_BACKEND="cpu", PYTHON=str(python))
-    root = Path(_config(env)["root"])  # this machine's native build
+    root = Path(_config(env)["root"])  # where this machine's default build goes
     for part in ("bin", "wheel"):
         shutil.copytree(tools.tools_dir() / part, root / part, symlinks=True)
     _stage(root, env)
@@ -91,9 +91,8 @@ def test_a_failed_check_keeps_the_compile_and_a_rerun_repeats_only_the_check(tmp
     )
     assert not pip_log.exists(), "nothing was compiled again"
     manifest = json.loads((root / "tools.json").read_text())
-    assert manifest["baseline"].startswith("native-") and manifest["tools"]["llama-server"] == str(
-        root / "bin" / "llama-server"
-    )
+    assert manifest["baseline"] == _config(env)["baseline"]
+    assert manifest["tools"]["llama-server"] == str(root / "bin" / "llama-server")
 
 
 def _gcc(*args: str) -> None:
@@ -195,8 +194,12 @@ def test_the_portable_cpu_build_holds_no_avx512_code():
         pytest.skip(f"no portable build in {portable} (scripts/build_release_assets.sh cpu DIR)")
     assert _zmm_instructions(portable) == 0
     assert "avx2" in json.loads((portable / "tools.json").read_text())["cmake_args"].lower()
-    mine = _env(LLMOPS_LLAMA_BACKEND="cpu", LLMOPS_CACHE=str(provision.cache_dir()))
-    native = Path(_config(mine)["root"])  # this machine's native build
+    mine = _env(
+        LLMOPS_LLAMA_BACKEND="cpu",
+        LLMOPS_CPU_BASELINE="native",
+        LLMOPS_CACHE=str(provision.cache_dir()),
+    )
+    native = Path(_config(mine)["root"])  # this machine's native build, if one was made
     if colab.complete(native) and "avx512f" in Path("/proc/cpuinfo").read_text():
         assert _zmm_instructions(native) > 0, "the same count finds AVX-512 in a native build"
 

@@ -13,17 +13,17 @@
 # hand-patched site-packages; so it gains nothing.
 #
 # CPU code, two baselines (LLMOPS_CPU_BASELINE):
-#   native     (default: `make setup`) -march=native, every instruction THIS CPU has
-#              (AVX-512, AMX, ...): the fastest on the machine that built it, so a laptop's
-#              lessons (07's and 09's speed tables) show its own best. On another CPU it can
-#              die with SIGILL, and a cache does travel (a copied ~/.cache, a VM image: this
-#              project's warm cache held a native build whose llama-bench died with SIGILL on
-#              the next VM), so its key names the CPU: native-<hash of /proc/cpuinfo's flags>.
-#              A native build is never shipped and never reused on a CPU with other flags.
-#   x86-64-v3  GGML_NATIVE=OFF and AVX, AVX2, FMA, F16C, BMI2 (SSE4.2 below them), no AVX-512:
-#              what every Colab CPU has (Xeon @ 2.2 GHz; some lack AVX-512). Release assets
-#              (scripts/build_release_assets.sh), the Colab replica and a build on a Colab
-#              runtime (kept in Drive, restored on another VM) use it.
+#   x86-64-v3  (default on x86_64: `make setup`, release assets, Colab, the replica)
+#              GGML_NATIVE=OFF and AVX, AVX2, FMA, F16C, BMI2 (SSE4.2 below them), no AVX-512,
+#              no AMX: what every Colab CPU has (Xeon @ 2.2 GHz; some lack AVX-512), so one
+#              recipe serves every machine and an archive restores anywhere. Why not native
+#              by default: this project's 2-core VMs list AMX in /proc/cpuinfo, and a native
+#              build's llama-bench died there with SIGILL on its first batched prompt ("trap
+#              invalid opcode in libggml-cpu.so", 2026-12-03), on the very VM that built it.
+#   native     (opt-in; the default where x86-64-v3 does not apply, e.g. arm64) -march=native,
+#              every instruction this CPU claims: possibly faster on the machine that built
+#              it, never shipped, and keyed by this CPU's flags (native-<hash of /proc/cpuinfo's
+#              flags>), so a cache carried to another CPU is never reused.
 # The cache key says which, so a portable archive is never confused with a native build:
 #   ${LLMOPS_CACHE:-~/.cache/llmops}/llama-tools/<version>-<backend>-<baseline>/
 #       with <backend> = cpu or cuda<major> (the CUDA toolkit's major version, from nvcc)
@@ -48,7 +48,7 @@
 #   PYTHON                     the Python whose pip builds the wheel (default: the checkout's
 #                              .venv/bin/python, else python3)
 #   LLMOPS_LLAMA_BACKEND       cpu|cuda instead of detecting it (Colab knows its runtime)
-#   LLMOPS_CPU_BASELINE        native (default) | x86-64-v3, see above
+#   LLMOPS_CPU_BASELINE        x86-64-v3 (default on x86_64) | native, see above
 #   LLMOPS_CUDA_ARCHITECTURES  e.g. "75" or "75-real;80-real;89-real;90-real;90-virtual":
 #                              compile CUDA for these GPUs only (the manifest records them)
 #   LLMOPS_CACHE               the cache's root (default ~/.cache/llmops)
@@ -90,7 +90,9 @@ if [ -z "$BACKEND" ]; then
     fi
 fi
 case "$BACKEND" in cpu | cuda) ;; *) echo "build_llama_tools: LLMOPS_LLAMA_BACKEND=$BACKEND (cpu or cuda)" >&2; exit 1 ;; esac
-BASELINE="${LLMOPS_CPU_BASELINE:-native}"
+DEFAULT_BASELINE=native
+[ "$(uname -m)" != x86_64 ] || DEFAULT_BASELINE=x86-64-v3
+BASELINE="${LLMOPS_CPU_BASELINE:-$DEFAULT_BASELINE}"
 case "$BASELINE" in
 x86-64-v3) ;;
 native) BASELINE="native-$( (grep -m 1 '^flags' /proc/cpuinfo 2>/dev/null || uname -m) | sha256sum | cut -c1-8)" ;;
@@ -112,11 +114,11 @@ MANIFEST="$ROOT/tools.json"
 STAMP="$ROOT/compiled"
 
 # Time on screen: measured where it says so, else labelled as an estimate. CPU, on this
-# project's 2-core machine (2026-12-03): the native build took 4 min 40 s at a load of 1.6
-# (`make setup`); the portable one, the same 226 steps, 39.5 min while the machine was shared
-# (load 10; 777 CPU-seconds).
+# project's 2-core machine (2026-12-03): a native build took 4 min 40 s at a load of 1.6; the
+# portable one compiles the same 226 steps (777 CPU-seconds measured, so about 6.5 min on 2
+# idle cores).
 case "$BACKEND" in
-cpu) ETA="about 5 min measured on 2 idle cores; longer on a Colab CPU runtime's 1 physical core (not measured there)" ;;
+cpu) ETA="about 5-7 min measured on 2 idle cores; longer on a Colab CPU runtime's 1 physical core (not measured there)" ;;
 *) ETA="an estimate, not measured: 20-40 min per GPU architecture on 2 cores" ;;
 esac
 
