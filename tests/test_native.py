@@ -45,7 +45,7 @@ def test_missing_build_names_the_command_that_builds_it(tmp_path, monkeypatch):
 def test_without_a_checkout_the_hint_names_no_make_and_no_scripts_folder():
     hint = tools.build_hint(checkout=False)
     assert "make" not in hint and "scripts/" not in hint
-    assert "setup()" in hint and str(tools.SCRIPT) in hint
+    assert "first llama.cpp cell" in hint and f"bash {tools.SCRIPT} --print-wheel" in hint
 
 
 @pytest.mark.model
