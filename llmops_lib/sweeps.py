@@ -20,7 +20,7 @@ from .backend import Timings
 from .bench import MESSAGES, bench, iqr
 from .errors import whole
 from .llamacpp import engine_timings, offload_unavailable, restart_timings
-from .provision import TINY_CHAT_MODEL
+from .provision import tiny_chat
 
 
 def thread_sweep(session, threads: tuple[int, ...] = (1, 2), **bench_kw: Any) -> pd.DataFrame:
@@ -69,14 +69,13 @@ def backend_comparison(
     prompt and the same greedy decoding, on each backend's default device. A precision
     this machine cannot run fails with hf.PrecisionError before loading.
     """
-    frames = [
-        bench(lambda: session.load(TINY_CHAT_MODEL, "llamacpp"), "llama.cpp GGUF", **bench_kw)
-    ]
+    tiny = tiny_chat().key
+    frames = [bench(lambda: session.load(tiny, "llamacpp"), "llama.cpp GGUF", **bench_kw)]
     with _quiet_transformers():
         for precision in tqdm(precisions, desc="transformers"):
             frames.append(
                 bench(
-                    lambda p=precision: session.load(TINY_CHAT_MODEL, "transformers", p),
+                    lambda p=precision: session.load(tiny, "transformers", p),
                     f"transformers {precision}",
                     **bench_kw,
                 )

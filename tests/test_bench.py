@@ -187,7 +187,7 @@ def test_bench_gives_finite_positive_figures_with_the_documented_columns(
 @pytest.mark.model
 def test_bench_runs_the_transformers_backend_too(session):
     runs = bench.bench(
-        lambda: session.load(provision.TINY_CHAT_MODEL, "transformers", "fp32", n_ctx=512),
+        lambda: session.load(provision.tiny_chat().key, "transformers", "fp32", n_ctx=512),
         "hf",
         max_tokens=6,
         reps=1,
@@ -266,3 +266,4 @@ def test_bench_cli_refuses_a_bad_count_before_loading_anything(option, value, ca
         bench_cli.main([option, value])
     assert exit_info.value.code == 2
     assert f"argument {option}: '{value}' is not a whole number >= 1" in capsys.readouterr().err
+
