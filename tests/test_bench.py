@@ -267,3 +267,20 @@ def test_bench_cli_refuses_a_bad_count_before_loading_anything(option, value, ca
     assert exit_info.value.code == 2
     assert f"argument {option}: '{value}' is not a whole number >= 1" in capsys.readouterr().err
 
+
+@pytest.mark.model
+def test_library_vs_raw_drives_one_engine_so_the_model_is_held_once(session, monkeypatch):
+    """Two engines would hold the weights twice: Llama 3 8B Q6_K on a T4 would not fit
+    (gpu_plan.peaks('07') plans one)."""
+    import llama_cpp
+
+    built = []
+
+    class Counted(llama_cpp.Llama):
+        def __init__(self, *args, **kwargs):
+            built.append(kwargs.get("model_path"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(llama_cpp, "Llama", Counted)
+    summary = sweeps.library_vs_raw(session, n_threads=1, max_tokens=4, rounds=1, n_ctx=512)
+    assert len(built) == 1 and summary["generated_tokens"] == 4
