@@ -48,6 +48,7 @@ GGUF_BITS: dict[str, float] = {
     "Q5_0": 5.5,
     "Q4_K_M": 4.84,
     "Q4_K_S": 4.58,
+    "Q4_1": 5.0,
     "Q4_0": 4.5,
     "Q3_K_L": 4.27,
     "Q3_K_M": 3.91,
@@ -82,6 +83,21 @@ def bits_per_weight(precision: str) -> float:
         if key:
             return GGUF_BITS[key]
     raise unknown(precision, "precision", PRECISIONS, "GGUF types also as 'gguf:Q4_K_M'.")
+
+
+def gguf_type(spec: ModelSpec | str) -> str:
+    """The GGUF type of a catalog model's file, from its name ('*Q6_K.gguf' -> 'Q6_K')."""
+    spec = catalog.get(spec)
+    name = spec.gguf_file or (spec.offline.path if spec.offline else "")
+    stem = name.upper().removesuffix(".GGUF")
+    for key in GGUF_BITS:
+        before = stem[: -len(key)]
+        if stem.endswith(key) and not (before and before[-1].isalnum()):
+            return key
+    raise InputError(
+        f"{spec.title}: no GGUF type ({', '.join(GGUF_BITS)}) at the end of its file name "
+        f"{name!r}; name the file like 'model.Q4_K_M.gguf' or add the type to GGUF_BITS."
+    )
 
 
 def unquantized_params(spec: ModelSpec) -> float:

