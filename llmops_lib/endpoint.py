@@ -115,13 +115,18 @@ class Endpoint:
         temperature: float = 0.0,
         stream: bool = False,
         timeout_s: float | None = None,
+        response_format: dict[str, Any] | None = None,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """An OpenAI-style chat completion as a dict (chunks when streaming), like the
-        in-process engines; timings() then holds the server's token counts and the times."""
+        in-process engines; timings() then holds the server's token counts and the times.
+
+        `response_format` is passed to the server as it is (structured.response_format()
+        writes one for a JSON schema).
+        """
         check_chat_args(messages, max_tokens, temperature)
         if stream:
-            return self._stream(messages, max_tokens, temperature, timeout_s)
-        extra = {"timeout": timeout_s} if timeout_s else {}
+            return self._stream(messages, max_tokens, temperature, timeout_s, response_format)
+        extra = _options(timeout_s, response_format)
         start = time.perf_counter()
         with self._readable_errors(timeout_s):
             response = self._create(
@@ -137,10 +142,15 @@ class Endpoint:
         return response
 
     def _stream(
-        self, messages: list[Message], max_tokens: int, temperature: float, timeout_s: float | None
+        self,
+        messages: list[Message],
+        max_tokens: int,
+        temperature: float,
+        timeout_s: float | None,
+        response_format: dict[str, Any] | None,
     ) -> Iterator[dict[str, Any]]:
         out: list[Timings] = []
-        yield from self._events(messages, max_tokens, temperature, timeout_s, out)
+        yield from self._events(messages, max_tokens, temperature, timeout_s, out, response_format)
         self._timings = out[0]
 
     def _events(
@@ -150,10 +160,11 @@ class Endpoint:
         temperature: float,
         timeout_s: float | None,
         out: list[Timings],
+        response_format: dict[str, Any] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Chunks as the server sends them (server-sent events); appends their Timings to
         `out` at the end (a list, not self: load-test users share one Endpoint)."""
-        extra = {"timeout": timeout_s} if timeout_s else {}
+        extra = _options(timeout_s, response_format)
         start = time.perf_counter()
         first = None
         pieces = 0
@@ -225,6 +236,14 @@ class Endpoint:
             total_s=(t.prompt_ms + t.generated_ms) / 1000,
             completion_tokens=t.generated_tokens,
         )
+
+
+def _options(timeout_s: float | None, response_format: dict[str, Any] | None) -> dict[str, Any]:
+    """The optional arguments of one request, only those given."""
+    extra: dict[str, Any] = {"timeout": timeout_s} if timeout_s else {}
+    if response_format is not None:
+        extra["response_format"] = response_format
+    return extra
 
 
 def _error_message(err: openai.APIStatusError) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from .errors import unknown
+from .memory import kv_bytes_per_value
 from .provision import cache_dir
 
 TOOLS = ("llama-server", "llama-bench", "llama-perplexity", "llama-quantize", "llama-imatrix")
@@ -131,3 +132,15 @@ def skipped(reason: str, index: Any, columns: Any) -> Any:
     frame = pd.DataFrame(float("nan"), index=index, columns=columns)
     frame.attrs["skipped"] = reason
     return frame
+
+
+def kv_cache_flags(kv_type: str) -> list[str]:
+    """The flags that give llama-perplexity, llama-bench and llama-server a KV cache of
+    `kv_type` (memory.KV_TYPES: f16, q8_0, q4_0, ...); an unknown type is refused here.
+
+    Flash attention is switched on for every type, f16 included: llama.cpp refuses a
+    quantized V cache without it ("quantized V cache requires flash_attn"), and a comparison
+    of cache types must differ in the cache only.
+    """
+    kv_bytes_per_value(kv_type)
+    return ["-fa", "on", "-ctk", kv_type, "-ctv", kv_type]

@@ -25,7 +25,7 @@ LAYERS = {
     ],
     "planning": [
         "catalog", "profiles", "memory", "sharding", "launch", "roofline", "provision", "tools",
-        "gguf_header", "colab",
+        "gguf_header", "colab", "cost",
     ],
     "engines": [
         "llamacpp", "hf", "encoder", "process", "servers", "endpoint", "llama_bench", "quantize",
@@ -34,7 +34,7 @@ LAYERS = {
     "lessons": [
         "chat", "classify", "scoring", "precision_sweep", "gpu_plan", "guard_prompts", "guard",
         "guard_classifier", "guard_code", "bench", "sweeps", "loadtest", "wrapup",
-        "quant_sweep", "evaluation", "judge", "drift",
+        "quant_sweep", "kv_sweep", "evaluation", "judge", "drift", "structured",
     ],
     "commands": ["bench_cli", "service", "llama_cpp_server"],
 }  # fmt: skip
