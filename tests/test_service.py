@@ -715,3 +715,25 @@ def test_sigterm_lets_the_request_in_flight_finish_and_frees_the_port(service_pr
     assert server.process.wait(timeout=service.SHUTDOWN_GRACE_S + 5) == -signal.SIGTERM
     assert "Application shutdown complete" in server.log_tail()  # the model was closed
     assert port_is_free(server.port)
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["--port", "70000"], "--port"),
+        (["--port", "0"], "--port"),
+        (["--port", "http"], "--port"),
+        (["--n-ctx", "0"], "--n-ctx"),
+        (["--queue", "-1"], "--queue"),
+        (["--n-threads", "0"], "--n-threads"),
+        (["--host", " "], "--host"),
+    ],
+)
+def test_the_command_line_is_checked_before_the_model_is_loaded(argv, named, monkeypatch, capsys):
+    import llmops_lib
+
+    monkeypatch.setattr(llmops_lib, "setup", lambda **kw: pytest.fail("setup() ran first"))
+    with pytest.raises(SystemExit) as refused:
+        service.main(argv)
+    assert refused.value.code == 2
+    assert named in capsys.readouterr().err
