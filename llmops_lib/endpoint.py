@@ -10,7 +10,10 @@ runs on an in-process model runs on a server too.
 from __future__ import annotations
 
 import os
+import socket
+import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -57,14 +60,43 @@ class Endpoint:
         self.timeout_s = timeout_s
         # Local servers ignore the key but the client insists on one.
         key = api_key or os.environ.get(API_KEY_ENV) or "not-needed"
+        # The sockets of this endpoint's connections, so hang_up() can reach them.
+        self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        self._sockets_lock = threading.Lock()
+        http = openai.DefaultHttpxClient(event_hooks={"request": [self._trace_connections]})
         # No retries: a failure should surface at once with the URL, and retries would
         # distort the load-test figures.
         self.client = openai.OpenAI(
-            base_url=self.base_url, api_key=key, timeout=timeout_s, max_retries=0
+            base_url=self.base_url, api_key=key, timeout=timeout_s, max_retries=0, http_client=http
         )
         self.model = model
         self.server: Any = None  # the local server process behind the URL, if we started it
         self._timings = NO_TIMINGS
+
+    def _trace_connections(self, request: Any) -> None:
+        """httpx request hook: have httpcore report each new connection (its `trace`
+        extension), whose socket is then kept for hang_up()."""
+        request.extensions.setdefault("trace", self._on_trace)
+
+    def _on_trace(self, event: str, info: dict[str, Any]) -> None:
+        if event == "connection.connect_tcp.complete" and info.get("return_value") is not None:
+            sock = info["return_value"].get_extra_info("socket")
+            if sock is not None:
+                with self._sockets_lock:
+                    self._sockets.add(sock)
+
+    def hang_up(self) -> int:
+        """End every request in flight on this endpoint now, from any thread (Ctrl-C in a
+        load test): their sockets are shut down, so a thread blocked reading one gets an
+        EndpointError at once instead of at its timeout, and the server sees its client
+        gone. The endpoint stays usable (new requests open new connections). Returns how
+        many connections were cut."""
+        with self._sockets_lock:
+            sockets = list(self._sockets)
+            self._sockets.clear()
+        for sock in sockets:
+            _shut(sock)
+        return len(sockets)
 
     def check(self, timeout_s: float = 10.0) -> str:
         """Ask /models (bounded); return the served model id; raise EndpointError if none."""
@@ -90,9 +122,16 @@ class Endpoint:
             ) from None
         except openai.APIConnectionError as err:
             cause = err.__cause__ or err
+            if "Connect" in type(cause).__name__:  # nothing listens there (httpx ConnectError)
+                raise EndpointError(
+                    f"Cannot connect to {self.base_url} ({type(cause).__name__}: {cause}). "
+                    f"Start the server, or set {ENDPOINT_ENV} to the URL of a running one.",
+                    self.base_url,
+                ) from None
             raise EndpointError(
-                f"Cannot connect to {self.base_url} ({type(cause).__name__}: {cause}). "
-                f"Start the server, or set {ENDPOINT_ENV} to the URL of a running one.",
+                f"The connection to {self.base_url} broke during the request "
+                f"({type(cause).__name__}: {cause}): the server closed it or stopped. Retry; "
+                "if it happens again, read the server's log.",
                 self.base_url,
             ) from None
         except openai.APIStatusError as err:
@@ -179,6 +218,10 @@ class Endpoint:
                     if data.get("choices"):
                         answered = True
                         yield data
+                if not answered:
+                    # llama_cpp.server closes this connection right after such a stream; a
+                    # next request that reused it would fail with "connection reset".
+                    _drop_connection(chunks.response)
         if not answered:  # llama_cpp.server's answer to a prompt over its context
             raise EndpointError(
                 f"{self.base_url} ended the stream without an answer (HTTP 200, no chunks); "
@@ -225,6 +268,23 @@ class Endpoint:
             total_s=(t.prompt_ms + t.generated_ms) / 1000,
             completion_tokens=t.generated_tokens,
         )
+
+
+def _shut(sock: socket.socket) -> None:
+    """Shut a socket down both ways: a thread blocked reading it returns at once (close()
+    alone would leave it blocked until its timeout) and the connection is never reused."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already closed or not connected
+        pass
+
+
+def _drop_connection(response: Any) -> None:
+    """Keep the connection that carried `response` out of the client's pool."""
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if sock is not None:
+        _shut(sock)
 
 
 def _error_message(err: openai.APIStatusError) -> str:
