@@ -303,6 +303,7 @@ def per_level_servers(
         if summary:
             raise
         columns = list(level_figures([], 1, 1.0))[1:]  # without "users"
+        columns += list(metrics.VIEW_COLUMNS) if watch_metrics else []
         return skipped(str(err), pd.Index(list(users), name="users"), columns)
     return pd.DataFrame(summary).set_index("users")
 

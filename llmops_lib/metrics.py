@@ -203,14 +203,26 @@ class Sampler:
         p95 = math.nan
         if names.latency is not None:
             p95 = histogram_quantile(0.95, first, last, names.latency, route=route)
-        return {
-            "server_waiting_mean": sum(waiting) / len(waiting),
-            "server_waiting_max": max(waiting),
-            "server_busy_max": max(s.value(names.busy) for s in self.scrapes),
-            "server_tokens": delta(first, last, names.tokens),
-            "server_latency_p95_s": p95,
-            "scrapes": len(self.scrapes),
-        }
+        figures = (
+            sum(waiting) / len(waiting),
+            max(waiting),
+            max(s.value(names.busy) for s in self.scrapes),
+            delta(first, last, names.tokens),
+            p95,
+            len(self.scrapes),
+        )
+        return dict(zip(VIEW_COLUMNS, figures, strict=True))
+
+
+# What Sampler.view() adds to a load test's figures.
+VIEW_COLUMNS = (
+    "server_waiting_mean",
+    "server_waiting_max",
+    "server_busy_max",
+    "server_tokens",
+    "server_latency_p95_s",
+    "scrapes",
+)
 
 
 def metrics_url(base_url: str) -> str:
