@@ -308,6 +308,21 @@ def per_level_servers(
     return pd.DataFrame(summary).set_index("users")
 
 
+def metrics_page(start: Callable[[], ServerProcess]) -> metrics.Scrape | None:
+    """One scrape of the /metrics of the server `start()` makes, after one short request
+    (so its counters have moved), the server stopped again. None, with a line saying why,
+    where its llama.cpp tool is not built."""
+    try:
+        with start() as server:
+            endpoint = connect(server.base_url)
+            endpoint.chat([{"role": "user", "content": PROMPTS[0]}], max_tokens=8)
+            endpoint.close()
+            return metrics.scrape(server.url)
+    except ToolsNotBuiltError as err:
+        print(f"skipped: {err}")
+        return None
+
+
 def burst(
     url: str,
     clients: int,

@@ -248,11 +248,17 @@ QUESTIONS = {
 }
 
 
-def side_by_side(service: Scrape, llama_server: Scrape) -> pd.DataFrame:
+def side_by_side(service: Scrape, llama_server: Scrape | None) -> pd.DataFrame:
     """Per dashboard question, the sample each server answers it with ('-' where its scrape
-    holds none): what a team gets from each /metrics without writing code."""
+    holds none; 'not built' for a llama-server that could not run): what a team gets from
+    each /metrics without writing code."""
+    for label, scrape in (("service", service), ("llama_server", llama_server)):
+        if scrape is not None and not isinstance(scrape, Scrape):
+            raise InputError(f"{label}: needs a metrics.Scrape, got {type(scrape).__name__}.")
 
-    def shown(scrape: Scrape, name: str | None) -> str:
+    def shown(scrape: Scrape | None, name: str | None) -> str:
+        if scrape is None:
+            return "not built"
         return name if name is not None and name in scrape.names() else "-"
 
     rows = {

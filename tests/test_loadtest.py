@@ -229,3 +229,20 @@ def test_a_burst_at_an_address_where_nothing_listens_names_it():
     url = f"http://{HOST}:{free_port()}"
     with pytest.raises(EndpointError, match=f"Cannot connect to {url}"):
         loadtest.burst(url, 2, timeout_s=5)
+
+
+def test_watch_metrics_adds_what_the_services_metrics_showed_at_each_level():
+    with serving(FakeChat(token_delay_s=0.02), 8) as (url, app, _):
+        summary, requests = loadtest.run(
+            connect(url + "/v1"),
+            users=(1, 3),
+            requests_per_user=2,
+            max_tokens=8,
+            watch_metrics=True,
+        )
+    tokens = requests.groupby("users")["tokens"].sum()
+    assert summary["server_tokens"].tolist() == tokens.tolist()  # the server's count, exactly
+    assert summary.loc[1, "server_waiting_max"] == 0  # one user never waits
+    assert summary.loc[3, "server_waiting_max"] <= 2  # three users: at most two behind one
+    assert (summary["server_busy_max"] <= 1).all() and (summary["scrapes"] >= 2).all()
+    assert (summary["server_latency_p95_s"] > 0).all()
