@@ -453,7 +453,8 @@ class Metrics:
 
         self.registry = CollectorRegistry()
         reg = {"registry": self.registry}
-        seconds = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128)
+        # Twice per doubling: a percentile read from buckets is only as fine as they are.
+        seconds = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
         self.requests = Counter(
             "llmops_requests",
             "HTTP requests answered, by route and status",

@@ -242,7 +242,7 @@ def test_watch_metrics_adds_what_the_services_metrics_showed_at_each_level():
         )
     tokens = requests.groupby("users")["tokens"].sum()
     assert summary["server_tokens"].tolist() == tokens.tolist()  # the server's count, exactly
-    assert summary.loc[1, "server_waiting_max"] == 0  # one user never waits
-    assert summary.loc[3, "server_waiting_max"] <= 2  # three users: at most two behind one
+    # never more waiting than there are users (between two turns all of them wait briefly)
+    assert (summary["server_waiting_max"] <= summary.index).all()
     assert (summary["server_busy_max"] <= 1).all() and (summary["scrapes"] >= 2).all()
     assert (summary["server_latency_p95_s"] > 0).all()
