@@ -22,8 +22,10 @@ from typing import Any
 import openai
 
 from .backend import NO_TIMINGS, Message, Timings, check_chat_args, chunk_text
+from .errors import InputError, positive
 
 ENDPOINT_ENV = "LLMOPS_ENDPOINT"
+EXAMPLE = "http://127.0.0.1:8000/v1"
 API_KEY_ENV = "LLMOPS_API_KEY"
 
 
@@ -56,8 +58,10 @@ class Endpoint:
         api_key: str | None = None,
         timeout_s: float = 120.0,
     ) -> None:
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise InputError(f"base_url={base_url!r}: needs an http:// address, e.g. {EXAMPLE}.")
         self.base_url = base_url.rstrip("/")
-        self.timeout_s = timeout_s
+        self.timeout_s = positive("timeout_s", timeout_s)
         # Local servers ignore the key but the client insists on one.
         key = api_key or os.environ.get(API_KEY_ENV) or "not-needed"
         # The sockets of this endpoint's connections, so hang_up() can reach them.
@@ -100,6 +104,7 @@ class Endpoint:
 
     def check(self, timeout_s: float = 10.0) -> str:
         """Ask /models (bounded); return the served model id; raise EndpointError if none."""
+        positive("timeout_s", timeout_s)
         with self._readable_errors(timeout_s):
             models = self.client.models.list(timeout=timeout_s).data
         if not models:
@@ -158,6 +163,8 @@ class Endpoint:
         """An OpenAI-style chat completion as a dict (chunks when streaming), like the
         in-process engines; timings() then holds the server's token counts and the times."""
         check_chat_args(messages, max_tokens, temperature)
+        if timeout_s is not None:
+            positive("timeout_s", timeout_s)
         if stream:
             return self._stream(messages, max_tokens, temperature, timeout_s)
         extra = {"timeout": timeout_s} if timeout_s else {}
@@ -258,6 +265,8 @@ class Endpoint:
     ) -> Reply:
         """Stream one answer and time it as its user experiences it."""
         check_chat_args(messages, max_tokens, temperature)
+        if timeout_s is not None:
+            positive("timeout_s", timeout_s)
         out: list[Timings] = []
         events = self._events(messages, max_tokens, temperature, timeout_s, out)
         text = "".join(chunk_text(chunk) for chunk in events)

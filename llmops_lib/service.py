@@ -51,6 +51,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from .backend import LocalModel, Message, chunk_text
+from .errors import whole
 from .process import HOST, ServerProcess, check_port, server_threads
 
 MAX_PROMPT_CHARS = 16_000  # all message contents together; a 2k-token context holds ~8k chars
@@ -250,9 +251,7 @@ class Queue:
     """
 
     def __init__(self, size: int) -> None:
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise ValueError(f"queue size {size!r}: use a whole number >= 0 (0: no waiting).")
-        self.size = size
+        self.size = whole("queue_size", size, minimum=0)  # 0: no waiting room
         self.admitted = 0  # generating + waiting
         self.generating = 0
         self.served = 0
@@ -913,7 +912,11 @@ class Server(uvicorn.Server):
 def server(app: FastAPI, host: str, port: int, log_level: str = "info") -> Server:
     """A uvicorn server for the service's `app` that shuts down in order (not started)."""
     config = uvicorn.Config(
-        app, host=host, port=port, timeout_graceful_shutdown=SHUTDOWN_GRACE_S, log_level=log_level
+        app,
+        host=host,
+        port=check_port(port),
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+        log_level=log_level,
     )
     return Server(config, app.state.begin_shutdown)
 

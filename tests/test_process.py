@@ -4,6 +4,7 @@ numbers (ports, timeouts) checked before anything starts."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,8 @@ import psutil
 import pytest
 from test_reliability import _gone
 
-from llmops_lib import servers
+from llmops_lib import servers, service
+from llmops_lib.endpoint import Endpoint, connect
 from llmops_lib.errors import InputError
 from llmops_lib.process import port_is_free
 
@@ -94,3 +96,45 @@ def test_a_server_started_from_a_thread_still_dies_with_its_parent():
         for p in psutil.process_iter():
             if line and p.pid == json.loads(line)["pid"]:
                 p.kill()
+
+
+# Arguments that were passed on unchecked: to a command line (a string split letter by
+# letter, a layer count of 'x'), or into a raw AttributeError/ValueError deep in a client.
+BAD_ARGUMENTS = {
+    "extra_args as one string": (
+        lambda p: servers.LlamaServer(p, extra_args="--metrics"),
+        "extra_args",
+    ),
+    "extra_args not strings": (lambda p: servers.LlamaServer(p, extra_args=(1,)), "extra_args"),
+    "n_gpu_layers text": (lambda p: servers.LlamaServer(p, n_gpu_layers="x"), "n_gpu_layers"),
+    "n_gpu_layers -5": (lambda p: servers.LocalServer(p, n_gpu_layers=-5), "n_gpu_layers"),
+    "endpoint url a number": (lambda p: Endpoint(5), "base_url"),
+    "endpoint url without scheme": (lambda p: Endpoint("localhost:8000/v1"), "base_url"),
+    "endpoint timeout negative": (
+        lambda p: Endpoint("http://127.0.0.1:9/v1", timeout_s=-1),
+        "timeout_s",
+    ),
+    "connect timeout NaN": (
+        lambda p: connect("http://127.0.0.1:9/v1", timeout_s=math.nan),
+        "timeout_s",
+    ),
+    "chat timeout negative": (
+        lambda p: Endpoint("http://127.0.0.1:9/v1", model="m").chat(
+            [{"role": "user", "content": "hi"}], timeout_s=-1
+        ),
+        "timeout_s",
+    ),
+    "queue size True": (lambda p: service.Queue(True), "queue_size"),
+    "queue size fractional": (lambda p: service.create_app(lambda: None, "m", 1.5), "queue_size"),
+    "service port out of range": (
+        lambda p: service.server(service.create_app(lambda: None, "m"), "127.0.0.1", 70_000),
+        "port",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_ARGUMENTS, ids=list(BAD_ARGUMENTS))
+def test_bad_arguments_are_named_before_anything_starts(tiny_path, case):
+    call, named = BAD_ARGUMENTS[case]
+    with pytest.raises(InputError, match=named):
+        call(tiny_path)
