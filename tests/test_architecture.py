@@ -29,6 +29,7 @@ LAYERS = {
     ],
     "engines": [
         "llamacpp", "hf", "encoder", "process", "servers", "endpoint", "llama_bench", "quantize",
+        "metrics",
     ],
     "session": ["session", "__init__"],
     "lessons": [
