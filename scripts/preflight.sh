@@ -11,10 +11,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
-# .venv: 2.5 GB with the CPU build of torch (measured, Linux x86_64), plus what pip keeps in
-# its cache of the downloads; with the CUDA build of torch 2.7 GB more to download and
-# several GB more installed (estimated from the wheel sizes, not measured). The llama.cpp
-# build: its folder while it compiles. Rounded up.
+# Measured on Linux x86_64: .venv 2.5 GB with the CPU build of torch, plus what pip keeps
+# of its downloads (518 MB besides torch on a fresh clone); the llama.cpp build 493 MB at
+# its peak. With the CUDA build of torch 2.7 GB more to download and several GB more
+# installed (estimated from the wheel sizes, not measured). Rounded up.
 VENV_GB=4
 VENV_GB_CUDA=11
 BUILD_GB=1

@@ -180,15 +180,6 @@ def test_a_cpu_wheel_in_a_local_folder_is_used_when_the_cpu_index_is_unreachable
     assert report.downloaded_mb == 0 and not report.cpu_index_failed
 
 
-@pytest.mark.model
-@pytest.mark.parametrize("machine", [Machine("Linux", True), Machine("Darwin", False)])
-def test_gpu_machines_and_macs_take_the_default_index(pip, indexes, machine):
-    report = install_torch.install(machine, pip, cpu_index=indexes["url"] + "/cpu")
-    assert report.installed.version == install_torch.VERSION
-    assert not any(path.startswith("/cpu") for path in indexes["asked"])
-    assert indexes["asked"]  # the default index was asked
-
-
 def test_setup_installs_torch_through_the_script():
     setup = (REPO / "scripts/setup_env.sh").read_text()
-    assert "scripts/install_torch.py" in setup and '"torch==' not in setup
+    assert ".venv/bin/python scripts/install_torch.py\n" in setup
