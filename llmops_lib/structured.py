@@ -13,10 +13,11 @@ in time.
 
 Two spellings of `response_format` are in use. OpenAI's
 `{"type": "json_schema", "json_schema": {"name": ..., "schema": ...}}` is accepted by
-llama-server, vLLM and the OpenAI API; llama-cpp-python (its server `llama_cpp.server` and
-the in-process `Llama`, 0.3.36) refuses it (HTTP 500: "Input should be 'text' or
-'json_object'") and takes `{"type": "json_object", "schema": ...}` instead. `style_for()`
-picks the one an engine of the course understands.
+llama-server, vLLM, the OpenAI API, the course's service and the course's launcher of
+`llama_cpp.server` (which translates it); llama-cpp-python itself (the stock server and the
+in-process `Llama`, 0.3.36) refuses it (HTTP 500: "Input should be 'text' or 'json_object'")
+and takes `{"type": "json_object", "schema": ...}` instead. `style_for()` picks the one an
+engine of the course understands.
 """
 
 from __future__ import annotations
@@ -89,14 +90,11 @@ def response_format(answer: type[BaseModel], style: str = "json_schema") -> dict
 
 
 def style_for(chat: object) -> str:
-    """The `response_format` spelling `chat` understands: llama-cpp-python's for its server
-    and in-process models, OpenAI's for every other endpoint (llama-server, vLLM, ...)."""
+    """The `response_format` spelling `chat` understands: llama-cpp-python's for an in-process
+    model, OpenAI's for every endpoint (llama-server, the course's llama_cpp.server, vLLM)."""
     from .llamacpp import LlamaCppModel
 
-    server = getattr(chat, "server", None)
-    if isinstance(chat, LlamaCppModel) or getattr(server, "name", None) == "llama_cpp.server":
-        return "json_object"
-    return "json_schema"
+    return "json_object" if isinstance(chat, LlamaCppModel) else "json_schema"
 
 
 @dataclass(frozen=True)
