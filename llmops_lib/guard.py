@@ -276,7 +276,10 @@ class AuditLog:
             self.path = results.save("guard-audit", ".jsonl", lambda tmp: None)
 
     def append(self, record: dict[str, Any]) -> None:
-        data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        try:
+            data = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: written escaped, the line still goes out
+            data = (json.dumps(record) + "\n").encode("ascii")
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             # Locked: without it, a writer could read the tail while another's line is
@@ -380,6 +383,37 @@ def replies_table(replies: list[GuardedReply], raw: bool = False) -> pd.DataFram
     )
 
 
+def real_verdict(value: object) -> Verdict:
+    """`value` when it is a well-formed Verdict; anything else is an unsafe one saying what
+    came (fail closed): None, the text 'safe', a verdict whose `safe` is 'no' (truthy, so it
+    would show the reply), categories that are not Category records, a safe verdict with a
+    problem or categories."""
+    if isinstance(value, Verdict):
+        well_formed = (
+            type(value.safe) is bool
+            and isinstance(value.categories, tuple)
+            and all(isinstance(c, Category) for c in value.categories)
+            and isinstance(value.raw, str)
+            and (value.problem is None or isinstance(value.problem, str))
+        )
+        if well_formed and not (value.safe and (value.problem or value.categories)):
+            return value
+    return Verdict(
+        safe=False, problem=f"the guard returned {type(value).__name__} {value!r:.80}, no verdict"
+    )
+
+
+def _not_unicode(what: str, value: str) -> Verdict | None:
+    """An unsafe verdict for text that cannot be written as UTF-8 (a lone surrogate), which no
+    guard can be shown as it is; None for readable text."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        where = f"a lone surrogate at character {err.start}"
+        return Verdict(safe=False, problem=f"{what} is not valid Unicode ({where}), not judged")
+    return None
+
+
 class GuardedChat:
     """Input check, chat model, output check; every decision appended to an audit log.
 
@@ -406,7 +440,7 @@ class GuardedChat:
     def _check(guard: Guard, messages: list[dict[str, str]]) -> tuple[Verdict, float]:
         start = time.perf_counter()
         try:
-            verdict = guard.judge(messages)
+            verdict = real_verdict(guard.judge(messages))
         except Exception as err:  # noqa: BLE001 - a broken guard must block, not crash open
             verdict = Verdict(safe=False, problem=f"guard error: {type(err).__name__}: {err}")
         return verdict, 1000 * (time.perf_counter() - start)
@@ -414,12 +448,15 @@ class GuardedChat:
     def ask(self, user: str) -> GuardedReply:
         """Answer one user message through both checks; log the decision."""
         if not isinstance(user, str) or not user.strip():
-            raise ValueError(f"user={user!r} is not a message; pass the user's text.")
+            raise InputError(f"user={user!r} is not a message; pass the user's text.")
         start = time.perf_counter()
         ms: dict[str, float] = {}
         output_verdict = None
         reply = None
-        input_verdict, ms["input_check"] = self._check(self.input_guard, conversation(user))
+        if unreadable := _not_unicode("the message", user):
+            input_verdict, ms["input_check"] = unreadable, 0.0
+        else:
+            input_verdict, ms["input_check"] = self._check(self.input_guard, conversation(user))
         if input_verdict.safe:
             t = time.perf_counter()
             try:
@@ -427,6 +464,8 @@ class GuardedChat:
                     [{"role": "user", "content": user}], max_tokens=self.max_tokens, temperature=0.0
                 )
                 reply = response["choices"][0]["message"]["content"] or ""
+                if not isinstance(reply, str):
+                    raise TypeError(f"the reply is {type(reply).__name__} {reply!r:.60}, not text")
             except BaseException as err:  # logged, then raised: a failure leaves a trace too
                 now = time.perf_counter()
                 ms["chat"], ms["total"] = 1000 * (now - t), 1000 * (now - start)
@@ -436,23 +475,25 @@ class GuardedChat:
                 self.audit.append(self._record(failed, None, f"{type(err).__name__}: {err}"))
                 raise
             ms["chat"] = 1000 * (time.perf_counter() - t)
-            if reply.strip():
+            if not reply.strip():
+                output_verdict = Verdict(safe=False, problem="the chat model gave an empty reply")
+            elif unreadable := _not_unicode("the reply", reply):
+                output_verdict = unreadable
+            else:
                 judged = conversation(user, reply)
                 output_verdict, ms["output_check"] = self._check(self.output_guard, judged)
-            else:
-                output_verdict = Verdict(safe=False, problem="the chat model gave an empty reply")
         ms["total"] = 1000 * (time.perf_counter() - start)
 
         if not input_verdict.safe:
-            blocked_by, text = "input", refusal("input", input_verdict)
+            blocked_by, shown_text = "input", refusal("input", input_verdict)
         elif not output_verdict.safe:
-            blocked_by, text = "output", refusal("output", output_verdict)
+            blocked_by, shown_text = "output", refusal("output", output_verdict)
         else:
-            blocked_by, text = None, reply
+            blocked_by, shown_text = None, reply
         result = GuardedReply(
             request_id=uuid.uuid4().hex,
             user=user,
-            text=text,
+            text=shown_text,
             shown=blocked_by is None,
             blocked_by=blocked_by,
             input_verdict=input_verdict,
@@ -479,7 +520,9 @@ class GuardedChat:
             "input": verdict(result.input_verdict),
             "output": verdict(result.output_verdict),
             "reply_chars": None if reply is None else len(reply),
-            "reply_sha256": None if reply is None else hashlib.sha256(reply.encode()).hexdigest(),
+            "reply_sha256": None
+            if reply is None
+            else hashlib.sha256(reply.encode("utf-8", "surrogatepass")).hexdigest(),
             "ms": {k: round(v, 1) for k, v in result.ms.items()},
             "error": error,
         }

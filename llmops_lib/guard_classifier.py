@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import encoder
-from .errors import fraction
+from .errors import InputError, check_columns, fraction
 from .guard import Verdict
 from .guard_prompts import Category
 
@@ -30,7 +30,7 @@ PROMPT_GUARD_CATEGORY = Category(code="PG", name="harmful or jailbreak prompt", 
 def load_prompts(split: str | None = None) -> pd.DataFrame:
     """The shipped prompts (columns text, label, kind, split), or one split of them."""
     if split not in (None, "train", "test"):
-        raise ValueError(f"split={split!r}; use 'train', 'test' or None for all rows.")
+        raise InputError(f"split={split!r}; use 'train', 'test' or None for all rows.")
     source = resources.files("llmops_lib") / "data" / "prompt_guard.csv"
     lines = source.read_text(encoding="utf-8").splitlines(keepends=True)
     body = "".join(line for line in lines if not line.startswith("#"))  # the header notes
@@ -47,9 +47,10 @@ def train(
     plenty here: one already flags 96 % of the held-out harmful prompts at 4 % false
     positives, and each iteration costs as much CPU time as the last.
     """
+    check_columns("train_df", train_df, ["text", "label"])
     labels = set(train_df["label"])
     if labels != {BENIGN, HARMFUL}:
-        raise ValueError(
+        raise InputError(
             f"Training rows have labels {sorted(labels)}; the prompt guard needs both "
             f"{BENIGN!r} and {HARMFUL!r} (pass load_prompts('train'))."
         )
@@ -77,7 +78,7 @@ def metrics(scored: pd.DataFrame) -> pd.Series:
     truth = scored["label"] == HARMFUL
     flagged = scored["predicted"] == HARMFUL
     if truth.all() or not truth.any():
-        raise ValueError("metrics() needs harmful and benign rows in the scored set.")
+        raise InputError("metrics() needs harmful and benign rows in the scored set.")
     counts = confusion_matrix(truth, flagged, labels=[False, True]).ravel()
     tn, fp, fn, tp = (int(n) for n in counts)
     return pd.Series(

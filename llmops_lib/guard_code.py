@@ -28,6 +28,8 @@ from typing import Any
 
 import pandas as pd
 
+from .errors import InputError
+
 # A fence opens with 3+ backticks or tildes (up to 3 spaces in) and an optional tag; it is
 # closed by a line of 3+ of the same character at least as long (CommonMark).
 _OPEN = re.compile(r"^ {0,3}(?P<fence>`{3,}|~{3,})[ \t]*(?P<tag>[^\s`]*)")
@@ -77,6 +79,8 @@ def code_blocks(text: str, indented: bool = True) -> list[CodeBlock]:
     with `indented`, runs of lines indented by 4 spaces or a tab outside fences. NUL bytes
     are dropped first: they hide code from the scanner, never from a copy and paste.
     """
+    if not isinstance(text, str):
+        raise InputError(f"code_blocks needs the reply as text (str), got {type(text).__name__}.")
     blocks: list[CodeBlock] = []
     lines = text.replace("\0", "").splitlines()
     run: list[str] = []  # the indented lines seen since the last other line
@@ -152,7 +156,14 @@ async def _analyze(code: str, languages: list[Any], folder: Path) -> list[Any]:
 
 
 def scan_block(block: CodeBlock) -> ScanResult:
-    """Scan one block with CodeShield (all its languages when the tag is missing or unknown)."""
+    """Scan one block with CodeShield (all its languages when the tag is missing or unknown).
+
+    NUL bytes are dropped before the scan, as code_blocks() drops them: semgrep takes a file
+    with one for binary and matches nothing in it, while a reader's copy and paste keeps the
+    code around it.
+    """
+    if not (isinstance(block, CodeBlock) and isinstance(block.code, str)):
+        raise InputError(f"scan_block needs a CodeBlock of text, got {block!r:.60}.")
     try:
         from codeshield.cs import Treatment
         from codeshield.insecure_code_detector.issues import Severity
@@ -167,7 +178,7 @@ def scan_block(block: CodeBlock) -> ScanResult:
         try:
             # A worker thread has no event loop yet, also inside Jupyter (which runs one).
             with ThreadPoolExecutor(max_workers=1) as pool:
-                scan = _analyze(block.code, languages, Path(tmp))
+                scan = _analyze(block.code.replace("\0", ""), languages, Path(tmp))
                 found = pool.submit(asyncio.run, scan).result()
         except Exception as err:  # noqa: BLE001
             errors.messages.append(f"{type(err).__name__}: {err}")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import non_empty, whole
+from .errors import InputError, check_columns, non_empty, positive, whole
 from .gguf_header import check_gguf
 from .hardware import default_threads
 from .tools import kv_cache_flags, missing, skipped, tool_path
@@ -77,11 +77,43 @@ COLUMNS = ["test", "n_prompt", "n_gen", "n_depth", "n_threads", "tokens_per_s"]
 COLUMNS += ["tokens_per_s_std", "reps", "backend", "n_gpu_layers", "model"]
 
 
+# What each run of llama-bench's JSON output must hold for a row.
+_RUN_KEYS = ("n_prompt", "n_gen", "n_threads", "avg_ts", "stddev_ts", "backends", "n_gpu_layers")
+_RUN_KEYS += ("model_type",)
+
+
 def parse_bench_json(text: str) -> pd.DataFrame:
-    """llama-bench `-o json` output -> one row per test with finite tokens/s figures."""
+    """llama-bench `-o json` output -> one row per test with finite tokens/s figures.
+
+    Anything else (empty, cut off, another tool's output) is an InputError that says what
+    is missing and shows the start of the text.
+    """
+
+    def refused(why: str) -> InputError:
+        shown = text[:300] if isinstance(text, str) else type(text).__name__
+        return InputError(
+            f"Not llama-bench's `-o json` output ({why}): {shown!r}. Pass the standard output "
+            "of `llama-bench ... -o json`."
+        )
+
+    if not isinstance(text, str):
+        raise refused("not text")
+    try:
+        runs = json.loads(text)
+    except (ValueError, RecursionError) as err:  # nested past Python's limit: not llama-bench
+        raise refused(f"not JSON: {err}") from None
+    if not isinstance(runs, list) or not runs:
+        raise refused("no list of runs: llama-bench printed no results")
     rows = []
-    for run in json.loads(text):
+    for i, run in enumerate(runs):
+        missing = [k for k in _RUN_KEYS if not isinstance(run, dict) or k not in run]
+        if missing:
+            raise refused(f"run {i} lacks {', '.join(missing)}")
         pp, tg, depth = run["n_prompt"], run["n_gen"], run.get("n_depth", 0)
+        if not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (pp, tg, depth)
+        ):
+            raise refused(f"run {i} has token counts {pp!r}, {tg!r}, {depth!r}")
         test = f"pp{pp}" if not tg else f"tg{tg}" if not pp else f"pp{pp}+tg{tg}"
         rows.append(
             {
@@ -92,18 +124,18 @@ def parse_bench_json(text: str) -> pd.DataFrame:
                 "n_threads": run["n_threads"],
                 "tokens_per_s": run["avg_ts"],
                 "tokens_per_s_std": run["stddev_ts"],
-                "reps": len(run.get("samples_ts", [])),
+                "reps": len(run.get("samples_ts") or []),
                 "backend": run["backends"],
                 "n_gpu_layers": run["n_gpu_layers"],
                 "model": run["model_type"],
             }
         )
-    if not rows:
-        raise RuntimeError(f"llama-bench printed no results: {text[:500]!r}")
     table = pd.DataFrame(rows)
+    for column in ("tokens_per_s", "tokens_per_s_std"):
+        table[column] = pd.to_numeric(table[column], errors="coerce")  # text: NaN, refused
     figures = table[["tokens_per_s", "tokens_per_s_std"]].to_numpy(dtype=float).ravel()
     if not all(math.isfinite(x) for x in figures) or (table["tokens_per_s"] <= 0).any():
-        raise RuntimeError(f"llama-bench gave non-finite or zero figures:\n{table}")
+        raise refused(f"non-finite or zero figures:\n{table}")
     return table
 
 
@@ -113,11 +145,12 @@ def phase_tps(table: pd.DataFrame) -> dict[str, float]:
 
     Run llama_bench(..., n_depth=(0, n_prompt)) to get both rows.
     """
+    check_columns("table", table, ["test", "n_prompt", "n_gen", "n_depth", "tokens_per_s"])
     prompt = table[(table["n_gen"] == 0) & (table["n_depth"] == 0)]
     depth = int(prompt["n_prompt"].iloc[0]) if len(prompt) else -1
     generated = table[(table["n_prompt"] == 0) & (table["n_depth"] == depth)]
     if prompt.empty or generated.empty:
-        raise ValueError(
+        raise InputError(
             f"llama-bench table {list(table['test'])} lacks a prefill test at depth 0 or a "
             f"decode test right after it; run llama_bench(..., n_depth=(0, n_prompt))."
         )
@@ -129,6 +162,10 @@ def phase_tps(table: pd.DataFrame) -> dict[str, float]:
 
 def versus_library(table: pd.DataFrame, prompt_tps: float, generated_tps: float) -> pd.DataFrame:
     """The library's tokens/s beside llama-bench's; ratio 1.0 = the library costs nothing."""
+    prompt_tps, generated_tps = (
+        positive("prompt_tps", prompt_tps),
+        positive("generated_tps", generated_tps),
+    )
     raw = phase_tps(table)
     return pd.DataFrame(
         {

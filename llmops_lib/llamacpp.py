@@ -15,9 +15,10 @@ from typing import Any
 
 from .backend import Timings, check_chat_args
 from .errors import whole
-from .gguf_header import check_gguf, trained_context, weight_summary
+from .gguf_header import trained_context
 from .hardware import default_threads
 from .plain_text import mark_contents, tokenize_marked
+from .provision import verify_gguf
 
 
 def offload_unavailable() -> str | None:
@@ -159,9 +160,10 @@ class LlamaCppModel:
     ) -> None:
         from llama_cpp import Llama
 
-        self.path = check_gguf(path)
-        trained = trained_context(self.path)  # from the header: refuse before allocating
-        weight_summary(self.path)  # a file cut short inside its tensors: named, not garbage
+        # Before llama.cpp sees it: a file cut short or damaged is named, not loaded as garbage
+        # or aborted on (see verify_gguf); the trained context is refused before allocating.
+        self.path = verify_gguf(path)
+        trained = trained_context(self.path)
         if not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or not 1 <= n_ctx <= trained:
             raise ValueError(
                 f"n_ctx={n_ctx!r} does not fit {self.path.name}, which was trained for "

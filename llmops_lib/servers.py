@@ -16,6 +16,7 @@ from typing import Any
 from .errors import InputError, whole
 from .llamacpp import default_gpu_layers
 from .process import HOST, ServerProcess
+from .provision import verify_gguf
 from .tools import tool_path
 
 
@@ -43,6 +44,7 @@ class LocalServer(ServerProcess):
         startup_timeout_s: float = 120.0,
         n_threads_batch: int | None = None,
     ) -> None:
+        model_path = verify_gguf(model_path)  # the checks the in-process engine runs
         super().__init__(model_path, n_ctx, n_threads, port, startup_timeout_s, n_threads_batch)
         self.n_gpu_layers = gpu_layers(n_gpu_layers)
 
@@ -91,6 +93,7 @@ class LlamaServer(ServerProcess):
         extra_args: tuple[str, ...] = (),
         n_threads_batch: int | None = None,
     ) -> None:
+        model_path = verify_gguf(model_path)  # the checks the in-process engine runs
         super().__init__(
             model_path,
             n_ctx,

@@ -20,6 +20,7 @@ import pandas as pd
 from . import catalog, provision
 from .backend import LocalModel
 from .catalog import ModelSpec
+from .errors import InputError, unknown
 from .hardware import Hardware
 from .profiles import Choice, Profile
 
@@ -60,6 +61,7 @@ class Session:
     ) -> LocalModel:
         """Load any catalog model on `backend` (what model() does for a role)."""
         spec = catalog.get(model)
+        _check_options(backend, precision, kwargs)  # before a file is fetched or loaded
         if backend == "llamacpp":
             from .colab import ensure_llama_cpp
             from .llamacpp import LlamaCppModel
@@ -70,7 +72,7 @@ class Session:
             from .hf import HFModel
 
             return HFModel(spec, precision or "fp32", self.hardware, **kwargs)
-        raise ValueError(
+        raise InputError(
             f"{spec.title} runs on {backend}, which is not a chat engine; for an encoder use "
             "session.model_path('encoder') with llmops_lib.encoder.train()."
         )
@@ -78,7 +80,7 @@ class Session:
     def _gguf_choice(self, role: str, why: str) -> Choice:
         choice = self.choice(role)
         if choice.backend != "llamacpp":
-            raise ValueError(
+            raise InputError(
                 f"The {role!r} role of profile {self.profile.name!r} runs {choice.model} on "
                 f"{choice.backend}, but {why}"
             )
@@ -130,3 +132,39 @@ class Session:
             for role, c in self.profile.roles.items()
         ]
         return pd.DataFrame(rows, columns=["item", "value"]).set_index("item")
+
+
+def _check_options(backend: str, precision: str | None, options: dict[str, Any]) -> None:
+    """Refuse a keyword the backend's engine cannot take, listing the ones it can.
+
+    llama_cpp.Llama takes **kwargs and ignores any it does not know, so `n_ctxx=4096`
+    would load silently with the default context. A GGUF has one precision, its own.
+    """
+    import inspect
+
+    if backend == "llamacpp":
+        from llama_cpp import Llama
+
+        from .llamacpp import LlamaCppModel
+
+        engines, fixed = (LlamaCppModel, Llama), {"path", "model_path"}
+        if precision not in (None, "gguf"):
+            raise InputError(
+                f"precision={precision!r}: a llama.cpp model runs in its GGUF's own "
+                "quantization; pick another GGUF file (or a transformers role) instead."
+            )
+    elif backend == "transformers":
+        from .hf import HFModel
+
+        engines, fixed = (HFModel,), {"spec", "precision", "hw"}
+    else:
+        return  # not a chat engine: load() says so
+    valid = {
+        name
+        for engine in engines
+        for name, p in inspect.signature(engine.__init__).parameters.items()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in {"self", *fixed}
+    }
+    for name in options:
+        if name not in valid:
+            raise unknown(name, f"{backend} engine option", sorted(valid))

@@ -8,6 +8,7 @@ ZeroDivisionError from deep inside. No model is loaded; every example runs in mi
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -20,10 +21,15 @@ import llmops_lib
 from llmops_lib import (
     bench,
     catalog,
+    chat,
     classify,
     datasets,
+    errors,
+    gguf_header,
     guard,
+    guard_code,
     launch,
+    llama_bench,
     loadtest,
     memory,
     roofline,
@@ -268,3 +274,163 @@ def test_a_guard_verdict_is_read_or_refused(text):
     verdict = works_or_input_error(guard.parse_verdict, text)
     if verdict is not None:
         assert verdict.safe == (text.strip() == "safe")
+
+
+# --- parsers, files and texts (issue 28): any text, bytes or JSON works or is InputError ---
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-2, 70) | st.floats() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner),
+    max_leaves=12,
+)
+BENCH_RUN = st.fixed_dictionaries(
+    {
+        "n_prompt": either(st.integers(0, 64)),
+        "n_gen": either(st.integers(0, 64)),
+        "n_threads": either(st.integers(1, 4)),
+        "avg_ts": either(st.floats(0.1, 100)),
+        "stddev_ts": either(st.floats(0, 5)),
+        "backends": st.just("CPU"),
+        "n_gpu_layers": st.just(0),
+        "model_type": st.just("m"),
+    }
+)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "not json", "[]", "{}", "[1]", '[{"n_prompt": 1}]', None, b"[]", "[" * 5000]
+)
+def test_llama_bench_output_that_is_not_its_json_is_named(text):
+    with pytest.raises(InputError, match="Not llama-bench's `-o json` output"):
+        llama_bench.parse_bench_json(text)
+
+
+@FAST
+@given(
+    st.one_of(
+        st.text(max_size=40), JSON.map(json.dumps), st.lists(BENCH_RUN, max_size=3).map(json.dumps)
+    )
+)
+def test_llama_bench_json_is_parsed_or_refused(text):
+    table = works_or_input_error(llama_bench.parse_bench_json, text)
+    if table is not None:
+        assert (table["tokens_per_s"] > 0).all() and len(table) == len(json.loads(text))
+        works_or_input_error(llama_bench.phase_tps, table)
+
+
+@FAST
+@given(either(st.sampled_from(["generated_tps", "ttft_s"])), ANYTHING)
+def test_bench_tables_are_summarized_or_refused(metric, runs):
+    works_or_input_error(bench.summarize, runs)
+    works_or_input_error(llama_bench.phase_tps, runs)
+    works_or_input_error(bench.plot_summary, runs, metric)
+
+
+def _small_gguf() -> bytes:
+    import tempfile
+    from pathlib import Path
+
+    import gguf
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "small.gguf"
+        writer = gguf.GGUFWriter(str(path), "llama")
+        writer.add_context_length(64)
+        writer.add_token_list([b"a", b"b", b"c"])
+        writer.add_tensor("t", np.zeros((4, 4), dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        return path.read_bytes()
+
+
+SMALL_GGUF = _small_gguf()
+
+
+@FAST
+@given(st.lists(st.tuples(st.integers(0, len(SMALL_GGUF) - 1), st.integers(0, 7)), max_size=3))
+def test_a_damaged_gguf_header_is_read_or_refused_by_the_reader_alone(tmp_path, flips):
+    """The damage a disk or a download does: bits flipped anywhere in a small GGUF."""
+    data = bytearray(SMALL_GGUF)
+    for at, bit in flips:
+        data[at] ^= 1 << bit
+    path = tmp_path / "damaged.gguf"
+    path.write_bytes(bytes(data))
+    for call in (gguf_header.read_metadata, gguf_header.check_model, gguf_header.trained_context):
+        works_or_input_error(call, path)
+
+
+@FAST
+@given(st.binary(max_size=64))
+def test_any_bytes_after_the_magic_are_read_or_refused(tmp_path, tail):
+    path = tmp_path / "any.gguf"
+    path.write_bytes(b"GGUF" + tail)
+    works_or_input_error(gguf_header.check_model, path)
+
+
+@FAST
+@given(either(st.text(max_size=12)))
+def test_a_conversation_turn_works_or_says_why(text):
+    conv = chat.Conversation(FakeChat(n_ctx=256), "Be brief.", max_tokens=8)
+    reply = works_or_input_error(conv.ask, text)
+    assert len(conv.turns) == (reply is not None)
+
+
+@FAST
+@given(JSON)
+def test_a_saved_conversation_is_loaded_or_refused(tmp_path, data):
+    path = tmp_path / "chat.json"
+    if isinstance(data, dict):
+        data = {"format": chat.FORMAT, **data}
+    path.write_text(json.dumps(data))
+    works_or_input_error(chat.Conversation.load, path, FakeChat(n_ctx=256))
+
+
+class _Returns:
+    name = "returns"
+
+    def __init__(self, value):
+        self.value = value
+
+    def judge(self, messages):
+        return self.value
+
+
+VERDICTS = st.builds(
+    guard.Verdict,
+    safe=ANYTHING,
+    categories=st.one_of(st.just(()), st.tuples(st.text(max_size=3))),
+    raw=either(st.text(max_size=4)),
+    problem=st.one_of(st.none(), st.text(max_size=4)),
+)
+
+
+@FAST
+@given(st.one_of(ANYTHING, VERDICTS), either(st.text(min_size=1, max_size=8)))
+def test_whatever_a_guard_returns_a_reply_is_shown_only_on_a_real_safe_verdict(
+    tmp_path, returned, user
+):
+    audit = guard.AuditLog(tmp_path / f"audit-{len(list(tmp_path.iterdir()))}.jsonl")
+    pipeline = guard.GuardedChat(FakeChat(lambda m: "fine"), _Returns(returned), audit=audit)
+    result = works_or_input_error(pipeline.ask, user)
+    if result is not None:
+        real_safe = isinstance(returned, guard.Verdict) and returned.safe is True
+        assert result.shown <= real_safe  # never shown on anything else
+        assert len(audit.records()) == 1  # and always audited
+
+
+@FAST
+@given(ANYTHING)
+def test_code_is_found_in_any_reply_or_refused(text):
+    blocks = works_or_input_error(guard_code.code_blocks, text)
+    assert blocks is None or all("\0" not in b.code for b in blocks)
+
+
+@FAST
+@given(either(st.lists(st.text(max_size=5), min_size=1, max_size=3)))
+def test_texts_for_an_encoder_are_a_list_of_text_or_refused(texts):
+    checked = works_or_input_error(errors.texts, "texts", texts)
+    if checked is not None:
+        assert checked == list(texts) and all(isinstance(t, str) for t in checked)

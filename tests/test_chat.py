@@ -14,6 +14,7 @@ import pytest
 from fakes import FakeChat
 
 from llmops_lib.chat import Conversation, MessageTooLong
+from llmops_lib.errors import InputError
 
 SYSTEM = "You are a helpful assistant. Answer in one short sentence."
 QUESTIONS = [
@@ -138,6 +139,67 @@ def test_load_rejects_a_file_that_is_not_a_conversation(fake, tmp_path):
     path = tmp_path / "other.json"
     path.write_text(json.dumps({"messages": []}))
     with pytest.raises(ValueError, match="other.json.*not a saved conversation"):
+        Conversation.load(path, fake)
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        ("", "not a message"),
+        ("  \n", "not a message"),
+        (None, "text is NoneType"),
+        ("\ud800", "lone"),
+    ],
+)
+def test_a_turn_needs_a_message(fake, text, named):
+    conv = Conversation(fake, SYSTEM, max_tokens=REPLY_TOKENS)
+    with pytest.raises(InputError, match=named):
+        conv.ask(text)
+    with pytest.raises(InputError, match=named):
+        list(conv.stream(text, echo=False))
+    assert conv.turns == [] and fake.calls == []  # nothing was sent, nothing recorded
+
+
+def _damage(saved: dict, change) -> dict:
+    damaged = json.loads(json.dumps(saved))
+    change(damaged)
+    return damaged
+
+
+DAMAGES = {
+    "no system": (lambda d: d.pop("system"), r"lacks \['system'\]"),
+    "turns not a list": (lambda d: d.update(turns={}), "turns are not a list"),
+    "a turn without its tokens": (
+        lambda d: d["turns"][0].pop("prompt_tokens"),
+        r"turns\[0\] does not have exactly the fields",
+    ),
+    "a token count as text": (
+        lambda d: d["turns"][1].update(prompt_tokens="12"),
+        r"turns\[1\]\['prompt_tokens'\] is '12', not int",
+    ),
+    "a reply that is not text": (
+        lambda d: d["turns"][0].update(assistant=None),
+        r"\['assistant'\] is None, not str",
+    ),
+    "first_kept past the end": (lambda d: d.update(first_kept=99), "first_kept=99"),
+    "first_kept negative": (lambda d: d.update(first_kept=-1), "first_kept=-1"),
+    "max_tokens as text": (lambda d: d.update(max_tokens="8"), "max_tokens='8'"),
+}
+
+
+@pytest.mark.parametrize(("change", "named"), DAMAGES.values(), ids=DAMAGES)
+def test_load_checks_every_field_of_the_file(fake, tmp_path, change, named):
+    saved = chat_for_turns(fake, 3).to_dict()
+    path = tmp_path / "chat.json"
+    path.write_text(json.dumps(_damage(saved, change)))
+    with pytest.raises(InputError, match=named):
+        Conversation.load(path, fake)
+
+
+def test_load_names_a_file_that_is_not_json(fake, tmp_path):
+    path = tmp_path / "chat.json"
+    path.write_text('{"format": "llmops-conversation/1", "turns": [')  # cut off
+    with pytest.raises(InputError, match=r"chat\.json.*cannot be read as a saved conversation"):
         Conversation.load(path, fake)
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from llmops_lib import encoder
 from llmops_lib.datasets import load_assessments, score, split
+from llmops_lib.errors import InputError
 
 # 40 held-out English texts, balanced: guessing scores 0.5 and reaches 0.70 (28 of 40)
 # with probability below 1 %. SetFit on the 5 English examples per class scored 0.85 here.
@@ -102,11 +103,49 @@ def test_k_sweep_refuses_classifiers_for_a_k_it_does_not_sweep():
     [
         (["a", "b"], ["x"], "one per text"),
         (["a", "b"], ["x", "x"], "at least two labels"),
+        (["a", "b", "c", "d"], "pnpn", "labels must be a list of texts, got str 'pnpn'"),
+        ("abcd", ["p", "n", "p", "n"], "texts must be a list of texts, got str"),
+        (["a", None], ["p", "n"], r"texts\[1\] is NoneType"),
+        (["a", "b"], ["p", float("nan")], r"labels\[1\] is float nan"),
+        (["a", "\ud800"], ["p", "n"], r"texts\[1\] is not valid Unicode"),
+        ([], [], "texts is empty"),
     ],
 )
-def test_train_rejects_bad_input(texts, labels, match, session):
-    with pytest.raises(ValueError, match=match):
-        encoder.train(texts, labels, session.model_path("encoder"))
+def test_train_rejects_bad_input_before_loading_anything(texts, labels, match, tmp_path):
+    with pytest.raises(InputError, match=match):
+        encoder.train(texts, labels, tmp_path / "no-encoder-here")
+
+
+class FakeSetFit:
+    """What EncoderClassifier needs of a SetFitModel: labels and a predict per text."""
+
+    labels = ["negative", "positive"]
+
+    def __init__(self):
+        self.calls = []
+
+    def predict(self, texts):
+        self.calls.append(texts)
+        return ["positive" for _ in texts]
+
+
+@pytest.mark.parametrize(
+    ("texts", "match"),
+    [
+        ("a str", "got str 'a str'"),
+        ([], "is empty"),
+        ([3], r"texts\[0\] is int"),
+        (["\udc80"], "lone surrogate"),
+    ],
+)
+def test_a_classifier_refuses_what_is_not_a_list_of_texts(texts, match):
+    model = FakeSetFit()
+    clf = encoder.EncoderClassifier(model)
+    for call in (clf.predict, clf.predict_proba, clf.embed):
+        with pytest.raises(InputError, match=match):
+            call(texts)
+    assert model.calls == []  # one text per character never reached the model
+    assert clf.predict(["one text"]) == ["positive"]
 
 
 def test_load_rejects_a_folder_without_a_model(tmp_path):
@@ -141,6 +180,50 @@ def test_load_refuses_folders_this_machine_did_not_sign_before_unpickling(tmp_pa
     with pytest.raises(encoder.UntrustedFolderError, match="files changed"):
         encoder.EncoderClassifier.load(folder)
     assert not marker.exists()  # nothing was unpickled
+
+
+def _swap_on_load(monkeypatch, folder, marker, load):
+    """SetFit's loader, preceded by an attacker who swaps `folder`'s model_head.pkl for a
+    foreign pickle: the moment between the manifest check and the load."""
+    from setfit import SetFitModel
+
+    def racing(path, **kwargs):
+        (folder / "model_head.pkl").write_bytes(pickle.dumps(RunsCode(marker)))
+        return load(path, **kwargs)
+
+    monkeypatch.setattr(SetFitModel, "from_pretrained", racing)
+
+
+def test_a_head_swapped_after_the_check_is_never_unpickled(tmp_path, monkeypatch):
+    """SetFit reads model_head.pkl itself (joblib.load): here a stand-in does the same."""
+    import joblib
+
+    monkeypatch.setenv("LLMOPS_CACHE", str(tmp_path / "cache"))
+    folder, marker = tmp_path / "saved", tmp_path / "code-ran"
+    folder.mkdir()
+    joblib.dump({"head": "the trained one"}, folder / "model_head.pkl")
+    encoder.sign_folder(folder)
+    _swap_on_load(
+        monkeypatch, folder, marker, lambda path, **_: joblib.load(f"{path}/model_head.pkl")
+    )
+    loaded = encoder.EncoderClassifier.load(folder)
+    assert loaded.model == {"head": "the trained one"}  # the bytes that were checked
+    assert not marker.exists()  # the foreign pickle never ran
+
+
+@pytest.mark.model
+def test_a_real_classifier_loads_the_checked_bytes_despite_a_swap(trained, english, tmp_path):
+    from setfit import SetFitModel
+
+    _, test = english
+    folder, marker = trained.save(tmp_path), tmp_path / "code-ran"
+    with pytest.MonkeyPatch.context() as patch:
+        _swap_on_load(patch, folder, marker, SetFitModel.from_pretrained)
+        loaded = encoder.EncoderClassifier.load(folder)
+    assert not marker.exists()
+    assert loaded.predict(test["text"][:5]) == trained.predict(test["text"][:5])
+    with pytest.raises(encoder.UntrustedFolderError, match="files changed"):
+        encoder.EncoderClassifier.load(folder)  # the swap itself is caught on the next load
 
 
 @pytest.mark.model

@@ -400,6 +400,78 @@ def test_replies_table_shows_both_checks_and_the_start_of_the_text():
     assert raw == ["safe (safe)", "unsafe: S9 Indiscriminate Weapons (unsafe\nS9)"]
 
 
+class CannedGuard:
+    """Returns one fixed value from judge(), as a broken guard plugin might."""
+
+    name = "canned"
+
+    def __init__(self, value):
+        self.value = value
+
+    def judge(self, messages):
+        return self.value
+
+
+NOT_VERDICTS = {
+    "None": None,
+    "text 'safe'": "safe",
+    "True": True,
+    "a dict": {"safe": True},
+    "safe='no'": Verdict(safe="no"),  # truthy: the reply would be shown
+    "safe=1": Verdict(safe=1),
+    "categories as text": Verdict(safe=False, categories=("S1",)),
+    "safe with a problem": Verdict(safe=True, problem="could not read the answer"),
+}
+
+
+@pytest.mark.parametrize("value", NOT_VERDICTS.values(), ids=NOT_VERDICTS)
+@pytest.mark.parametrize("stage", ["input", "output"])
+def test_anything_but_a_real_verdict_fails_closed_and_is_audited(audit, stage, value):
+    canned, safe = CannedGuard(value), StubGuard("safe")
+    guards = (canned, safe) if stage == "input" else (safe, canned)
+    result = GuardedChat(fake_chat(), *guards, audit=audit).ask(USER)
+    assert not result.shown and result.blocked_by == stage and SECRET not in result.text
+    verdict = result.input_verdict if stage == "input" else result.output_verdict
+    assert verdict.safe is False and "no verdict" in verdict.problem
+    assert "fail closed" in result.text
+    [record] = audit.records()
+    assert record["blocked_by"] == stage and record["shown"] is False
+
+
+def test_a_message_with_a_lone_surrogate_fails_closed_and_is_audited(audit):
+    chat, guard = fake_chat(), StubGuard()  # neither may be asked anything
+    user = "hello \ud800 world"
+    result = GuardedChat(chat, guard, audit=audit).ask(user)
+    assert result.blocked_by == "input" and not result.shown
+    assert "lone surrogate at character 6" in result.input_verdict.problem
+    assert guard.seen == [] and chat.calls == []
+    [record] = audit.records()
+    assert record["user"] == user and record["blocked_by"] == "input"
+
+
+def test_a_reply_with_a_lone_surrogate_is_blocked_and_its_audit_line_written(audit):
+    reply = "the answer \udc80"
+    guard = StubGuard("safe")  # the input check only: the reply is never judged
+    result = GuardedChat(fake_chat(reply), guard, audit=audit).ask(USER)
+    assert result.blocked_by == "output" and reply not in result.text
+    assert "the reply is not valid Unicode" in result.output_verdict.problem
+    [record] = audit.records()
+    assert record["reply_chars"] == len(reply) and len(record["reply_sha256"]) == 64
+    assert reply not in audit.path.read_text(encoding="utf-8", errors="surrogateescape")
+
+
+class NumberChat(FakeChat):
+    def chat(self, *args, **kwargs):
+        return {"choices": [{"message": {"role": "assistant", "content": 42}}]}
+
+
+def test_a_reply_that_is_not_text_is_a_chat_error_with_an_audit_line(audit):
+    with pytest.raises(TypeError, match="the reply is int 42, not text"):
+        GuardedChat(NumberChat(), StubGuard("safe"), audit=audit).ask(USER)
+    [record] = audit.records()
+    assert record["blocked_by"] == "chat error" and record["reply_sha256"] is None
+
+
 def test_empty_user_message_is_an_error(audit):
     with pytest.raises(ValueError, match="user"):
         GuardedChat(fake_chat(), StubGuard(), audit=audit).ask("  ")
@@ -570,6 +642,22 @@ def test_codeshield_scans_hidden_code_and_leaves_no_copies(monkeypatch, tmp_path
     assert all(r.status == "insecure" and "CWE-78" in r.issues[0] for r in found)
     assert results[-1].status == "secure"  # nothing matched, semgrep skipped: no copy left
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        f"\0\n{COMMAND_INJECTION}",  # a NUL line before the dangerous one
+        COMMAND_INJECTION.replace("import os", "import os\0"),
+        COMMAND_INJECTION.replace("system", "sys\0tem"),
+    ],
+    ids=["line-before", "end-of-line-before", "inside-the-call"],
+)
+def test_a_block_with_a_nul_byte_is_scanned_like_the_code_around_it(code, no_network):
+    """semgrep alone takes such a file for binary and finds nothing: 'secure' before."""
+    pytest.importorskip("codeshield")
+    result = guard_code.scan_block(guard_code.CodeBlock("python", code))
+    assert result.status == "insecure" and "CWE-78" in result.issues[0]
 
 
 def test_a_scanner_error_is_unavailable_never_secure(monkeypatch):

@@ -10,7 +10,7 @@ import re
 import pytest
 
 from llmops_lib import catalog, memory
-from llmops_lib.errors import UnknownNameError
+from llmops_lib.errors import InputError, UnknownNameError
 
 LLAMA_8B = catalog.get("llama-3.1-8b-instruct")
 LLAMA_70B = catalog.get("llama-3.1-70b-instruct")
@@ -126,6 +126,12 @@ def test_unknown_precision_lists_the_known_ones():
 def test_context_beyond_training_is_rejected():
     with pytest.raises(ValueError, match="1..8192"):
         memory.kv_cache_bytes(TINY, 40_000)
+
+
+def test_a_plan_for_a_context_beyond_training_is_refused_not_clamped():
+    """It planned the KV cache of 8192 tokens for 40,000 and said 'fits'."""
+    with pytest.raises(InputError, match=r"context_tokens=40000 .*1\.\.8192"):
+        memory.plan(TINY, "fp16", "T4", context_tokens=40_000)
 
 
 def test_gpu_by_name_or_by_gb():

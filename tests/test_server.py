@@ -135,8 +135,17 @@ def test_a_profile_without_a_gguf_chat_model_asks_for_an_endpoint(session):
 
 
 def test_a_server_that_dies_on_start_reports_its_log_and_leaves_nothing(tmp_path):
-    broken = tmp_path / "broken.gguf"
-    broken.write_bytes(b"GGUF" + b"\0" * 64)  # right magic, no model inside
+    import gguf
+    import numpy as np
+
+    broken = tmp_path / "broken.gguf"  # a sound GGUF file that holds no model llama.cpp loads
+    writer = gguf.GGUFWriter(str(broken), "llama")
+    writer.add_token_list([b"a", b"b"])
+    writer.add_tensor("t", np.zeros((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
     local = servers.LocalServer(broken, n_ctx=256)
     with pytest.raises(RuntimeError, match="exited with code"):
         local.start()

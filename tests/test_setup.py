@@ -14,7 +14,7 @@ import pytest
 
 import llmops_lib
 from llmops_lib import catalog, provision
-from llmops_lib.errors import UnknownNameError
+from llmops_lib.errors import InputError, UnknownNameError
 
 
 def test_setup_prints_summary_without_network(no_network, capsys, monkeypatch):
@@ -49,6 +49,69 @@ def test_model_refuses_a_role_that_is_not_a_chat_engine(session):
         session.model("encoder")
     with pytest.raises(UnknownNameError, match="'translator'.*chat, classifier"):
         session.model("translator")
+
+
+@pytest.mark.parametrize(
+    ("role", "options", "named"),
+    [
+        ("chat", {"bogus_kwarg": 1}, r"'bogus_kwarg'. Valid: .*n_ctx, .*n_threads,"),
+        ("chat", {"n_ctxx": 4096}, "llamacpp engine option 'n_ctxx'"),  # llama_cpp would ignore it
+        ("classifier", {"n_threads": 2}, r"transformers engine option 'n_threads'. Valid: n_ctx\."),
+        ("chat", {"precision": "nf4"}, "precision='nf4': a llama.cpp model runs in its GGUF's own"),
+    ],
+)
+def test_an_option_the_engine_cannot_take_is_refused_before_any_loading(
+    session, monkeypatch, role, options, named
+):
+    def fetch(*args, **kwargs):
+        raise AssertionError("a model file was fetched before the options were checked")
+
+    for finder in ("gguf_path", "hf_dir", "local_path"):
+        monkeypatch.setattr(provision, finder, fetch)
+    with pytest.raises(InputError, match=named):
+        session.model(role, **options)
+
+
+@pytest.fixture
+def unreachable_hub(monkeypatch, tmp_path):
+    """The Hub's address is a local port nothing listens on; an empty Hub cache."""
+    from huggingface_hub import constants
+
+    from llmops_lib.process import free_port
+
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    return tmp_path / "hub"
+
+
+@pytest.fixture
+def no_hub_download(monkeypatch):
+    import huggingface_hub
+
+    def download(*args, **kwargs):
+        raise AssertionError("hf_hub_download retries for ~25 s before it says anything")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+
+
+LLAMA3_GGUF = catalog.get("llama-3-8b-instruct-gguf")
+
+
+def test_an_unreachable_hub_is_called_offline_at_once(unreachable_hub, no_hub_download):
+    with pytest.raises(
+        provision.ModelAccessError, match=r"Llama 3 8B.*cannot be reached: offline.*'tiny'"
+    ):
+        provision.hub_gguf(LLAMA3_GGUF)
+
+
+def test_offline_a_file_in_the_hub_cache_is_used_without_retries(unreachable_hub, no_hub_download):
+    repo = unreachable_hub / f"models--{LLAMA3_GGUF.gguf_repo.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abcd")
+    cached = repo / "snapshots" / "0123abcd" / LLAMA3_GGUF.gguf_file
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"GGUF")
+    assert provision.hub_gguf(LLAMA3_GGUF) == cached
 
 
 def test_import_and_setup_from_a_fresh_interpreter():
