@@ -168,13 +168,15 @@ def build_image(work: Path, python: Path, version: str) -> image.Image:
 def release_asset(
     repo: Path, given: Path | None, python: Path, version: str, work: Path
 ) -> tuple[Path | None, str]:
-    """The CPU release asset (assets.provide), built if need be in a fresh virtual environment
-    of Colab's Python, as the release workflow does on its runner."""
+    """The CPU release asset (assets.provide), built if need be as the release workflow builds
+    it: Colab's Python, the library installed from the checkout, the recipe run with it."""
 
     def build_env() -> dict[str, str]:
         venv = work / "asset-venv"
-        subprocess.run([str(python), "-m", "venv", str(venv)], check=True)
-        return {**clean_env(work / "asset-home", venv), "PYTHON": str(venv / "bin" / "python")}
+        env = {**clean_env(work / "asset-home", venv), "PYTHON": str(venv / "bin" / "python")}
+        image.run([str(python), "-m", "venv", str(venv)], env, work / "asset.log")
+        image.run([env["PYTHON"], "-m", "pip", "install", "-q", str(repo)], env, work / "asset.log")
+        return env
 
     return assets.provide(
         repo, given, assets.default_cache(), build_env, version, work / "asset.log"
@@ -208,6 +210,7 @@ def run_runtime(
     if CONTENT.exists():
         found.outside.append(f"{CONTENT} (moved to {runtime.root / 'leaked-content'})")
         shutil.move(str(CONTENT), runtime.root / "leaked-content")
+    (work / "env").rename(runtime.root / "env")  # kept with the runtime; removed at the end
     why = found.failures()
     print(
         f"[{name[:2]}] {'FAIL' if why else 'pass'} in {found.run.total_s:.0f} s"
