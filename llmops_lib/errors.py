@@ -48,21 +48,25 @@ def whole(name: str, value: object, minimum: int = 1) -> int:
     return int(value)
 
 
-def _real(name: str, value: object, needs: str, within: Callable[[float], bool]) -> float:
-    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if not (real and math.isfinite(value) and within(value)):
-        raise InputError(f"{name}={value!r}: needs {needs}.")
+def real(
+    name: str, value: object, needs: str, within: Callable[[float], bool], fix: str = ""
+) -> float:
+    """`value` as a float when it is a finite number for which `within` holds; else an
+    InputError that names it, says what it `needs` and, where given, how to `fix` it."""
+    is_real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not (is_real and math.isfinite(value) and within(value)):
+        raise InputError(f"{name}={value!r}: needs {needs}. {fix}".strip())
     return float(value)
 
 
 def positive(name: str, value: object) -> float:
     """`value` as a float when it is a finite number > 0 (a size, a bandwidth, seconds)."""
-    return _real(name, value, "a finite number > 0", lambda x: x > 0)
+    return real(name, value, "a finite number > 0", lambda x: x > 0)
 
 
 def fraction(name: str, value: object) -> float:
     """`value` as a float when it is a finite number in [0, 1] (a threshold, a share)."""
-    return _real(name, value, "a number between 0 and 1", lambda x: 0 <= x <= 1)
+    return real(name, value, "a number between 0 and 1", lambda x: 0 <= x <= 1)
 
 
 def non_empty(name: str, values: object) -> tuple:

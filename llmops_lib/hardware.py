@@ -11,6 +11,7 @@ import importlib.util
 import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
@@ -104,6 +105,13 @@ def runtime() -> str:
     if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
         return "ci"
     return "local"
+
+
+def checkout() -> bool:
+    """True when the library is imported from the course's checkout (its Makefile beside
+    the package), False in a pip install (Colab, site-packages). Hints name `make ...` or a
+    repository file only where they exist."""
+    return (Path(__file__).resolve().parents[1] / "Makefile").is_file()
 
 
 def _gpu() -> tuple[str | None, float | None, tuple[int, int] | None]:

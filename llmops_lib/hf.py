@@ -76,10 +76,39 @@ def _budget_gb(hw: Hardware) -> float:
     return psutil.virtual_memory().available / 1e9
 
 
-def _plan(spec: ModelSpec, precision: str, hw: Hardware, context_tokens: int) -> memory.Plan:
+def plan(spec: ModelSpec, precision: str, hw: Hardware, context_tokens: int = 2048) -> memory.Plan:
     """The planner's verdict for this machine, with the unquantized parts in compute dtype."""
     keep_bytes = compute_dtype(precision, hw).itemsize
     return memory.plan(spec, precision, _budget_gb(hw), context_tokens, keep_bytes=keep_bytes)
+
+
+def release() -> None:
+    """Free the memory of models nothing refers to any more, now: collect them, then hand
+    the GPU's cached blocks back to the driver.
+
+    Why collect: bitsandbytes' 4-bit weights sit in reference cycles, so `del model` alone
+    leaves them in memory until the garbage collector happens to run (seen on a CPU with
+    bitsandbytes 0.50.2), and a T4 holds one 8B model, not two. Call it after dropping a
+    model and before loading the next; HFModel does both itself.
+    """
+    import gc
+
+    gc.collect()
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """True when `err` says an allocation failed: torch's OutOfMemoryError (CUDA), a CUDA
+    extension's RuntimeError saying "out of memory" (bitsandbytes' kernels), a MemoryError."""
+    import torch
+
+    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
 
 
 def bitsandbytes_devices() -> set[str]:
@@ -111,7 +140,7 @@ def check(spec: ModelSpec, precision: str, hw: Hardware, context_tokens: int = 2
         # the usable precisions, closest in bits to the one asked for first
         bits = memory.bits_per_weight(precision)
         for candidate in sorted(usable, key=lambda p: abs(memory.bits_per_weight(p) - bits)):
-            fit = _plan(spec, candidate, hw, context_tokens)
+            fit = plan(spec, candidate, hw, context_tokens)
             if fit.fits:
                 return f"nearest option that fits: precision={candidate!r} ({fit.verdict})."
         return f"no precision of {', '.join(TRANSFORMERS_PRECISIONS)} fits; use a smaller model."
@@ -128,7 +157,7 @@ def check(spec: ModelSpec, precision: str, hw: Hardware, context_tokens: int = 2
             f"{precision} needs a bitsandbytes build with kernels for {device!r}; installed: "
             f"{sorted(bitsandbytes_devices()) or 'none'} (`pip install bitsandbytes`). {nearest()}"
         )
-    planned = _plan(spec, precision, hw, context_tokens)
+    planned = plan(spec, precision, hw, context_tokens)
     if not planned.fits:
         raise PrecisionError(
             f"{spec.title} in {precision} needs about {planned.total_gb:.1f} GB "
@@ -249,6 +278,7 @@ class HFModel:
         self.plan = check(spec, precision, hw, n_ctx)  # fails here, before any download
         self.device = device_for(hw)
         self.path = provision.hf_dir(spec)
+        release()  # what earlier cells dropped goes before this model arrives
         start = time.perf_counter()
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         bars = tf_logging.is_progress_bar_enabled()
@@ -475,11 +505,7 @@ class HFModel:
     def close(self) -> None:
         """Free the weights now (and the GPU cache), not at garbage collection."""
         self.model = None
-        import gc
-
-        gc.collect()
-        if self._torch.cuda.is_available():
-            self._torch.cuda.empty_cache()
+        release()
 
     def __enter__(self) -> HFModel:
         return self

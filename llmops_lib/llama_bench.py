@@ -16,7 +16,7 @@ import pandas as pd
 from .errors import non_empty, whole
 from .gguf_header import check_gguf
 from .hardware import default_threads
-from .tools import missing, skipped, tool_path
+from .tools import kv_cache_flags, missing, skipped, tool_path
 
 
 def llama_bench(
@@ -28,26 +28,30 @@ def llama_bench(
     n_depth: tuple[int, ...] = (0,),
     n_gpu_layers: int | None = None,
     timeout_s: float = 600,
+    kv_type: str | None = None,
 ) -> pd.DataFrame:
     """Run llama-bench: prefill (pp) and decode (tg) tokens/s, mean and std over `reps`.
 
-    One row per test and depth (`pp128`, `tg64`, `tg64@d128`). A depth is the number of
-    tokens already in the KV cache when the test starts: decoding after a 128-token prompt,
-    as a chat does, is `tg64@d128`, a little slower than from an empty cache.
-    `n_gpu_layers=None` keeps llama-bench's default (all layers on the GPU when the tools
-    were built for CUDA). Without a built llama-bench it prints why and returns those rows
-    with no figures (NaN) instead of raising.
+    One row per test and depth (`pp128`, `tg64`, `tg64@d128`); `n_prompt=0` leaves out the
+    prefill test. A depth is the number of tokens already in the KV cache when the test
+    starts: decoding after a 128-token prompt, as a chat does, is `tg64@d128`, a little
+    slower than from an empty cache. `kv_type` sets the cache's number format (f16, q8_0,
+    q4_0, ...; tools.kv_cache_flags: flash attention on for every type); None keeps
+    llama-bench's default. `n_gpu_layers=None` keeps llama-bench's default (all layers on
+    the GPU when the tools were built for CUDA). Without a built llama-bench it prints why
+    and returns those rows with no figures (NaN) instead of raising.
     """
     model = check_gguf(model_path)
     threads = whole("n_threads", default_threads() if n_threads is None else n_threads)
-    whole("n_prompt", n_prompt)
+    whole("n_prompt", n_prompt, minimum=0)
     whole("n_gen", n_gen)
     whole("reps", reps)
     for i, depth in enumerate(non_empty("n_depth", n_depth)):
         whole(f"n_depth[{i}]", depth, minimum=0)
+    cache = [] if kv_type is None else kv_cache_flags(kv_type)
     reason = missing("llama-bench")
     if reason is not None:  # the rows llama-bench would give, with no figures
-        tests = [(p, g, d) for d in n_depth for p, g in ((n_prompt, 0), (0, n_gen))]
+        tests = [(p, g, d) for d in n_depth for p, g in ((n_prompt, 0), (0, n_gen)) if p or g]
         table = skipped(reason, range(len(tests)), COLUMNS)
         table["test"] = [
             (f"pp{p}" if p else f"tg{g}") + (f"@d{d}" if d else "") for p, g, d in tests
@@ -58,6 +62,7 @@ def llama_bench(
     cmd = [str(tool_path("llama-bench")), "-m", str(model), "-t", str(threads)]
     cmd += ["-p", str(n_prompt), "-n", str(n_gen), "-r", str(reps), "-o", "json"]
     cmd += ["-d", ",".join(map(str, n_depth))]
+    cmd += cache
     if n_gpu_layers is not None:
         cmd += ["-ngl", str(n_gpu_layers)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)

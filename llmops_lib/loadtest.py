@@ -23,10 +23,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from . import results
-from .backend import chunk_text
+from . import metrics, results
+from .backend import check_chat_args, chunk_text
 from .endpoint import Endpoint, EndpointError, connect
-from .errors import InputError, non_empty, positive, whole
+from .errors import InputError, check_columns, non_empty, positive, whole
 from .process import ServerProcess
 from .progress import bar as progress_bar
 from .tools import ToolsNotBuiltError, skipped
@@ -42,6 +42,8 @@ PROMPTS = (
     "What does an inference server do?",
 )
 THREAD_PREFIX = "llmops-user"
+# The columns plot() draws from a summary of run() or per_level_servers().
+FIGURES = ("tokens_per_s", "requests_per_s", "latency_p50_s", "latency_p95_s", "ttft_p50_s")
 
 
 @dataclass(frozen=True)
@@ -130,9 +132,15 @@ def run_level(
 
     The pool is joined before returning (also on errors), so no thread outlives the call;
     each request is bounded by `timeout_s`, so the join is bounded too. On Ctrl-C (or any
-    error) no user starts another request: the join waits only for those in flight.
+    error) no user starts another request, and the requests in flight are hung up
+    (Endpoint.hang_up): the call returns at once, and the server sees its clients gone
+    instead of generating answers that nobody reads.
     """
     _check_level(users, requests_per_user, max_tokens, timeout_s, prompts)
+    if not callable(getattr(endpoint, "timed_chat", None)):
+        raise InputError(
+            f"endpoint: needs an Endpoint (endpoint.connect(url)), got {type(endpoint).__name__}."
+        )
     own_bar = bar is None
     bar = bar or progress_bar(total=users * requests_per_user, desc=f"{users} users", unit="req")
     stop = threading.Event()
@@ -158,6 +166,9 @@ def run_level(
         rows = [row for f in futures for row in f.result()]
     except BaseException:
         stop.set()  # Ctrl-C or an error: cancel what is queued, not wait for all of it
+        hang_up = getattr(endpoint, "hang_up", None)  # an in-process fake has no sockets
+        if hang_up is not None:
+            hang_up()
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -168,6 +179,10 @@ def run_level(
 
 def level_figures(rows: list[RequestResult], users: int, wall_s: float) -> dict[str, float]:
     """One line of figures for one concurrency level (failed requests counted, not timed)."""
+    if not isinstance(rows, list) or not all(isinstance(r, RequestResult) for r in rows):
+        raise InputError("rows: needs the list of RequestResult that run_level() returned.")
+    whole("users", users)
+    positive("wall_s", wall_s)
     ok = [r for r in rows if r.error is None]
     lat = np.array([r.latency_s for r in ok])
     ttft = np.array([r.ttft_s for r in ok if not math.isnan(r.ttft_s)])
@@ -197,20 +212,25 @@ def _levels(
     max_tokens: int,
     timeout_s: float,
     prompts: Sequence[str],
+    watch_metrics: bool = False,
 ) -> Iterator[tuple[dict[str, float], list[RequestResult]]]:
     """Each level in turn under one progress bar: (its figures, its requests).
 
     Every level is checked before the first endpoint is made (a server started), and each
-    endpoint is closed before its level is handed on.
+    endpoint is closed before its level is handed on. `watch_metrics`: the server's
+    /metrics is sampled during each level (metrics.Sampler) and its view joins the figures.
     """
     _check_levels(users, requests_per_user, max_tokens, timeout_s, prompts)
     with progress_bar(total=sum(users) * requests_per_user, desc="load test", unit="req") as bar:
         for n in users:
             with endpoint_for(n) as endpoint:
-                rows, wall = run_level(
-                    endpoint, n, requests_per_user, max_tokens, timeout_s, prompts, bar
-                )
-            yield level_figures(rows, n, wall), rows
+                url = metrics.metrics_url(endpoint.base_url)
+                with metrics.Sampler(url) if watch_metrics else nullcontext() as sampler:
+                    rows, wall = run_level(
+                        endpoint, n, requests_per_user, max_tokens, timeout_s, prompts, bar
+                    )
+            figures = level_figures(rows, n, wall)
+            yield (figures | sampler.view() if watch_metrics else figures), rows
 
 
 def run(
@@ -220,8 +240,13 @@ def run(
     max_tokens: int = 32,
     timeout_s: float = 120.0,
     prompts: Sequence[str] = PROMPTS,
+    watch_metrics: bool = False,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Run each concurrency level in turn; return (one row per N, one row per request)."""
+    """Run each concurrency level in turn; return (one row per N, one row per request).
+
+    `watch_metrics`: also sample the server's Prometheus /metrics during each level (the
+    server_* columns of metrics.Sampler.view(): what a dashboard would have shown).
+    """
     levels = list(
         _levels(
             lambda n: nullcontext(endpoint),
@@ -230,6 +255,7 @@ def run(
             max_tokens,
             timeout_s,
             prompts,
+            watch_metrics,
         )
     )
     summary = [figures for figures, _ in levels]
@@ -250,6 +276,7 @@ def per_level_servers(
     requests_per_user: int = 2,
     max_tokens: int = 32,
     timeout_s: float = 120.0,
+    watch_metrics: bool = False,
 ) -> pd.DataFrame:
     """run() with a fresh server per concurrency level N, made by `start(N)`.
 
@@ -267,6 +294,7 @@ def per_level_servers(
         max_tokens,
         timeout_s,
         PROMPTS,
+        watch_metrics,
     )
     try:
         for figures, _ in levels:
@@ -275,8 +303,24 @@ def per_level_servers(
         if summary:
             raise
         columns = list(level_figures([], 1, 1.0))[1:]  # without "users"
+        columns += list(metrics.VIEW_COLUMNS) if watch_metrics else []
         return skipped(str(err), pd.Index(list(users), name="users"), columns)
     return pd.DataFrame(summary).set_index("users")
+
+
+def metrics_page(start: Callable[[], ServerProcess]) -> metrics.Scrape | None:
+    """One scrape of the /metrics of the server `start()` makes, after one short request
+    (so its counters have moved), the server stopped again. None, with a line saying why,
+    where its llama.cpp tool is not built."""
+    try:
+        with start() as server:
+            endpoint = connect(server.base_url)
+            endpoint.chat([{"role": "user", "content": PROMPTS[0]}], max_tokens=8)
+            endpoint.close()
+            return metrics.scrape(server.url)
+    except ToolsNotBuiltError as err:
+        print(f"skipped: {err}")
+        return None
 
 
 def burst(
@@ -291,7 +335,15 @@ def burst(
     crowd: some answered, the rest told at once to come back (429), none left hanging."""
     import httpx
 
-    body = body or {"prompt": PROMPTS[0], "max_tokens": 16}
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        raise InputError(f"url={url!r}: needs the service's http:// address.")
+    whole("clients", clients)
+    positive("timeout_s", timeout_s)
+    body = {"prompt": PROMPTS[0], "max_tokens": 16} if body is None else body
+    if not isinstance(body, dict):
+        raise InputError(f"body: needs a JSON object (a dict), got {type(body).__name__}.")
+    if not isinstance(path, str) or not path.startswith("/"):
+        raise InputError(f"path={path!r}: needs a path such as /generate.")
     start = threading.Barrier(clients)
 
     def one(client: httpx.Client, i: int) -> dict[str, Any]:
@@ -299,7 +351,9 @@ def burst(
         t0 = time.perf_counter()
         try:
             response = client.post(path, json=body)
-        except httpx.TimeoutException:
+        except httpx.ConnectError as err:  # nothing listens: a wrong URL, not a busy service
+            raise EndpointError(f"Cannot connect to {url} ({err}); is it running?", url) from None
+        except httpx.TransportError:  # a timeout, or the connection dropped: no answer
             status, retry = 0, "nan"
         else:
             status, retry = response.status_code, response.headers.get("Retry-After", "nan")
@@ -321,6 +375,7 @@ def burst(
 
 def burst_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """Per HTTP status: how many, and their median and worst time to an answer."""
+    check_columns("burst_summary()", frame, ["status", "seconds"])
     return frame.groupby("status")["seconds"].agg(requests="count", p50_s="median", max_s="max")
 
 
@@ -337,6 +392,12 @@ def plot(summary: pd.DataFrame | dict[str, pd.DataFrame], title: str = "Load tes
     import matplotlib.pyplot as plt
 
     summaries = summary if isinstance(summary, dict) else {"": summary}
+    if not summaries:
+        raise InputError(
+            "plot() needs a load-test summary, or {label: summary}, not an empty dict."
+        )
+    for label, frame in summaries.items():
+        check_columns(f"plot() of {label or 'the summary'!r}", frame, FIGURES)
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
     for i, (label, frame) in enumerate(summaries.items()):
         n, color = frame.index, f"C{i}"  # one colour per server in every panel
@@ -365,6 +426,7 @@ def plot(summary: pd.DataFrame | dict[str, pd.DataFrame], title: str = "Load tes
 
 def save(summary: pd.DataFrame, stem: str = "loadtest") -> Path:
     """Write the summary to a new timestamped CSV in results/ (never over an earlier run)."""
+    check_columns("save()", summary, ["requests", "failed"])
     return results.save_frame(summary, stem)[0]
 
 
@@ -402,8 +464,9 @@ def serving_paths(
     from .llamacpp import LlamaCppModel
     from .servers import LlamaServer, LocalServer
 
-    if repeats < 1:
-        raise ValueError(f"repeats={repeats}; use 1 or more requests per path.")
+    whole("repeats", repeats)
+    whole("n_threads", n_threads)
+    check_chat_args(messages, max_tokens)  # before three engines are loaded, not after one
     rows = []
 
     def measure(path: str, backend: Any) -> None:
@@ -457,6 +520,12 @@ PATH_RATIOS = {
 def path_ratios(paths: pd.DataFrame) -> pd.Series:
     """tokens/s of one serving path over another's (PATH_RATIOS): below 1, what the first
     adds costs speed; above 1, it gains."""
+    check_columns("path_ratios()", paths, ["tokens/s"])
+    missing = {row for pair in PATH_RATIOS.values() for row in pair} - set(paths.index)
+    if missing:
+        raise InputError(
+            f"path_ratios() needs serving_paths()'s table; it lacks {sorted(missing)}."
+        )
     tps = paths["tokens/s"]
     return pd.Series(
         {what: tps[a] / tps[b] for what, (a, b) in PATH_RATIOS.items()},
@@ -467,8 +536,12 @@ def path_ratios(paths: pd.DataFrame) -> pd.Series:
 def batching_gain(tables: dict[str, pd.DataFrame], users: int = 4) -> pd.DataFrame:
     """Per server configuration: aggregate tokens/s with 1 user and with `users`, and their
     ratio (what continuous batching gains on this machine; N users could at best give N×)."""
+    if not isinstance(tables, dict) or not tables:
+        raise InputError("batching_gain() needs {name: load-test summary}, at least one.")
+    whole("users", users)
     rows = {}
     for name, table in tables.items():
+        check_columns(f"batching_gain() of {name!r}", table, ["tokens_per_s"])
         tps = table["tokens_per_s"]
         if 1 not in tps.index or users not in tps.index:
             raise InputError(

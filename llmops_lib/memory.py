@@ -16,7 +16,7 @@ import pandas as pd
 
 from . import catalog
 from .catalog import ModelSpec
-from .errors import InputError, non_empty, positive, unknown, whole
+from .errors import InputError, lookup, non_empty, positive, unknown, whole
 
 GB = 1e9
 GIB = 2**30
@@ -48,6 +48,7 @@ GGUF_BITS: dict[str, float] = {
     "Q5_0": 5.5,
     "Q4_K_M": 4.84,
     "Q4_K_S": 4.58,
+    "Q4_1": 5.0,
     "Q4_0": 4.5,
     "Q3_K_L": 4.27,
     "Q3_K_M": 3.91,
@@ -60,6 +61,22 @@ GGUF_BITS: dict[str, float] = {
 GPUS: dict[str, float] = {"T4": 16, "L4": 24, "A100-40": 40, "A100-80": 80, "H100": 80}
 
 PRECISIONS = (*UNIFORM_BITS, *BNB_BITS, *GGUF_BITS)
+
+# llama.cpp's KV-cache types (`-ctk`/`-ctv`, the cache_type_k/v of llama-cpp-python) in bytes
+# per stored value. The quantized ones are ggml blocks of 32 values (ggml-common.h): q8_0 is
+# 32 int8 + one fp16 scale = 34 bytes, q4_0 32 nibbles + the scale = 18; q4_1 and q5_1 add an
+# fp16 minimum, q5_0/q5_1 4 bytes of fifth bits; iq4_nl has q4_0's layout.
+KV_TYPES: dict[str, float] = {
+    "f32": 4,
+    "f16": 2,
+    "bf16": 2,
+    "q8_0": 34 / 32,
+    "q5_1": 24 / 32,
+    "q5_0": 22 / 32,
+    "q4_1": 20 / 32,
+    "q4_0": 18 / 32,
+    "iq4_nl": 18 / 32,
+}
 
 # CUDA context, activations and allocator slack, as a share of the weights: the usual
 # rule of thumb "weights x 1.2".
@@ -82,6 +99,21 @@ def bits_per_weight(precision: str) -> float:
         if key:
             return GGUF_BITS[key]
     raise unknown(precision, "precision", PRECISIONS, "GGUF types also as 'gguf:Q4_K_M'.")
+
+
+def gguf_type(spec: ModelSpec | str) -> str:
+    """The GGUF type of a catalog model's file, from its name ('*Q6_K.gguf' -> 'Q6_K')."""
+    spec = catalog.get(spec)
+    name = spec.gguf_file or (spec.offline.path if spec.offline else "")
+    stem = name.upper().removesuffix(".GGUF")
+    for key in GGUF_BITS:
+        before = stem[: -len(key)]
+        if stem.endswith(key) and not (before and before[-1].isalnum()):
+            return key
+    raise InputError(
+        f"{spec.title}: no GGUF type ({', '.join(GGUF_BITS)}) at the end of its file name "
+        f"{name!r}; name the file like 'model.Q4_K_M.gguf' or add the type to GGUF_BITS."
+    )
 
 
 def unquantized_params(spec: ModelSpec) -> float:
@@ -110,19 +142,28 @@ def weight_bytes(spec: ModelSpec | str, precision: str, keep_bytes: float = 2) -
     return (params - kept) * bits / 8 + kept * keep_bytes
 
 
+def kv_bytes_per_value(kv_type: str) -> float:
+    """Bytes one cached key or value takes in llama.cpp's cache type `kv_type` (f16, q8_0, ...)."""
+    return lookup(
+        KV_TYPES, kv_type, "KV cache type", "llama.cpp's -ctk/-ctv spell them in lower case."
+    )
+
+
 def kv_cache_bytes(
     spec: ModelSpec | str,
     context_tokens: int,
     batch: int = 1,
-    bytes_per_value: float = 2,
+    kv_type: str = "f16",
     swa_full: bool = False,
 ) -> float:
     """Bytes of the key/value cache for `batch` sequences of `context_tokens` tokens.
 
     Per token and layer: K and V, each n_kv_heads x head_dim values, so grouped-query
-    attention (few KV heads) shrinks it. Sliding-window layers (Gemma) hold only the last
-    `sliding_window` tokens, unless `swa_full`: llama.cpp by default keeps the whole context
-    in them too, so that cached prompts can be reused.
+    attention (few KV heads) shrinks it; `kv_type` is the cache's number format (KV_TYPES:
+    f16 is llama.cpp's and the Hugging Face blog's default, q8_0 about half of it).
+    Sliding-window layers (Gemma) hold only the last `sliding_window` tokens, unless
+    `swa_full`: llama.cpp by default keeps the whole context in them too, so that cached
+    prompts can be reused.
     """
     spec = catalog.get(spec)
     if spec.kind != "decoder":
@@ -133,9 +174,7 @@ def kv_cache_bytes(
             f"the context {spec.title} was trained for."
         )
     whole("batch", batch)
-    per_token_layer = (
-        2 * spec.n_kv_heads * spec.head_dim * positive("bytes_per_value", bytes_per_value)
-    )
+    per_token_layer = 2 * spec.n_kv_heads * spec.head_dim * kv_bytes_per_value(kv_type)
     full_layers = spec.global_layers()
     window = context_tokens
     if spec.sliding_window and not swa_full:
@@ -157,6 +196,10 @@ def gpu_memory_gb(gpu: str | float) -> float:
         (f"{n} ({g} GB)" for n, g in GPUS.items()),
         "For any other GPU pass its memory in GB as a number, e.g. gpu_memory_gb(12).",
     )
+
+
+def _gpu_label(gpu: str | float) -> str:
+    return gpu if isinstance(gpu, str) else f"{gpu:g} GB"
 
 
 @dataclass(frozen=True)
@@ -197,17 +240,19 @@ def plan(
     context_tokens: int = 4096,
     batch: int = 1,
     keep_bytes: float = 2,
+    kv_type: str = "f16",
 ) -> Plan:
-    """Weights + KV cache (16-bit) + overhead for `spec` in `precision` on `gpu`."""
+    """Weights + KV cache (in `kv_type`, 16-bit by default) + overhead for `spec` in
+    `precision` on `gpu`."""
     spec = catalog.get(spec)
     gpu_gb = gpu_memory_gb(gpu)
     weights = weight_bytes(spec, precision, keep_bytes=keep_bytes) / GB
     context_tokens = whole("context_tokens", context_tokens)
-    kv = kv_cache_bytes(spec, min(context_tokens, spec.max_context), batch) / GB
+    kv = kv_cache_bytes(spec, min(context_tokens, spec.max_context), batch, kv_type) / GB
     return Plan(
         model=spec.key,
         precision=precision,
-        gpu=gpu if isinstance(gpu, str) else f"{gpu:g} GB",
+        gpu=_gpu_label(gpu),
         gpu_gb=gpu_gb,
         weights_gb=weights,
         kv_gb=kv,
@@ -215,13 +260,48 @@ def plan(
     )
 
 
+def max_context(
+    spec: ModelSpec | str,
+    precision: str,
+    gpu: str | float,
+    kv_type: str = "f16",
+    batch: int = 1,
+    keep_bytes: float = 2,
+) -> int:
+    """The longest context (tokens per sequence, at most the trained one) whose KV cache in
+    `kv_type` fits on `gpu` beside the weights and overhead of `precision`, as plan() counts
+    them; 0 when not even one token fits.
+
+    Why: past the weights, the context is what a GPU's memory buys, and a quantized cache
+    (q8_0: about half of f16) buys nearly twice as much of it.
+    """
+    spec = catalog.get(spec)
+    free = gpu_memory_gb(gpu) * GB - (1 + OVERHEAD_FRACTION) * weight_bytes(
+        spec, precision, keep_bytes
+    )
+    if kv_cache_bytes(spec, 1, batch, kv_type) > free:
+        return 0
+    low, high = 1, spec.max_context  # the cache grows with the context: bisect
+    while low < high:
+        mid = (low + high + 1) // 2
+        if kv_cache_bytes(spec, mid, batch, kv_type) <= free:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
 def fit_table(
     specs: list[ModelSpec],
     precisions: tuple[str, ...] = ("bf16", "int8", "nf4"),
     gpus: tuple[str, ...] = tuple(GPUS),
     context_tokens: int = 4096,
+    context_gpu: str | float = "T4",
+    kv_types: tuple[str, ...] = ("f16", "q8_0"),
 ) -> pd.DataFrame:
-    """Models x precision rows, one column per GPU: total GB needed and the verdict."""
+    """Models x precision rows, one column per GPU: total GB needed and the verdict, then
+    how much context fits on `context_gpu` with each KV cache type ("-": the weights do not
+    fit)."""
     rows = []
     for spec in map(catalog.get, non_empty("specs", specs)):
         for precision in non_empty("precisions", precisions):
@@ -234,6 +314,9 @@ def fit_table(
                 "total GB": round(plans[0].total_gb, 1),
             }
             row.update({p.gpu: "fits" if p.fits else "-" for p in plans})
+            for kv_type in non_empty("kv_types", kv_types):
+                tokens = max_context(spec, precision, context_gpu, kv_type)
+                row[f"{_gpu_label(context_gpu)} context ({kv_type} KV)"] = tokens or "-"
             rows.append(row)
     return pd.DataFrame(rows).set_index(["model", "precision"])
 

@@ -1,4 +1,4 @@
-"""Notebook 02's precision sweep: one model in each precision, side by side."""
+"""Notebook 02's precision sweep: one model in each precision, one after the other."""
 
 from __future__ import annotations
 
@@ -10,6 +10,18 @@ import pandas as pd
 from .classify import classify, messages
 from .progress import bar
 from .scoring import accuracy, accuracy_interval, calibrate_threshold
+
+FULL_PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def precisions(session: Any) -> tuple[str, ...]:
+    """The precisions the sweep compares for the session's classifier: its profile's own
+    unquantized precision (fp32 on the tiny profile), else the GPU's 16-bit type (bf16
+    where the GPU has it, fp16 on a T4); then int8 and nf4."""
+    chosen = session.choice("classifier").precision
+    if chosen not in FULL_PRECISIONS:
+        chosen = "bf16" if session.hardware.bf16 else "fp16"
+    return (chosen, "int8", "nf4")
 
 
 def compare_precisions(
@@ -25,7 +37,10 @@ def compare_precisions(
     and planned), decode tokens/s and the Yes/No-probability accuracy with a threshold
     calibrated per precision, with its 95 % Wilson interval (few texts: wide intervals).
 
-    A precision this machine cannot run gets a row with the reason instead of a crash.
+    One model at a time: each is closed and its memory released before the next loads (a
+    T4 holds one 8B model, not two). A precision this machine cannot run gets a row with
+    the reason instead of a crash, and so does one that runs out of memory, after what it
+    had loaded is freed.
     """
     from . import hf
 
@@ -61,5 +76,13 @@ def compare_precisions(
                 }
         except hf.PrecisionError as err:
             row["note"] = str(err)
+        except Exception as err:
+            if not hf.is_out_of_memory(err):
+                raise
+            said = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            row["note"] = f"out of memory, what it had loaded was freed: {said[:160]}"
+        # Leaving the except clause dropped the traceback, and with it a failed load's
+        # tensors; release() collects them before the next precision loads.
+        hf.release()
         rows.append(row)
     return pd.DataFrame(rows).set_index("precision")

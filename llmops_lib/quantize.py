@@ -21,7 +21,7 @@ from . import results
 from .errors import unknown, whole
 from .gguf_header import check_gguf, file_start
 from .hardware import default_threads
-from .tools import tool_path
+from .tools import kv_cache_flags, tool_path
 
 # The types llama-quantize accepts (tools/quantize/quantize.cpp, llama-cpp-python 0.3.36).
 QUANT_TYPES = (
@@ -38,6 +38,9 @@ _TOO_SHORT = re.compile(r"tokenizes to only (\d+) tokens")
 _REQUANTIZE = re.compile(r"requantizing from type (\w+) is disabled")
 _PPL_FINAL = re.compile(rf"Final estimate: PPL = {_FLOAT} \+/- {_FLOAT}")
 _PPL_SETUP = re.compile(r"perplexity over (\d+) chunks, n_ctx=(\d+)")
+# The load log's summary of the KV cache (printed at verbosity 4 and above), e.g.
+# "llama_kv_cache: size =   23.91 MiB (  2048 cells,  30 layers,  1/1 seqs), K (q8_0): ..."
+_KV_SIZE = re.compile(rf"llama_kv_cache: size = +{_FLOAT} MiB \( *(\d+) cells, +(\d+) layers")
 _KLD_STATS = {  # key: the label of its line in the statistics block
     "ppl": r"Mean PPL\(Q\)\s*:",
     "ppl_base": r"Mean PPL\(base\)\s*:",
@@ -163,17 +166,20 @@ def perplexity(
     logits_file: str | Path | None = None,
     n_threads: int | None = None,
     timeout_s: float = 600,
+    kv_type: str | None = None,
 ) -> dict[str, float]:
     """Perplexity of `model` on the first `chunks` contexts of `text` (-1: all of it).
 
     Each chunk of n_ctx tokens is read whole and only its second half is scored, so every
     scored token has at least n_ctx/2 tokens before it. With `logits_file`, the model's
     log-probabilities are saved there (created; must not exist) as the reference for
-    kl_divergence().
+    kl_divergence(). With `kv_type` (see cache_args) the result also holds the KV cache
+    llama.cpp allocated (kv_mib, kv_cells).
     """
-    args = _reading_args(model, text, n_ctx, chunks, n_threads)
+    args = _reading_args(model, text, n_ctx, chunks, n_threads) + cache_args(kv_type)
     if logits_file is None:
-        return parse_perplexity(run_tool("llama-perplexity", args, timeout_s), n_ctx)
+        log = run_tool("llama-perplexity", args, timeout_s)
+        return parse_perplexity(log, n_ctx) | _kv_figures(log, kv_type)
     if chunks != -1 and chunks * scored_per_chunk(n_ctx) < MIN_KLD_TOKENS:
         raise ValueError(
             f"chunks={chunks} of n_ctx={n_ctx} score {chunks * scored_per_chunk(n_ctx)} tokens; "
@@ -184,7 +190,7 @@ def perplexity(
 
     def write(tmp: Path) -> None:
         log = run_tool("llama-perplexity", [*args, "--kl-divergence-base", tmp], timeout_s)
-        found.update(parse_perplexity(log, n_ctx))
+        found.update(parse_perplexity(log, n_ctx) | _kv_figures(log, kv_type))
 
     results.write_atomic(logits_file, write)
     return found
@@ -195,19 +201,46 @@ def kl_divergence(
     logits_file: str | Path,
     n_threads: int | None = None,
     timeout_s: float = 600,
+    kv_type: str | None = None,
 ) -> dict[str, float]:
     """Perplexity and KL divergence of `model` against the reference in `logits_file`.
 
     The tokens come from the logits file, so both models read exactly the same text.
     Returns ppl (this model), ppl_base (the reference), the mean, 99th-percentile and
     largest KL divergence per token (nats), and how often both pick the same top token (%).
+    With `kv_type` the model reads with that KV cache (see cache_args), and the result
+    holds the cache llama.cpp allocated (kv_mib, kv_cells): the reference can be the same
+    model with an f16 cache, so the divergence is what the cache type costs.
     """
     model = check_gguf(model)
     n_ctx = logits_context(logits_file)
     threads = _threads(n_threads)
     args = ["-m", model, "--kl-divergence-base", logits_file, "--kl-divergence"]
-    log = run_tool("llama-perplexity", [*args, "-c", n_ctx, "-b", n_ctx, "-t", threads], timeout_s)
-    return parse_kl_divergence(log)
+    args += ["-c", n_ctx, "-b", n_ctx, "-t", threads, *cache_args(kv_type)]
+    log = run_tool("llama-perplexity", args, timeout_s)
+    return parse_kl_divergence(log) | _kv_figures(log, kv_type)
+
+
+def cache_args(kv_type: str | None) -> list[str]:
+    """llama-perplexity's arguments for a KV cache of `kv_type` (tools.kv_cache_flags), at
+    verbosity 4, where its load log prints the cache's size; none for None."""
+    return [] if kv_type is None else [*kv_cache_flags(kv_type), "-lv", "4"]
+
+
+def parse_kv_cache(log: str) -> dict[str, float]:
+    """The KV cache a llama.cpp tool allocated, from its load log (verbosity >= 4): kv_mib
+    (MiB = 2**20 bytes, as llama.cpp counts them) and kv_cells (tokens it holds)."""
+    match = _KV_SIZE.search(log)
+    if match is None:
+        raise RuntimeError(
+            f"The llama.cpp log shows no 'llama_kv_cache: size' line (run it with -lv 4):\n"
+            f"{log[-2000:]}"
+        )
+    return {"kv_mib": float(match.group(1)), "kv_cells": int(match.group(2))}
+
+
+def _kv_figures(log: str, kv_type: str | None) -> dict[str, float]:
+    return {} if kv_type is None else parse_kv_cache(log)
 
 
 def scored_per_chunk(n_ctx: int) -> int:

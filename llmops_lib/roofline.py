@@ -56,7 +56,10 @@ def memory_bandwidth(size_mb: int = 256, repeats: int = 5, threads: int = 1) -> 
     return 2 * size / min(seconds) / 1e9
 
 
-def gpu_memory_bandwidth(size_mb: int = 1024, repeats: int = 5) -> float | None:
+GPU_COPY_MB = 1024  # the GPU copy's array: it holds two of them (source and destination)
+
+
+def gpu_memory_bandwidth(size_mb: int = GPU_COPY_MB, repeats: int = 5) -> float | None:
     """The GPU's own copy bandwidth in GB/s (read + write, best of `repeats`), or None
     without a CUDA GPU. A model on the GPU reads its weights from GPU memory, so its
     roofline is this bus, not the CPU's (data sheets: T4 320 GB/s, L4 300 GB/s)."""
@@ -172,19 +175,20 @@ def roofline_points(
     summary: pd.DataFrame,
     spec: ModelSpec,
     bandwidth_gbs: float,
-    kv_bytes_per_value: float = 2,
+    kv_type: str = "f16",
     gpu_gbs: float | None = None,
 ) -> pd.DataFrame:
     """Per configuration: bytes read per generated token, the roofline and the fraction reached.
 
     Bytes per token = the weights + the KV cache at the mean context length of the decode
-    (prompt + half the generated tokens), at llama.cpp's default 16-bit cache. Each row is
-    judged against the bus it read from (`bus`): `bandwidth_gbs` (the CPU's) for rows all
-    on the CPU, `gpu_gbs` for rows all on the GPU (`gpu_share` 1); a row split across both,
-    or on the GPU without `gpu_gbs`, has no roofline (NaN) rather than the wrong one.
+    (prompt + half the generated tokens), in the cache type `kv_type` (llama.cpp's default
+    f16). Each row is judged against the bus it read from (`bus`): `bandwidth_gbs` (the
+    CPU's) for rows all on the CPU, `gpu_gbs` for rows all on the GPU (`gpu_share` 1); a row
+    split across both, or on the GPU without `gpu_gbs`, has no roofline (NaN) rather than
+    the wrong one.
     """
     kv = [
-        kv_cache_bytes(spec, max(1, round(p + g / 2)), bytes_per_value=kv_bytes_per_value)
+        kv_cache_bytes(spec, max(1, round(p + g / 2)), kv_type=kv_type)
         for p, g in zip(summary["prompt_tokens"], summary["generated_tokens"], strict=True)
     ]
     per_token = [bytes_per_token(w, k) for w, k in zip(summary["weight_bytes"], kv, strict=True)]

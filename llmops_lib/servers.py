@@ -13,10 +13,18 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .errors import whole
+from .errors import InputError, whole
 from .llamacpp import default_gpu_layers
 from .process import HOST, ServerProcess
 from .tools import tool_path
+
+
+def gpu_layers(n_gpu_layers: int | None) -> int:
+    """Layers to offload: None for the course's default (all where a GPU can take them),
+    -1 for all, 0 for none, or a count."""
+    if n_gpu_layers is None:
+        return default_gpu_layers()
+    return whole("n_gpu_layers", n_gpu_layers, minimum=-1)
 
 
 class LocalServer(ServerProcess):
@@ -36,7 +44,7 @@ class LocalServer(ServerProcess):
         n_threads_batch: int | None = None,
     ) -> None:
         super().__init__(model_path, n_ctx, n_threads, port, startup_timeout_s, n_threads_batch)
-        self.n_gpu_layers = default_gpu_layers() if n_gpu_layers is None else n_gpu_layers
+        self.n_gpu_layers = gpu_layers(n_gpu_layers)
 
     def command(self) -> list[str]:
         cmd = [
@@ -91,7 +99,12 @@ class LlamaServer(ServerProcess):
             n_threads_batch=n_threads_batch,
         )
         self.n_parallel = whole("n_parallel", n_parallel)
-        self.n_gpu_layers = default_gpu_layers() if n_gpu_layers is None else n_gpu_layers
+        self.n_gpu_layers = gpu_layers(n_gpu_layers)
+        if isinstance(extra_args, str) or not all(isinstance(a, str) for a in extra_args):
+            # a bare string would be passed on letter by letter: "--metrics" as "-", "-", "m"...
+            raise InputError(
+                f"extra_args={extra_args!r}: needs a tuple of strings, e.g. ('--metrics',)."
+            )
         self.extra_args = tuple(extra_args)
 
     @property

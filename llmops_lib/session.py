@@ -61,8 +61,10 @@ class Session:
         """Load any catalog model on `backend` (what model() does for a role)."""
         spec = catalog.get(model)
         if backend == "llamacpp":
+            from .colab import ensure_llama_cpp
             from .llamacpp import LlamaCppModel
 
+            ensure_llama_cpp(self.hardware)  # on Colab, the first llama.cpp use provisions it
             return LlamaCppModel(provision.gguf_path(spec), **kwargs)
         if backend == "transformers":
             from .hf import HFModel
@@ -88,6 +90,7 @@ class Session:
         engine "llama_cpp.server": llama-cpp-python's server, one request at a time;
         "llama-server": llama.cpp's own, with n_parallel slots (continuous batching).
         """
+        from .colab import ensure_llama_cpp
         from .servers import LlamaServer, LocalServer
 
         kinds = {"llama_cpp.server": LocalServer, "llama-server": LlamaServer}
@@ -100,6 +103,7 @@ class Session:
             "a local llama.cpp server needs a GGUF model. Serve it with TGI or vLLM and set "
             "LLMOPS_ENDPOINT to its URL (e.g. http://host:8000/v1).",
         )
+        ensure_llama_cpp(self.hardware)  # both servers run llama.cpp
         return kinds[engine](provision.gguf_path(choice.spec), **kwargs)
 
     @contextmanager

@@ -20,7 +20,7 @@ from .backend import Timings
 from .bench import MESSAGES, bench, iqr
 from .errors import whole
 from .llamacpp import engine_timings, offload_unavailable, restart_timings
-from .provision import TINY_CHAT_MODEL
+from .provision import tiny_chat
 
 
 def thread_sweep(session, threads: tuple[int, ...] = (1, 2), **bench_kw: Any) -> pd.DataFrame:
@@ -60,8 +60,11 @@ def _quiet_transformers() -> Iterator[None]:
             transformers.utils.logging.enable_progress_bar()
 
 
+BACKEND_PRECISIONS = ("fp32", "int8", "nf4")  # transformers' side of backend_comparison
+
+
 def backend_comparison(
-    session, precisions: tuple[str, ...] = ("fp32", "int8", "nf4"), **bench_kw: Any
+    session, precisions: tuple[str, ...] = BACKEND_PRECISIONS, **bench_kw: Any
 ) -> pd.DataFrame:
     """The tiny chat model on llama.cpp (its GGUF) and on transformers in `precisions`.
 
@@ -69,14 +72,13 @@ def backend_comparison(
     prompt and the same greedy decoding, on each backend's default device. A precision
     this machine cannot run fails with hf.PrecisionError before loading.
     """
-    frames = [
-        bench(lambda: session.load(TINY_CHAT_MODEL, "llamacpp"), "llama.cpp GGUF", **bench_kw)
-    ]
+    tiny = tiny_chat().key
+    frames = [bench(lambda: session.load(tiny, "llamacpp"), "llama.cpp GGUF", **bench_kw)]
     with _quiet_transformers():
         for precision in tqdm(precisions, desc="transformers"):
             frames.append(
                 bench(
-                    lambda p=precision: session.load(TINY_CHAT_MODEL, "transformers", p),
+                    lambda p=precision: session.load(tiny, "transformers", p),
                     f"transformers {precision}",
                     **bench_kw,
                 )
@@ -115,29 +117,16 @@ def library_vs_raw(
 ) -> dict[str, Any]:
     """Decode speed through LlamaCppModel.chat vs. llama_cpp.Llama.create_completion.
 
-    Same file, n_ctx, threads, n_gpu_layers and seed; the same prompt tokens; greedy;
-    the same max_tokens. Runs alternate (lib, raw, raw, lib, ...) so that a slow spell
-    of the machine hits both sides; the ratio is the median of the per-round ratios.
+    Both sides drive the same llama_cpp.Llama (the library model's own engine), so the
+    weights are held once: an 8B model on a 16 GB T4 fits once, not twice, and the file,
+    n_ctx, threads, n_gpu_layers and seed are the same by construction. The same prompt
+    tokens; greedy; the same max_tokens. Runs alternate (lib, raw, raw, lib, ...) so that a
+    slow spell of the machine hits both sides; the ratio is the median of the per-round ratios.
     """
-    import llama_cpp
-
     whole("rounds", rounds)  # before loading anything
     whole("max_tokens", max_tokens)
     lib = session.model(n_ctx=n_ctx, n_threads=n_threads)
-    try:
-        raw = llama_cpp.Llama(
-            model_path=str(lib.path),
-            n_ctx=n_ctx,
-            n_threads=lib.n_threads,
-            n_threads_batch=lib.llm.n_threads_batch,
-            n_gpu_layers=lib.n_gpu_layers,
-            seed=0,
-            verbose=False,
-        )
-    except Exception:
-        lib.close()
-        raise
-    prompt = raw.tokenize(lib.prompt_text(messages).encode("utf-8"), add_bos=False, special=True)
+    raw = lib.llm  # llama-cpp-python's Llama itself, called without the library
 
     def run_lib() -> tuple[Timings, float]:
         lib.reset()
@@ -154,6 +143,8 @@ def library_vs_raw(
 
     rounds_done = []
     try:
+        text = lib.prompt_text(messages).encode("utf-8")
+        prompt = raw.tokenize(text, add_bos=False, special=True)
         run_lib()  # warm-up, both sides
         run_raw()
         for i in tqdm(range(rounds), desc="library vs raw"):
@@ -173,7 +164,6 @@ def library_vs_raw(
         weights = lib.weight_bytes()
     finally:
         lib.close()
-        raw.close()
     ratios = [t_lib.generated_tps / t_raw.generated_tps for t_lib, _, t_raw, _ in rounds_done]
     return {
         "model": lib.path.name,

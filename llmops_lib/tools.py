@@ -3,21 +3,24 @@
 Why: llama-cpp-python wraps the engine for one caller at a time. `llama-bench` measures
 the raw engine, `llama-server` runs parallel slots (continuous batching), and
 `llama-perplexity` / `llama-quantize` / `llama-imatrix` judge and make quantized files.
-One script, shipped in the package (data/build_llama_tools.sh), builds them into a cache
-outside the work tree, keyed by the llama-cpp-python version and backend, and lists them in
-tools.json: `make setup` runs it in a checkout, `setup()` on Colab (llmops_lib/colab.py);
-this module only finds them.
+One script, shipped in the package (data/build_llama_tools.sh), builds them and the
+binding's wheel into a cache outside the work tree, one folder per build (version, backend,
+CPU baseline), and lists them in tools.json: `make setup` runs it in a checkout, and on
+Colab llmops_lib/colab.py provisions a build on first use. This module finds the tools of
+exactly the build the installed binding came from: pip records the wheel's path in the
+binding's direct_url.json.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from importlib.metadata import version
+from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 from .errors import unknown
+from .memory import kv_bytes_per_value
 from .provision import cache_dir
 
 TOOLS = ("llama-server", "llama-bench", "llama-perplexity", "llama-quantize", "llama-imatrix")
@@ -29,12 +32,13 @@ def build_hint(checkout: bool) -> str:
     if checkout:
         return (
             "build them with `make setup` in the course's checkout "
-            "(llmops_lib/data/build_llama_tools.sh; about 7 min on 2 cores, once per "
-            "llama-cpp-python version)"
+            "(llmops_lib/data/build_llama_tools.sh; about 5 min on 2 idle cores, measured; "
+            "once per llama-cpp-python version)"
         )
     return (
-        "on Colab, `llmops_lib.setup()` builds them with llama-cpp-python (once, kept in "
-        f"Drive); elsewhere run `LLAMA_CPP_VERSION=<version> bash {SCRIPT}`"
+        "on Colab the first llama.cpp cell provisions them (llmops_lib.colab); elsewhere run "
+        f"`LLAMA_CPP_VERSION=<version> bash {SCRIPT}`, then install the binding it built: "
+        f"`pip install --no-deps --force-reinstall $(bash {SCRIPT} --print-wheel)`"
     )
 
 
@@ -45,26 +49,45 @@ class ToolsNotBuiltError(FileNotFoundError):
     """llama.cpp's native tools for this llama-cpp-python version are not built yet."""
 
 
-def backend() -> str:
-    """'cuda' if the installed llama-cpp-python was built with CUDA, else 'cpu' (from its
-    files, without importing it), so the tools found come from the binding's own build."""
-    spec = importlib.util.find_spec("llama_cpp")
-    lib = Path(spec.origin).parent / "lib" if spec and spec.origin else None
-    return "cuda" if lib is not None and any(lib.glob("libggml-cuda*")) else "cpu"
+def installed_key() -> str | None:
+    """The cache key (folder name) of the course build the installed llama-cpp-python's wheel
+    came from, read from pip's direct_url.json; None when it is not installed or came from
+    elsewhere (an index, a source build of pip's own)."""
+    try:
+        record = distribution("llama-cpp-python").read_text("direct_url.json")
+    except PackageNotFoundError:
+        return None
+    url = urlparse(json.loads(record)["url"]) if record else None
+    if url is None or url.scheme != "file":
+        return None
+    wheel = Path(unquote(url.path))  # <cache>/llama-tools/<key>/wheel/<name>.whl
+    if wheel.parent.name != "wheel" or wheel.parents[2].name != "llama-tools":
+        return None
+    return wheel.parents[1].name
 
 
 def tools_dir() -> Path:
-    """Cache folder of the tools for the installed llama-cpp-python (same build, same key)."""
-    return cache_dir() / "llama-tools" / f"{version('llama-cpp-python')}-{backend()}"
+    """Cache folder of the tools of the installed llama-cpp-python's own build."""
+    key = installed_key()
+    if key is None:
+        raise ToolsNotBuiltError(
+            "llama.cpp's native tools are found through the course's build of "
+            "llama-cpp-python, and the one installed here is not from it (or none is); "
+            f"{BUILD_HINT}."
+        )
+    return cache_dir() / "llama-tools" / key
 
 
 def tools() -> dict[str, Any]:
     """The build record (tools.json): version, backend (cpu/cuda) and each tool's path."""
+    from .colab import ensure_llama_cpp  # on Colab, the first tool provisions llama.cpp
+
+    ensure_llama_cpp()
     manifest = tools_dir() / "tools.json"
     if not manifest.is_file():
         raise ToolsNotBuiltError(
-            f"llama.cpp's native tools are not built for llama-cpp-python "
-            f"{version('llama-cpp-python')} (no {manifest}); {BUILD_HINT}."
+            f"llama.cpp's native tools are not built for the installed llama-cpp-python "
+            f"(no {manifest}); {BUILD_HINT}."
         )
     return json.loads(manifest.read_text())
 
@@ -109,3 +132,15 @@ def skipped(reason: str, index: Any, columns: Any) -> Any:
     frame = pd.DataFrame(float("nan"), index=index, columns=columns)
     frame.attrs["skipped"] = reason
     return frame
+
+
+def kv_cache_flags(kv_type: str) -> list[str]:
+    """The flags that give llama-perplexity, llama-bench and llama-server a KV cache of
+    `kv_type` (memory.KV_TYPES: f16, q8_0, q4_0, ...); an unknown type is refused here.
+
+    Flash attention is switched on for every type, f16 included: llama.cpp refuses a
+    quantized V cache without it ("quantized V cache requires flash_attn"), and a comparison
+    of cache types must differ in the cache only.
+    """
+    kv_bytes_per_value(kv_type)
+    return ["-fa", "on", "-ctk", kv_type, "-ctv", kv_type]

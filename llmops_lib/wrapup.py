@@ -90,7 +90,7 @@ def _guard(path: Path) -> list[tuple[str, str, float, str]]:
 
 def _serving(server: str) -> Callable[[Path], list[tuple[str, str, float, str]]]:
     def read(path: Path) -> list[tuple[str, str, float, str]]:
-        """03's load test: generated tokens/s over all users, at 1, 4 and 8 users."""
+        """03's or 10's load test: generated tokens/s over all users, at 1, 4 and 8 users."""
         df = pd.read_csv(path)
         _columns(df, path, ["users", "tokens_per_s"])
         levels = df[df["users"].isin([1, 4, 8])]
@@ -125,6 +125,20 @@ SOURCES: tuple[Source, ...] = (
         "03",
         "serving with continuous batching",
         _serving("llama-server -np N"),
+    ),
+    Source(
+        "10-loadtest-service",
+        ".csv",
+        "10",
+        "serving through the course's service",
+        _serving("service (notebook 10)"),
+    ),
+    Source(
+        "10-loadtest-llama-server",
+        ".csv",
+        "10",
+        "serving with continuous batching, beside the service",
+        _serving("llama-server -np N (notebook 10)"),
     ),
     Source("guard-audit", ".jsonl", "06", "guard overhead", _guard),
     Source("bench-07", ".csv", "07", "decode speed vs roofline", _decode),
@@ -208,6 +222,17 @@ def encoder_answer(table: pd.DataFrame, tolerance: float = 0.05) -> str:
         speed = f"; per text the LLM classifier takes {llm_ms / enc_ms:.1f}x the encoder's time"
     verdict = "Yes, on these figures" if gap >= -points else "Not on accuracy alone"
     return f"{verdict}: {accuracy}{speed}."
+
+
+def serving_throughput(table: pd.DataFrame) -> pd.Series:
+    """The `serving tokens/s` rows of collect()'s table as tokens/s by (server, users): the
+    throughput cost.cost_table() turns into a price per token."""
+    rows = table[table["topic"] == "serving tokens/s"]
+    parts = rows["measure"].str.extract(r"^(?P<server>.+), (?P<users>\d+) user\(s\)$")
+    index = pd.MultiIndex.from_arrays(
+        [parts["server"], parts["users"].astype(int)], names=["server", "users"]
+    )
+    return pd.Series(rows["value"].to_numpy(dtype=float), index=index, name="tokens_per_s")
 
 
 def plot(table: pd.DataFrame):

@@ -111,15 +111,20 @@ base_image() {
 
 host_wheel() {
     # The llama-cpp-python wheel this machine already compiled, so the image does not
-    # compile llama.cpp again: the llama-tools cache first, then pip's wheel cache. CPU
-    # builds only: a CUDA build would need the CUDA runtime in the image.
-    "$PYTHON" - "$CACHE" "$HOME/.cache/pip/wheels" <<'PY'
+    # compile llama.cpp again: the llama-tools cache first (the portable build, else the
+    # machine's default one), then pip's wheel cache. CPU builds only: a CUDA build would
+    # need the CUDA runtime in the image.
+    local native
+    native="$(LLMOPS_CACHE="$CACHE" LLMOPS_LLAMA_BACKEND=cpu llmops_lib/data/build_llama_tools.sh --print-wheel 2>/dev/null || true)"
+    "$PYTHON" - "$CACHE" "$HOME/.cache/pip/wheels" "$native" <<'PY'
 import re, sys, zipfile
 from pathlib import Path
 
 pins = Path("constraints.txt").read_text()
 version = re.search(r"^llama[-_]cpp[-_]python==(\S+)", pins, re.I | re.M).group(1)
-places = [Path(sys.argv[1]) / "llama-tools" / f"{version}-cpu" / "wheel", Path(sys.argv[2])]
+places = [Path(sys.argv[1]) / "llama-tools" / f"{version}-cpu-x86-64-v3" / "wheel"]
+places += [Path(sys.argv[3]).parent] if sys.argv[3] else []
+places.append(Path(sys.argv[2]))
 for place in places:
     for wheel in sorted(place.rglob(f"llama_cpp_python-{version}-*.whl")):
         if not any("libggml-cuda" in name for name in zipfile.ZipFile(wheel).namelist()):

@@ -10,6 +10,7 @@ or from a function of the messages (and come back as their words joined by singl
 spaces, as the tokenizer sees them); nothing about a caller is assumed, so a lesson that
 sends the wrong messages, trims too little or miscounts still fails its test.
 
+`FakeSchemaChat` is a FakeChat that also takes a `response_format` (structured output).
 `FakeEndpoint` answers `timed_chat()` like `endpoint.Endpoint`, one request at a time
 (one slot, like llama_cpp.server), with `endpoint.Reply` objects: enough for the load test.
 """
@@ -239,6 +240,27 @@ class FakeChat:
     def _check_open(self) -> None:
         if self.closed:
             raise RuntimeError(f"{self.name} is closed")
+
+
+class FakeSchemaChat(FakeChat):
+    """A FakeChat that also takes `response_format`, as llama-cpp-python and the OpenAI-style
+    endpoints do (the chat contract does not ask for it: transformers has no grammar).
+
+    The format is recorded in `calls`, not obeyed: a fake has no grammar, so a test scripts
+    what a constrained engine would answer.
+    """
+
+    def chat(
+        self,
+        messages: list[Message],
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        stream: bool = False,
+        response_format: dict[str, Any] | None = None,
+    ) -> dict[str, Any] | Iterator[dict[str, Any]]:
+        reply = super().chat(messages, max_tokens, temperature, stream)
+        self.calls[-1]["response_format"] = response_format
+        return reply
 
 
 def _common_prefix(a: list[str], b: list[str]) -> int:

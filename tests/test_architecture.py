@@ -25,16 +25,17 @@ LAYERS = {
     ],
     "planning": [
         "catalog", "profiles", "memory", "sharding", "launch", "roofline", "provision", "tools",
-        "gguf_header", "colab",
+        "gguf_header", "colab", "cost",
     ],
     "engines": [
         "llamacpp", "hf", "encoder", "process", "servers", "endpoint", "llama_bench", "quantize",
+        "metrics",
     ],
     "session": ["session", "__init__"],
     "lessons": [
-        "chat", "classify", "scoring", "precision_sweep", "guard_prompts", "guard",
+        "chat", "classify", "scoring", "precision_sweep", "gpu_plan", "guard_prompts", "guard",
         "guard_classifier", "guard_code", "bench", "sweeps", "loadtest", "wrapup",
-        "quant_sweep", "evaluation", "judge", "drift",
+        "quant_sweep", "kv_sweep", "evaluation", "judge", "drift", "structured",
     ],
     "commands": ["bench_cli", "service", "llama_cpp_server"],
 }  # fmt: skip

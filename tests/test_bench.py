@@ -187,7 +187,7 @@ def test_bench_gives_finite_positive_figures_with_the_documented_columns(
 @pytest.mark.model
 def test_bench_runs_the_transformers_backend_too(session):
     runs = bench.bench(
-        lambda: session.load(provision.TINY_CHAT_MODEL, "transformers", "fp32", n_ctx=512),
+        lambda: session.load(provision.tiny_chat().key, "transformers", "fp32", n_ctx=512),
         "hf",
         max_tokens=6,
         reps=1,
@@ -266,3 +266,22 @@ def test_bench_cli_refuses_a_bad_count_before_loading_anything(option, value, ca
         bench_cli.main([option, value])
     assert exit_info.value.code == 2
     assert f"argument {option}: '{value}' is not a whole number >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.model
+def test_library_vs_raw_drives_one_engine_so_the_model_is_held_once(session, monkeypatch):
+    """Two engines would hold the weights twice: Llama 3 8B Q6_K on a T4 would not fit
+    (gpu_plan.peaks('07') plans one)."""
+    import llama_cpp
+
+    built = []
+
+    class Counted(llama_cpp.Llama):
+        def __init__(self, *args, **kwargs):
+            built.append(kwargs.get("model_path"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(llama_cpp, "Llama", Counted)
+    summary = sweeps.library_vs_raw(session, n_threads=1, max_tokens=4, rounds=1, n_ctx=512)
+    # llama.cpp counts the tokens it decoded: the first comes from the prompt's pass
+    assert len(built) == 1 and 1 <= summary["generated_tokens"] <= 4

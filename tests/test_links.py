@@ -57,3 +57,103 @@ def test_a_notebook_without_badge_or_setup_cell_is_named(tmp_path):
     path.write_text(json.dumps({"cells": cells, "metadata": {}}))
     with pytest.raises(ValueError, match="01_x.ipynb: the first cell"):
         links.rewrite_notebook(path)
+
+
+BAD_REPOS = {
+    "parent folders": "../..",
+    "hidden owner and .git": ".hidden/.git",
+    "Cyrillic look-alike": "my-\u043erg/course",  # a Cyrillic o
+    "5000-character owner": "a" * 5000 + "/course",
+    "40-character owner": "a" * 40 + "/course",
+    "owner ending in a hyphen": "my-org-/course",
+    "double hyphen": "my--org/course",
+    "empty": "",
+    "three parts": "a/b/c",
+    "name ..": "my-org/..",
+    "name with a space": "my-org/my course",
+    "101-character name": "my-org/" + "n" * 101,
+}
+BAD_REFS = {
+    "an option": "--upload-pack=touch /tmp/x",
+    "leading hyphen": "-main",
+    "empty": "",
+    "parent": "release/../main",
+    "space": "my branch",
+    "lock": "main.lock",
+    "hidden part": "feature/.x",
+    "trailing slash": "feature/",
+    "control character": "main\x00",
+    "non-ASCII": "r\u00e9lease",
+}
+
+
+@pytest.mark.parametrize("case", BAD_REPOS, ids=list(BAD_REPOS))
+def test_a_repository_github_would_not_accept_is_refused(case):
+    with pytest.raises(links.InputError, match="--repo"):
+        links.check_slug(BAD_REPOS[case])
+
+
+@pytest.mark.parametrize("case", BAD_REFS, ids=list(BAD_REFS))
+def test_a_ref_git_would_not_accept_is_refused(case):
+    with pytest.raises(links.InputError, match="--ref"):
+        links.check_ref(BAD_REFS[case])
+
+
+@pytest.mark.parametrize("slug", ["my-org/llmops-course", "a/b", "A1-b2/.github", "x/a_b.c"])
+def test_names_github_accepts_pass(slug):
+    assert links.check_slug(slug) == slug
+    assert links.check_ref("release/v1.0-rc_2") == "release/v1.0-rc_2"
+
+
+def _checkout(root: Path, names: list[str]) -> Path:
+    """A copy of the course's notebooks (and its pyproject.toml) under `root`."""
+    (root / "notebooks").mkdir(parents=True)
+    shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
+    for name in names:
+        shutil.copy(ROOT / "notebooks" / name, root / "notebooks" / name)
+    return root
+
+
+def _texts(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): p.read_text() for p in root.rglob("*") if p.is_file()}
+
+
+def test_one_bad_notebook_leaves_every_file_as_it_was(tmp_path):
+    root = _checkout(tmp_path, ["04_cpu_only.ipynb", "05_conversations.ipynb"])
+    broken = root / "notebooks" / "06_broken.ipynb"  # sorts after the two good ones
+    cells = [{"cell_type": "markdown", "metadata": {}, "source": ["# no badge"]}] * 2
+    broken.write_text(json.dumps({"cells": cells, "metadata": {}}))
+    before = _texts(root)
+    with pytest.raises(links.InputError, match="06_broken.ipynb: the first cell"):
+        links.rewrite_all(root, "my-org/my-course", "v1.0")
+    assert _texts(root) == before  # not half-way: the first two are untouched too
+    assert not list(root.rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("argv", [["--repo", ""], ["--repo", "../.."], ["--ref=--upload-pack"]])
+def test_the_command_refuses_bad_names_and_writes_nothing(argv, capsys):
+    before = _texts(ROOT / "notebooks") | {"links.py": Path(links.__file__).read_text()}
+    with pytest.raises(SystemExit) as refused:
+        links.main(argv)
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert "--repo" in err or "--ref" in err
+    after = _texts(ROOT / "notebooks") | {"links.py": Path(links.__file__).read_text()}
+    assert after == before
+
+
+def test_an_installed_package_is_not_rewritten(tmp_path, monkeypatch, capsys):
+    site = tmp_path / "site-packages"
+    package = site / "llmops_lib"
+    package.mkdir(parents=True)
+    module = package / "links.py"
+    shutil.copy(links.__file__, module)
+    installed = module.read_text()
+    monkeypatch.setattr(links, "ROOT", site)
+    monkeypatch.setattr(links, "__file__", str(module))
+    with pytest.raises(SystemExit) as refused:
+        links.main(["--repo", "my-org/my-course"])
+    assert refused.value.code == 2
+    assert "not a checkout" in capsys.readouterr().err
+    assert sorted(p.name for p in site.rglob("*")) == ["links.py", "llmops_lib"]  # nothing new
+    assert module.read_text() == installed

@@ -6,18 +6,22 @@ concurrency level) and test_server.py (llama_cpp.server and the openai client).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
 import socket
 import threading
+from collections.abc import Iterator
 
 import pytest
 from fakes import FakeChat, FakeEndpoint
+from test_service import long_reply, serving, wait_for
 
 from llmops_lib import loadtest
-from llmops_lib.endpoint import Endpoint
-from llmops_lib.process import HOST
+from llmops_lib.endpoint import Endpoint, EndpointError, connect
+from llmops_lib.errors import InputError
+from llmops_lib.process import HOST, free_port
 
 
 @pytest.fixture
@@ -112,22 +116,43 @@ def test_plot_draws_each_server_in_one_colour_on_every_panel(endpoint):
     assert list(tokens.get_xticks()) == [1, 2]
 
 
-def test_ctrl_c_cancels_the_queued_requests_and_leaves_no_threads():
-    slow = FakeEndpoint(FakeChat(token_delay_s=0.05))  # one slot, 0.4 s per request
-    # Python's own Ctrl-C handler, also when the test run inherited SIGINT ignored (a job
-    # that a non-interactive shell puts in the background does): Ctrl-C must reach Python.
+@contextlib.contextmanager
+def ctrl_c_after(seconds: float) -> Iterator[None]:
+    """Press Ctrl-C (SIGINT to this process) after `seconds`, with Python's own handler, also
+    when the test run inherited SIGINT ignored (a job that a non-interactive shell puts in
+    the background does): Ctrl-C must reach Python."""
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    interrupt = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    interrupt = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
     interrupt.start()
     try:
         with pytest.raises(KeyboardInterrupt):
-            loadtest.run(slow, users=(4,), requests_per_user=5, max_tokens=8)
+            yield
     finally:
         interrupt.cancel()
         signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_cancels_the_queued_requests_and_leaves_no_threads():
+    slow = FakeEndpoint(FakeChat(token_delay_s=0.05))  # one slot, 0.4 s per request
+    with ctrl_c_after(0.5):
+        loadtest.run(slow, users=(4,), requests_per_user=5, max_tokens=8)
     assert loadtest.user_threads_alive() == 0
     # the requests in flight when Ctrl-C came are answered; no user started another one
     assert len(slow.requests) < 20
+
+
+def test_ctrl_c_hangs_up_the_requests_in_flight_on_a_real_service():
+    model = FakeChat(long_reply, n_ctx=512, token_delay_s=0.05)  # 15 s an answer
+    with serving(model, 8) as (url, app, _):
+        queue = app.state.queue
+        with ctrl_c_after(1.0):
+            loadtest.run(connect(url + "/v1"), users=(4,), requests_per_user=3, max_tokens=300)
+        assert loadtest.user_threads_alive() == 0
+        wait_for(lambda: queue.admitted == 0)
+    # Ctrl-C came while one request generated and three waited: all four were hung up
+    # (none answered to the end, none left holding a place), and no user sent another.
+    assert queue.served <= 1 and queue.abandoned == 4
+    assert len(model.calls) == 1
 
 
 def test_path_ratios_divide_the_rows_each_comparison_names():
@@ -158,3 +183,66 @@ def test_batching_gain_is_the_ratio_of_the_two_levels():
     assert gain.loc["queue", "gain"] == pytest.approx(1.1)
     with pytest.raises(ValueError, match="'x' has no load level for 1 and 8 users"):
         loadtest.batching_gain({"x": level(1, 2)}, users=8)
+
+
+def _frame(**columns):
+    import pandas as pd
+
+    return pd.DataFrame(columns)
+
+
+# Empty or malformed input to the load test's parsers and helpers: each a named InputError,
+# none a ZeroDivisionError, KeyError, AttributeError or TypeError from inside.
+BAD_CALLS = {
+    "level figures of no time": lambda: loadtest.level_figures([], 1, 0.0),
+    "level figures of NaN time": lambda: loadtest.level_figures([], 1, math.nan),
+    "level figures of a string": lambda: loadtest.level_figures("abc", 1, 1.0),
+    "level figures of None": lambda: loadtest.level_figures(None, 1, 1.0),
+    "burst summary of an empty table": lambda: loadtest.burst_summary(_frame()),
+    "burst summary of a list": lambda: loadtest.burst_summary([200, 429]),
+    "burst of no clients": lambda: loadtest.burst("http://127.0.0.1:9", 0),
+    "burst with no time": lambda: loadtest.burst("http://127.0.0.1:9", 1, timeout_s=0),
+    "burst to a number": lambda: loadtest.burst(5, 1),
+    "burst of a text body": lambda: loadtest.burst("http://127.0.0.1:9", 1, body="hi"),
+    "path ratios of an empty table": lambda: loadtest.path_ratios(_frame()),
+    "path ratios without the rows": lambda: loadtest.path_ratios(_frame(**{"tokens/s": [1.0]})),
+    "batching gain of nothing": lambda: loadtest.batching_gain({}),
+    "batching gain of a list": lambda: loadtest.batching_gain([1]),
+    "batching gain without tokens/s": lambda: loadtest.batching_gain({"a": _frame(x=[1])}),
+    "plot of nothing": lambda: loadtest.plot({}),
+    "plot of a table without figures": lambda: loadtest.plot(_frame(x=[1])),
+    "save of a string": lambda: loadtest.save("x"),
+    "serving paths with no repeats": lambda: loadtest.serving_paths("m.gguf", [], repeats=0),
+    "serving paths of a string": lambda: loadtest.serving_paths("m.gguf", "hello"),
+    "a level without an endpoint": lambda: loadtest.run_level(None, 1),
+}
+
+
+@pytest.mark.parametrize("case", BAD_CALLS, ids=list(BAD_CALLS))
+def test_empty_or_malformed_input_is_a_named_input_error(case):
+    with pytest.raises(InputError):
+        BAD_CALLS[case]()
+    assert loadtest.user_threads_alive() == 0
+
+
+def test_a_burst_at_an_address_where_nothing_listens_names_it():
+    url = f"http://{HOST}:{free_port()}"
+    with pytest.raises(EndpointError, match=f"Cannot connect to {url}"):
+        loadtest.burst(url, 2, timeout_s=5)
+
+
+def test_watch_metrics_adds_what_the_services_metrics_showed_at_each_level():
+    with serving(FakeChat(token_delay_s=0.02), 8) as (url, app, _):
+        summary, requests = loadtest.run(
+            connect(url + "/v1"),
+            users=(1, 3),
+            requests_per_user=2,
+            max_tokens=8,
+            watch_metrics=True,
+        )
+    tokens = requests.groupby("users")["tokens"].sum()
+    assert summary["server_tokens"].tolist() == tokens.tolist()  # the server's count, exactly
+    # never more waiting than there are users (between two turns all of them wait briefly)
+    assert (summary["server_waiting_max"] <= summary.index).all()
+    assert (summary["server_busy_max"] <= 1).all() and (summary["scrapes"] >= 2).all()
+    assert (summary["server_latency_p95_s"] > 0).all()

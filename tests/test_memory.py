@@ -10,6 +10,7 @@ import re
 import pytest
 
 from llmops_lib import catalog, memory
+from llmops_lib.errors import UnknownNameError
 
 LLAMA_8B = catalog.get("llama-3.1-8b-instruct")
 LLAMA_70B = catalog.get("llama-3.1-70b-instruct")
@@ -44,7 +45,61 @@ def test_blog_comparison_table_shows_every_published_figure_within_one_percent()
 def test_kv_cache_scales_with_batch_and_dtype():
     one = memory.kv_cache_bytes(LLAMA_8B, 4096)
     assert memory.kv_cache_bytes(LLAMA_8B, 4096, batch=4) == 4 * one
-    assert memory.kv_cache_bytes(LLAMA_8B, 4096, bytes_per_value=1) == one / 2
+    assert memory.kv_cache_bytes(LLAMA_8B, 4096, kv_type="f32") == 2 * one
+
+
+@pytest.mark.parametrize(
+    ("kv_type", "per_token"), [("f16", 23_040), ("q8_0", 12_240), ("q4_0", 6_480)]
+)
+def test_kv_bytes_per_token_of_each_cache_type_worked_by_hand(kv_type, per_token):
+    """SmolLM2 135M: 30 layers, 3 KV heads of 64 dims; K and V: 2 x 3 x 64 x 30 = 11,520
+    values per token. f16: 2 bytes each = 23,040. ggml's q8_0 stores a block of 32 values
+    in 32 int8 + a 2-byte scale = 34 bytes: 11,520 / 32 x 34 = 12,240. q4_0: 16 bytes of
+    nibbles + the scale = 18 bytes per 32: 11,520 / 32 x 18 = 6,480."""
+    assert memory.kv_cache_bytes(TINY, 1000, kv_type=kv_type) == 1000 * per_token
+    plan = memory.plan(TINY, "fp32", "T4", context_tokens=2000, kv_type=kv_type)
+    assert plan.kv_gb == pytest.approx(2000 * per_token / 1e9)
+
+
+def test_how_much_context_fits_worked_by_hand():
+    """Llama 3.1 8B in int8 on a T4: weights 9.08 GB (the planner's figure) x 1.2 with the
+    overhead leave 16 - 10.896 = 5.104 GB. Per token its cache holds 2 x 8 KV heads x 128
+    dims x 32 layers = 65,536 values: 131,072 bytes in f16, 69,632 in q8_0 (34/32 bytes
+    each). 5.104e9 / 131,072 = 38,940 tokens; / 69,632 = 73,300: q8_0 holds 1.88x as much,
+    the ratio of 2 to 34/32 bytes."""
+    weights = memory.weight_bytes(LLAMA_8B, "int8")
+    assert weights / 1e9 == pytest.approx(9.08, abs=0.005)
+    free = 16e9 - 1.2 * weights
+    for kv_type, per_token in (("f16", 131_072), ("q8_0", 69_632)):
+        tokens = memory.max_context(LLAMA_8B, "int8", "T4", kv_type)
+        assert tokens == int(free // per_token)
+        assert memory.plan(LLAMA_8B, "int8", "T4", tokens, kv_type=kv_type).fits
+        assert not memory.plan(LLAMA_8B, "int8", "T4", tokens + 1, kv_type=kv_type).fits
+    assert memory.max_context(LLAMA_8B, "int8", "T4", "f16") == pytest.approx(38_940, abs=50)
+
+
+def test_context_is_capped_at_the_trained_one_and_zero_when_the_weights_do_not_fit():
+    assert memory.max_context(TINY, "fp32", "T4") == TINY.max_context
+    assert memory.max_context(LLAMA_8B, "bf16", "T4") == 0  # 16 GB of weights alone
+    assert memory.max_context(LLAMA_8B, "nf4", "T4", "q8_0") == LLAMA_8B.max_context
+
+
+def test_the_fit_table_shows_the_context_each_cache_type_buys_on_a_t4():
+    table = memory.fit_table([LLAMA_8B], precisions=("bf16", "int8"))
+    assert table.loc[("llama-3.1-8b-instruct", "int8"), "T4 context (f16 KV)"] == (
+        memory.max_context(LLAMA_8B, "int8", "T4")
+    )
+    assert table.loc[("llama-3.1-8b-instruct", "int8"), "T4 context (q8_0 KV)"] > 70_000
+    assert table.loc[("llama-3.1-8b-instruct", "bf16"), "T4 context (q8_0 KV)"] == "-"
+    l4 = memory.fit_table([LLAMA_8B], precisions=("bf16",), context_gpu="L4", kv_types=("q4_0",))
+    assert l4.loc[("llama-3.1-8b-instruct", "bf16"), "L4 context (q4_0 KV)"] > 0
+
+
+def test_an_unknown_cache_type_lists_the_known_ones():
+    with pytest.raises(UnknownNameError, match=r"KV cache type 'int8'.*q8_0.*q4_0.*lower case"):
+        memory.kv_cache_bytes(TINY, 100, kv_type="int8")
+    with pytest.raises(UnknownNameError, match="Q8_0"):
+        memory.max_context(TINY, "fp32", "T4", "Q8_0")
 
 
 def test_sliding_window_layers_stop_growing_past_the_window():
@@ -110,6 +165,18 @@ def test_tiny_kv_estimate_matches_llama_cpp():
     reported = _llama_cpp_kv_mib(2048)
     estimate = memory.kv_cache_bytes(TINY, 2048) / 2**20
     assert estimate == pytest.approx(reported, rel=0.10)
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("kv_type", ["q8_0", "q4_0"])
+def test_quantized_kv_estimate_matches_llama_cpp(kv_type):
+    import llama_cpp
+
+    ggml_type = getattr(llama_cpp, f"GGML_TYPE_{kv_type.upper()}")
+    # A quantized V cache needs flash attention; llama.cpp prints sizes to 0.01 MiB.
+    reported = _llama_cpp_kv_mib(1024, type_k=ggml_type, type_v=ggml_type, flash_attn=True)
+    estimate = memory.kv_cache_bytes(TINY, 1024, kv_type=kv_type) / 2**20
+    assert estimate == pytest.approx(reported, abs=0.01)
 
 
 @pytest.mark.model

@@ -11,6 +11,7 @@ import math
 import pytest
 
 from llmops_lib import llama_bench, loadtest, servers, tools
+from llmops_lib.errors import UnknownNameError
 from llmops_lib.process import port_is_free
 from llmops_lib.profiles import get as get_profile
 from llmops_lib.session import Session
@@ -45,7 +46,7 @@ def test_missing_build_names_the_command_that_builds_it(tmp_path, monkeypatch):
 def test_without_a_checkout_the_hint_names_no_make_and_no_scripts_folder():
     hint = tools.build_hint(checkout=False)
     assert "make" not in hint and "scripts/" not in hint
-    assert "setup()" in hint and str(tools.SCRIPT) in hint
+    assert "first llama.cpp cell" in hint and f"bash {tools.SCRIPT} --print-wheel" in hint
 
 
 @pytest.mark.model
@@ -196,6 +197,16 @@ def test_without_tools_llama_bench_gives_its_rows_with_no_figures(no_tools, tmp_
     assert list(table["test"]) == ["pp16", "tg8", "pp16@d16", "tg8@d16"]
     compared = llama_bench.versus_library(table, prompt_tps=100.0, generated_tps=10.0)
     assert compared["ratio"].isna().all()  # notebook 07 shows NaN, it does not stop
+
+
+def test_without_tools_a_decode_only_bench_gives_only_its_rows(no_tools, tmp_path, capsys):
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF" + bytes(60))
+    table = llama_bench.llama_bench(model, n_prompt=0, n_gen=8, n_depth=(1024,), kv_type="q8_0")
+    _said_once(capsys)
+    assert list(table["test"]) == ["tg8@d1024"]
+    with pytest.raises(UnknownNameError, match="KV cache type 'fp8'"):
+        llama_bench.llama_bench(model, n_prompt=0, n_gen=8, kv_type="fp8")
 
 
 def test_without_tools_the_quantization_sweep_gives_rows_the_later_cells_accept(

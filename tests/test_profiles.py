@@ -65,7 +65,7 @@ def test_every_profile_fills_every_role_with_a_catalog_model(name):
 def test_only_the_tiny_profile_is_offline_and_uses_packaged_models():
     tiny = profiles.get("tiny")
     assert tiny.offline
-    assert all(c.spec.offline_package for c in tiny.roles.values() if c.backend != "transformers")
+    assert all(c.spec.offline for c in tiny.roles.values() if c.backend != "transformers")
     assert not any(p.offline for n, p in profiles.PROFILES.items() if n != "tiny")
 
 

@@ -113,6 +113,41 @@ def test_a_log_without_its_result_is_an_error():
         quantize.parse_kl_divergence(few)
 
 
+# The load log of `llama-perplexity -fa on -ctk q8_0 -ctv q8_0 -lv 4` on SmolLM2 135M.
+KV_CACHE_LOG = """\
+0.00.170.571 I llama_context: flash_attn            = enabled
+0.00.170.709 I llama_kv_cache:        CPU KV buffer size =     5.98 MiB
+0.00.174.653 I llama_kv_cache: size =    5.98 MiB (   512 cells,  30 layers,  1/1 seqs), \
+K (q8_0):    2.99 MiB, V (q8_0):    2.99 MiB
+0.00.174.683 I llama_kv_cache: attn_rot_k = 1, n_embd_head_k_all = 64
+"""
+
+
+def test_the_kv_cache_llama_cpp_allocated_is_read_from_its_load_log():
+    assert quantize.parse_kv_cache(KV_CACHE_LOG) == {"kv_mib": 5.98, "kv_cells": 512}
+    with pytest.raises(RuntimeError, match="no 'llama_kv_cache: size' line.*-lv 4"):
+        quantize.parse_kv_cache(PERPLEXITY_LOG)
+
+
+def test_a_cache_type_switches_flash_attention_on_for_every_type():
+    assert quantize.cache_args(None) == []
+    for kv_type in ("f16", "q4_0"):
+        args = quantize.cache_args(kv_type)
+        assert args[args.index("-ctk") + 1] == args[args.index("-ctv") + 1] == kv_type
+        assert args[args.index("-fa") + 1] == "on" and args[args.index("-lv") + 1] == "4"
+
+
+def test_an_unknown_cache_type_is_refused_before_any_tool_runs(tmp_path):
+    header_only = tmp_path / "header.gguf"
+    header_only.write_bytes(b"GGUF\x03\x00\x00\x00")
+    with pytest.raises(UnknownNameError, match="KV cache type 'q2_k'"):
+        quantize.perplexity(header_only, header_only, kv_type="q2_k")
+    logits = tmp_path / "r.logits"
+    logits.write_bytes(quantize.LOGITS_MAGIC + struct.pack("<I", 256) + b"\0" * 16)
+    with pytest.raises(UnknownNameError, match="KV cache type 'Q8_0'"):
+        quantize.kl_divergence(header_only, logits, kv_type="Q8_0")
+
+
 def test_requantizing_says_what_to_do():
     with pytest.raises(ValueError, match=r"already quantized \(q4_1\).*allow_requantize=True"):
         quantize._raise_known_errors("llama-quantize", REQUANTIZE_LOG)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import threading
+import time
 
 import pytest
 
@@ -204,3 +206,35 @@ def test_llama_server_still_parses_control_tokens_in_contents(session, tiny_chat
     with session.server("llama-server", n_ctx=512, n_threads=1) as native:
         counted = _prompt_tokens(native.base_url, native.model)
     assert counted == len(tiny_chat.tokenize(tiny_chat.prompt_text(TYPED)))
+
+
+@pytest.mark.model
+def test_a_request_right_after_a_failed_stream_is_answered(running):
+    """llama_cpp.server closes the connection right after an empty stream; reused, it said
+    'Cannot connect ... Start the server' to the next, valid request."""
+    endpoint = api.connect(running.base_url)
+    too_long = [{"role": "user", "content": "word " * 2000}]
+    for _ in range(3):
+        with pytest.raises(api.EndpointError, match="ended the stream without an answer"):
+            list(endpoint.chat(too_long, max_tokens=8, stream=True))
+        assert reply_text(endpoint.chat(MESSAGES, max_tokens=4)).strip()
+
+
+def test_hang_up_ends_a_request_blocked_on_a_silent_server_from_another_thread(silent_url):
+    endpoint = api.Endpoint(silent_url, model="any", timeout_s=60)
+    failures: list[Exception] = []
+
+    def ask() -> None:
+        try:
+            endpoint.chat(MESSAGES, max_tokens=4)
+        except api.EndpointError as err:
+            failures.append(err)
+
+    asking = threading.Thread(target=ask)
+    asking.start()
+    deadline = time.monotonic() + 10
+    while not endpoint.hang_up() and time.monotonic() < deadline:  # once it has connected
+        time.sleep(0.05)
+    asking.join(timeout=10)  # far less than its 60 s timeout
+    assert not asking.is_alive() and len(failures) == 1
+    assert silent_url in str(failures[0]) and "Cannot connect" not in str(failures[0])

@@ -13,7 +13,7 @@ from importlib.metadata import files
 import pytest
 
 import llmops_lib
-from llmops_lib import provision
+from llmops_lib import catalog, provision
 from llmops_lib.errors import UnknownNameError
 
 
@@ -36,10 +36,12 @@ def test_setup_with_unknown_profile_fails_clearly():
 def test_tiny_model_files_come_from_packages_without_network(no_network):
     gguf = provision.tiny_gguf()
     # The hash pip recorded when it installed the package (RECORD: urlsafe base64 SHA-256).
-    (recorded,) = [f for f in files(provision.TINY_GGUF_PACKAGE) if f.name == gguf.name]
+    packaged = provision.tiny_chat().offline
+    (recorded,) = [f for f in files(packaged.package) if f.name == gguf.name]
     digest = base64.urlsafe_b64encode(hashlib.sha256(gguf.read_bytes()).digest())
     assert recorded.hash.mode == "sha256" and digest.rstrip(b"=").decode() == recorded.hash.value
-    assert (provision.minilm_dir() / "model.safetensors").is_file()
+    encoder = provision.encoder_path(catalog.get("all-minilm-l6-v2"))
+    assert (encoder / "model.safetensors").is_file()
 
 
 def test_model_refuses_a_role_that_is_not_a_chat_engine(session):

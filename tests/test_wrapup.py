@@ -41,6 +41,8 @@ def full(tmp_path):
     levels = [{"users": u, "tokens_per_s": 10.0 * u} for u in (1, 2, 4, 8)]
     write_csv(tmp_path, "loadtest-20260102-000000.csv", levels)
     write_csv(tmp_path, "loadtest-llama-server-20260103-000000.csv", levels[:1])
+    write_csv(tmp_path, "10-loadtest-service-20260103-000000.csv", levels[1:3])  # 2 and 4
+    write_csv(tmp_path, "10-loadtest-llama-server-20260103-000000.csv", levels[3:])
     write_csv(
         tmp_path,
         "bench-07-20260102-000000-1.csv",
@@ -83,8 +85,21 @@ def test_collect_takes_the_figures_that_answer_the_question(full):
         "llama_cpp.server, 4 user(s)",
         "llama_cpp.server, 8 user(s)",
         "llama-server -np N, 1 user(s)",
+        "service (notebook 10), 4 user(s)",
+        "llama-server -np N (notebook 10), 8 user(s)",
     ]
-    assert set(table["notebook"]) == {"01", "02", "03", "06", "07"}
+    assert set(table["notebook"]) == {"01", "02", "03", "06", "07", "10"}
+
+
+def test_serving_throughput_is_the_tokens_per_s_by_server_and_users(full):
+    table, _ = wrapup.collect(full)
+    throughput = wrapup.serving_throughput(table)
+    assert throughput.index.names == ["server", "users"]
+    assert throughput[("llama_cpp.server", 8)] == 80.0
+    assert throughput[("service (notebook 10)", 4)] == 40.0
+    assert throughput[("llama-server -np N (notebook 10)", 8)] == 80.0
+    assert len(throughput) == 6  # only the serving rows: no accuracy, no decode speed
+    assert wrapup.serving_throughput(table[table["topic"] == "accuracy"]).empty
 
 
 def test_missing_results_name_the_notebook_to_run(tmp_path):
