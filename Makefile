@@ -5,11 +5,13 @@
 #   make image       build the service image (python:3.12-slim base; BASE=... for another)
 #   make test-image  build it and run the service's HTTP tests against the container;
 #                    says why and skips (exit 0) where no engine or base image can be had
+# and, for the workshop (see scripts/colab_replica.py):
+#   make colab-replica  every notebook as a new Colab CPU runtime, timed against its budgets
 VENV   := .venv
 STAMP  := $(VENV)/.installed
 export LLMOPS_PROFILE ?= tiny
 
-.PHONY: setup lab test notebooks lint clean image test-image
+.PHONY: setup lab test notebooks lint clean image test-image colab-replica
 
 $(STAMP): requirements.txt requirements-models.txt requirements-dev.txt constraints.txt \
           pyproject.toml scripts/setup_env.sh scripts/install_torch.py \
@@ -42,6 +44,12 @@ image: $(STAMP)
 # Bounded by TEST_IMAGE_BUDGET_S (600 s); needs .venv for the tests and the free port.
 test-image: $(STAMP)
 	scripts/test_image.sh test
+
+# Colab's CPU image rebuilt from its published package list (PyPI only), the llama.cpp release
+# asset served on 127.0.0.1, each notebook run as a new runtime; fails on a cell error or a
+# setup cell over 2 min. NB="00 04" for some; the report goes to results/colab-replica/.
+colab-replica: $(STAMP)
+	$(VENV)/bin/python scripts/colab_replica.py $(NB)
 
 lint: setup
 	$(VENV)/bin/ruff check llmops_lib tests

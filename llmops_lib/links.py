@@ -37,9 +37,12 @@ def badge(notebook: str, slug: str = GITHUB_SLUG, ref: str = REF) -> str:
     return f"[![Open In Colab]({BADGE_IMAGE})]({colab_url(notebook, slug, ref)})"
 
 
-def pip_install_url(slug: str = GITHUB_SLUG, ref: str = REF) -> str:
-    """What Colab installs: the library straight from the repository."""
-    return f"git+https://github.com/{slug}@{ref}"
+def pip_install_url(
+    slug: str = GITHUB_SLUG, ref: str = REF, host: str = "https://github.com"
+) -> str:
+    """What Colab installs: the library straight from the repository (`host`: another git
+    server, e.g. file:///path holding a local clone at slug/, for scripts/colab_replica.py)."""
+    return f"git+{host}/{slug}@{ref}"
 
 
 def setup_cell(notebook: str, slug: str = GITHUB_SLUG, ref: str = REF) -> str:
