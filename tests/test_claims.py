@@ -60,11 +60,12 @@ SENTENCE_END = re.compile(
     r"(?<=[.!?])\s+(?=[A-Z*_`(\[\"'])|\n\s*\n|\n(?=\s*(?:[-*+]|\d+\.)\s)|\n(?=\s*\|)"
 )  # sentences, paragraphs, list items and table rows
 CODE_BLOCK = re.compile(r"```.*?```", re.S)
+INLINE_CODE = re.compile(r"`[^`\n]+`")  # code, option values and literals: not measurements
 
 
 def figures(text: str) -> Iterator[tuple[str, str]]:
     """(figure as written, its sentence) for every measured figure in a markdown text."""
-    for sentence in SENTENCE_END.split(CODE_BLOCK.sub(" ", text)):
+    for sentence in SENTENCE_END.split(INLINE_CODE.sub(" ", CODE_BLOCK.sub(" ", text))):
         for match in FIGURE.finditer(sentence):
             num, unit = match["num"], match["unit"]
             if unit is None and "." not in num:
@@ -140,6 +141,7 @@ def test_every_figure_in_the_prose_is_printed_or_cited(path):
         ("An L4 reads 300 GB/s ([data sheet](https://www.nvidia.com/l4)).", "", []),
         ("In 2024 there were 3 runs of notebook 07.", "", []),
         ("Set `top_p=0.5`; the figure 0.5 is not printed.", "", ["0.5"]),
+        ('Is `{"label": "no", "confidence": 0.9}` accepted?', "", []),
         ("| base | `python:3.12-slim` |\n| size | 672 MB |", "", ["672 MB"]),
     ],
 )
