@@ -21,7 +21,11 @@ if awk -v b="$now" -v m="$MAX_BUSY" 'BEGIN { exit !(b > m) }'; then
     exit 1
 fi
 
-[ "$#" -gt 0 ] || set -- notebooks/[0-9][0-9]_*.ipynb
+# 00 (the course map, with each notebook's stored run time) and 99 (the wrap-up, from the
+# results files) read the other notebooks' runs: they go last, so they read the final ones.
+if [ "$#" -eq 0 ]; then
+    set -- $(ls notebooks/[0-9][0-9]_*.ipynb | grep -v -E '/(00|99)_') notebooks/00_*.ipynb notebooks/99_*.ipynb
+fi
 for nb in "$@"; do
     echo "== $(basename "$nb") (other programs: $(busy) cores busy)"
     start=$SECONDS
