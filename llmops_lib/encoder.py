@@ -377,7 +377,7 @@ def k_sweep(
             )
         scores = datasets.score(test, clf.predict(test["text"]))
         train_s = float("nan") if clf.train_s is None else round(clf.train_s, 1)  # None: loaded
-        row = {"k": k, "train texts": len(train_rows), "train s": train_s}
+        row = {"k": k, "train texts": len(train_rows), "train s": train_s, "test texts": len(test)}
         row.update({f"accuracy {lang}": scores.loc[lang, "accuracy"] for lang in scores.index})
         rows.append(row)
     return pd.DataFrame(rows).set_index("k")

@@ -340,15 +340,12 @@ def wilson(right: int, n: int, level: float = 0.95) -> tuple[float, float]:
     Unlike the textbook p ± z·sqrt(p(1-p)/n) it stays inside [0, 1] and does not shrink to
     nothing when all n labels agree, which matters for the few labels a week gives.
     """
-    from scipy.stats import norm
+    from scipy.stats import binomtest
 
     if n < 1 or not 0 <= right <= n:
         raise ValueError(f"wilson({right}, {n}): need n >= 1 labels and 0 <= right <= n.")
-    z = norm.ppf(0.5 + level / 2)
-    p = right / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
+    ci = binomtest(right, n).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
 def labelling_plan(

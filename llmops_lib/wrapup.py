@@ -16,16 +16,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import course, results
+from . import course, evaluation, results
 
-COLUMNS = ["topic", "measure", "value", "unit", "notebook", "file"]
+# `n`, `low`, `high`: for an accuracy, the texts it was measured on and its 95 % Wilson
+# interval (two accuracies whose intervals overlap are not told apart by these texts).
+COLUMNS = ["topic", "measure", "value", "unit", "n", "low", "high", "notebook", "file"]
+# What a reader returns per figure: (topic, measure, value, unit), and for an accuracy the
+# number of texts it was measured on as a fifth element.
+Figure = tuple
 
 
 @dataclass(frozen=True)
 class Source:
     """One kind of results file: its name, the notebook that writes it, how to read it.
 
-    `read(path)` returns rows of (topic, measure, value, unit).
+    `read(path)` returns Figures: (topic, measure, value, unit[, texts scored]).
     """
 
     stem: str
@@ -44,28 +49,39 @@ def _columns(df: pd.DataFrame, path: Path, needed: list[str]) -> None:
         )
 
 
-def _encoder(path: Path) -> list[tuple[str, str, float, str]]:
+def _encoder(path: Path) -> list[Figure]:
     """01's k-sweep: accuracy of the encoder trained on the most examples per class."""
     df = pd.read_csv(path)
-    _columns(df, path, ["k", "accuracy all"])
+    _columns(df, path, ["k", "accuracy all", "test texts"])
     best = df.loc[df["k"].idxmax()]
-    return [
-        ("accuracy", f"encoder (SetFit, k={int(best['k'])} per class)", best["accuracy all"], "")
-    ]
+    measure = f"encoder (SetFit, k={int(best['k'])} per class)"
+    return [("accuracy", measure, best["accuracy all"], "", int(best["test texts"]))]
 
 
-def _llm_classifier(path: Path) -> list[tuple[str, str, float, str]]:
+def _llm_classifier(path: Path) -> list[Figure]:
     """02's scored assessments: accuracy two ways, and the time per text."""
     df = pd.read_csv(path)
     _columns(df, path, ["truth", "prediction", "prediction_p", "latency_s"])
+    n = len(df)
     return [
-        ("accuracy", "LLM, parsed Yes/No answer", (df["prediction"] == df["truth"]).mean(), ""),
-        ("accuracy", "LLM, P(Yes) ≥ threshold", (df["prediction_p"] == df["truth"]).mean(), ""),
+        ("accuracy", "LLM, parsed Yes/No answer", (df["prediction"] == df["truth"]).mean(), "", n),
+        ("accuracy", "LLM, P(Yes) ≥ threshold", (df["prediction_p"] == df["truth"]).mean(), "", n),
         ("ms per text", "LLM classifier", 1000 * df["latency_s"].median(), "ms"),
     ]
 
 
-def _guard(path: Path) -> list[tuple[str, str, float, str]]:
+def _quantization(path: Path) -> list[Figure]:
+    """09's table: each type's KL divergence from F16, the quality its file size costs."""
+    df = pd.read_csv(path, index_col=0)
+    _columns(df, path, ["file_mb", "kld"])
+    return [
+        ("KL divergence vs F16", f"{name} ({row.file_mb:.0f} MB)", row.kld, "")
+        for name, row in df.iterrows()
+        if row.kld > 0
+    ]
+
+
+def _guard(path: Path) -> list[Figure]:
     """06's audit log: the encoder prompt guard, an LLM guard check and the chat reply."""
     df = pd.read_json(path, lines=True)
     _columns(df, path, ["input_guard", "ms"])
@@ -88,8 +104,8 @@ def _guard(path: Path) -> list[tuple[str, str, float, str]]:
     return rows
 
 
-def _serving(server: str) -> Callable[[Path], list[tuple[str, str, float, str]]]:
-    def read(path: Path) -> list[tuple[str, str, float, str]]:
+def _serving(server: str) -> Callable[[Path], list[Figure]]:
+    def read(path: Path) -> list[Figure]:
         """03's or 10's load test: generated tokens/s over all users, at 1, 4 and 8 users."""
         df = pd.read_csv(path)
         _columns(df, path, ["users", "tokens_per_s"])
@@ -102,7 +118,7 @@ def _serving(server: str) -> Callable[[Path], list[tuple[str, str, float, str]]]
     return read
 
 
-def _decode(path: Path) -> list[tuple[str, str, float, str]]:
+def _decode(path: Path) -> list[Figure]:
     """07's benchmark: the fastest configuration's decode speed and its roofline."""
     df = pd.read_csv(path)
     _columns(df, path, ["config", "generated_tps", "roofline_tps"])
@@ -142,6 +158,7 @@ SOURCES: tuple[Source, ...] = (
     ),
     Source("guard-audit", ".jsonl", "06", "guard overhead", _guard),
     Source("bench-07", ".csv", "07", "decode speed vs roofline", _decode),
+    Source("quantization-09", ".csv", "09", "quality of each quantization type", _quantization),
 )
 
 
@@ -182,45 +199,58 @@ def collect(directory: str | Path | None = None) -> tuple[pd.DataFrame, list[str
         except ValueError as err:
             missing.append(f"{source.what}: {err}")
             continue
-        rows += [(*figure, source.notebook, path.name) for figure in figures]
+        rows += [_row(figure, source.notebook, path.name) for figure in figures]
     return pd.DataFrame(rows, columns=COLUMNS), missing
 
 
-def _value(table: pd.DataFrame, topic: str, measure_start: str) -> float | None:
+def _row(figure: Figure, notebook: str, file: str) -> tuple:
+    """A table row: the figure, for an accuracy on n texts its interval, and its source."""
+    topic, measure, value, unit, *texts = figure
+    n = low = high = None
+    if texts:
+        n = texts[0]
+        low, high = evaluation.wilson(round(value * n), n)
+    return topic, measure, value, unit, n, low, high, notebook, file
+
+
+def _best(table: pd.DataFrame, topic: str, measure_start: str) -> pd.Series | None:
+    """The row of `topic` whose measure starts with `measure_start` and whose value is largest."""
     hit = table[(table["topic"] == topic) & table["measure"].str.startswith(measure_start)]
-    return None if hit.empty else float(hit["value"].max())
+    return None if hit.empty else hit.loc[hit["value"].astype(float).idxmax()]
 
 
-def encoder_answer(table: pd.DataFrame, tolerance: float = 0.05) -> str:
+def _accuracy_text(row: pd.Series) -> str:
+    return f"{row['value']:.3f} (95 % interval {row['low']:.2f}-{row['high']:.2f}, {int(row['n'])} texts)"
+
+
+def encoder_answer(table: pd.DataFrame) -> str:
     """'Would an encoder do the job?' answered from the table's figures only.
 
-    The encoder is compared with the better of the LLM's two ways of classifying, and per
-    text with the LLM classifier. Accuracies within `tolerance` (5 points) count as equal:
-    on test sets of a few dozen texts, one text moves accuracy by a few points.
+    The encoder is compared with the better of the LLM's two ways of classifying, by their
+    Wilson intervals: when they overlap, the texts scored cannot tell the two apart, whatever
+    the points between them; and per text with the LLM classifier.
     """
-    enc = _value(table, "accuracy", "encoder")
-    llm = _value(table, "accuracy", "LLM")
+    enc = _best(table, "accuracy", "encoder")
+    llm = _best(table, "accuracy", "LLM,")
     if enc is None or llm is None:
         need = "notebook 01" if enc is None else "notebook 02"
         return f"Not answerable yet: the table has no accuracy from {need}."
-    gap = round(100 * (enc - llm))
-    points = round(100 * tolerance)
-    within = (
-        f"within the {points}-point tolerance"
-        if abs(gap) <= points
-        else f"more than the {points}-point tolerance"
-    )
+    if enc["low"] > llm["high"]:
+        verdict, how = "Yes, on these figures", "more accurate than"
+    elif enc["high"] < llm["low"]:
+        verdict, how = "Not on accuracy alone", "less accurate than"
+    else:
+        verdict, how = "Yes, on these figures", "indistinguishable on these texts from"
     accuracy = (
-        f"the encoder is {abs(gap)} accuracy point{'s' * (abs(gap) != 1)} "
-        f"{'above' if gap >= 0 else 'below'} "
-        f"the better LLM reading ({within})"
+        f"the encoder's accuracy {_accuracy_text(enc)} is {how} the better LLM reading's "
+        f"{_accuracy_text(llm)}"
     )
-    enc_ms = _value(table, "ms per text", "encoder")
-    llm_ms = _value(table, "ms per text", "LLM classifier")
+    enc_ms = _best(table, "ms per text", "encoder")
+    llm_ms = _best(table, "ms per text", "LLM classifier")
     speed = ""
-    if enc_ms and llm_ms:
-        speed = f"; per text the LLM classifier takes {llm_ms / enc_ms:.1f}x the encoder's time"
-    verdict = "Yes, on these figures" if gap >= -points else "Not on accuracy alone"
+    if enc_ms is not None and llm_ms is not None:
+        ratio = llm_ms["value"] / enc_ms["value"]
+        speed = f"; per text the LLM classifier takes {ratio:.1f}x the encoder's time"
     return f"{verdict}: {accuracy}{speed}."
 
 
@@ -254,7 +284,11 @@ def plot(table: pd.DataFrame):
             ax.text(0.5, 0.5, f"no results yet: run notebook {notebooks}", ha="center")
             ax.set_axis_off()
             continue
-        ax.barh(rows["measure"], rows["value"], color="tab:blue")
+        errors = None
+        if topic == "accuracy":  # the 95 % intervals: overlapping bars are not told apart
+            value = rows["value"].astype(float)
+            errors = [value - rows["low"].astype(float), rows["high"].astype(float) - value]
+        ax.barh(rows["measure"], rows["value"], xerr=errors, color="tab:blue")
         ax.set_xlabel(unit)
         if log:
             ax.set_xscale("log")

@@ -22,11 +22,18 @@ def audit_line(input_guard, ms):
 @pytest.fixture
 def full(tmp_path):
     """One file of every kind, plus older and look-alike files that must be ignored."""
-    write_csv(tmp_path, "01-setfit-k-sweep-20260101-000000.csv", [{"k": 2, "accuracy all": 0.1}])
+    write_csv(
+        tmp_path,
+        "01-setfit-k-sweep-20260101-000000.csv",
+        [{"k": 2, "accuracy all": 0.1, "test texts": 10}],
+    )
     write_csv(
         tmp_path,
         "01-setfit-k-sweep-20260102-000000.csv",
-        [{"k": 2, "accuracy all": 0.6}, {"k": 5, "accuracy all": 0.8}],
+        [
+            {"k": 2, "accuracy all": 0.6, "test texts": 80},
+            {"k": 5, "accuracy all": 0.8, "test texts": 80},
+        ],
     )
     write_csv(
         tmp_path,
@@ -52,6 +59,9 @@ def full(tmp_path):
         ],
     )
     write_csv(tmp_path, "bench-07-20260102-000000.csv", [{"config": "old", "generated_tps": 1.0}])
+    pd.DataFrame(
+        {"file_mb": [240.0, 120.0, 60.0], "kld": [0.0, 0.01, 0.9]}, index=["F16", "Q8_0", "Q2_K"]
+    ).to_csv(tmp_path / "quantization-09-20260102-000000.csv")
     (tmp_path / "guard-audit-20260102-000000.jsonl").write_text(
         audit_line("LlamaCppGuard", {"input_check": 100.0, "chat": 400.0, "output_check": 100.0})
         + audit_line("LlamaCppGuard", {"input_check": 300.0, "total": 300.0})  # blocked
@@ -88,7 +98,15 @@ def test_collect_takes_the_figures_that_answer_the_question(full):
         "service (notebook 10), 4 user(s)",
         "llama-server -np N (notebook 10), 8 user(s)",
     ]
-    assert set(table["notebook"]) == {"01", "02", "03", "06", "07", "10"}
+    assert set(table["notebook"]) == {"01", "02", "03", "06", "07", "09", "10"}
+    kld = table[table["topic"] == "KL divergence vs F16"].set_index("measure")["value"]
+    assert kld.to_dict() == {"Q8_0 (120 MB)": 0.01, "Q2_K (60 MB)": 0.9}  # F16 itself: none
+    accuracy = table[table["topic"] == "accuracy"].set_index("measure")
+    assert accuracy["n"].tolist() == [80, 2, 2]  # the texts each accuracy was measured on
+    assert (accuracy["low"] < accuracy["value"]).all() and (
+        accuracy["value"] < accuracy["high"]
+    ).all()
+    assert table[table["topic"] != "accuracy"]["low"].isna().all()
 
 
 def test_serving_throughput_is_the_tokens_per_s_by_server_and_users(full):
@@ -116,26 +134,33 @@ def test_a_file_from_another_notebook_version_is_a_line_not_a_crash(tmp_path):
     assert any("bench-07-20260102-000000.csv has no column" in line for line in missing)
 
 
-def test_encoder_answer_follows_the_figures(full):
+def test_encoder_answer_compares_accuracies_by_their_intervals(full):
     table, _ = wrapup.collect(full)
-    # encoder 0.8 vs LLM 0.5: 30 points above; 300 ms vs 4 ms per text
-    assert wrapup.encoder_answer(table) == (
-        "Yes, on these figures: the encoder is 30 accuracy points above the better LLM "
-        "reading (more than the 5-point tolerance); per text the LLM classifier takes 75.0x "
-        "the encoder's time."
+    # encoder 0.8 on 80 texts vs the LLM's 0.5 on 2: the intervals overlap; 300 ms vs 4 ms
+    answer = wrapup.encoder_answer(table)
+    assert answer.startswith("Yes, on these figures: the encoder's accuracy 0.800 (95 % interval")
+    assert (
+        "80 texts) is indistinguishable on these texts from the better LLM reading's 0.500"
+        in answer
     )
+    assert answer.endswith("per text the LLM classifier takes 75.0x the encoder's time.")
 
-    def encoder_accuracy(value):
-        is_encoder = table["measure"].str.startswith("encoder (SetFit")
-        return table.assign(value=table["value"].where(~is_encoder, value))
+    def with_counts(encoder, llm, n_llm):
+        """The table with the encoder's and the LLM's accuracies (and the LLM's n) replaced."""
+        rows = table.copy()
+        for start, value, n in (("encoder", encoder, 80), ("LLM,", llm, n_llm)):
+            hit = rows["measure"].str.startswith(start)
+            low, high = wrapup.evaluation.wilson(round(value * n), n)
+            rows.loc[hit, ["value", "n", "low", "high"]] = [value, n, low, high]
+        return rows
 
-    close = wrapup.encoder_answer(encoder_accuracy(0.46))
-    assert close.startswith("Yes, on these figures: the encoder is 4 accuracy points below")
-    one = wrapup.encoder_answer(encoder_accuracy(0.49))
-    assert "the encoder is 1 accuracy point below" in one
-    assert "(within the 5-point tolerance)" in close
-    worse = wrapup.encoder_answer(encoder_accuracy(0.1))
-    assert worse.startswith("Not on accuracy alone: the encoder is 40 accuracy points below")
+    better = wrapup.encoder_answer(with_counts(0.9, 0.5, 80))
+    assert better.startswith("Yes, on these figures") and "is more accurate than" in better
+    worse = wrapup.encoder_answer(with_counts(0.5, 0.9, 80))
+    assert worse.startswith("Not on accuracy alone") and "is less accurate than" in worse
+    # 0.738 on 80 against 0.75 on 16: a few points apart, and nothing these texts can tell
+    close = wrapup.encoder_answer(with_counts(0.7375, 0.75, 16))
+    assert "indistinguishable on these texts" in close
 
 
 def test_course_map_reads_stored_run_times(tmp_path):
