@@ -70,6 +70,8 @@ def clean_env(home: Path, venv: Path, **extra: str) -> dict[str, str]:
         PATH=f"{venv / 'bin'}:{SYSTEM_PATH}",
         LANG="C.UTF-8",
         PIP_CONFIG_FILE=os.devnull,
+        # debugpy's note about frozen modules, on every kernel's start: noise in the log
+        PYDEVD_DISABLE_FILE_VALIDATION="1",
         **extra,
     )
     return env
