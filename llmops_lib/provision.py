@@ -323,7 +323,8 @@ def converted_hf_dir(spec: ModelSpec) -> Path:
             gguf.parent, gguf_file=gguf.name, dtype=torch.float32
         )
         config = loaded.config
-        del config.quantization_config
+        # transformers 5.23 records the GGUF's quantization here; Colab's 5.15 does not
+        vars(config).pop("quantization_config", None)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         model.load_state_dict(loaded.state_dict())
         model.save_pretrained(tmp)
