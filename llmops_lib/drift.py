@@ -5,8 +5,11 @@ confidence, latency) get the two-sample Kolmogorov-Smirnov test, which compares 
 distributions without assuming a shape; categorical ones (language, predicted label) get the
 chi-squared test of a 2 x k contingency table. PSI (population stability index), the
 credit-scoring habit, is printed beside KS as an effect size: a p-value says "different",
-PSI says "how much". A batch counts as drifted when any test is significant after a
-Bonferroni correction: with five tests at 0.05 each, one false alarm in four batches.
+PSI says "how much". PSI has no notion of sample size: on small batches sampling alone
+lifts it (`psi_noise`), so its bins keep 10+ reference rows each and the levels sampling
+alone reaches (on average, and in 95 % of random re-splits) are printed beside it. A batch
+counts as drifted when any test is significant after a Bonferroni correction: with five
+tests at 0.05 each, one false alarm in four batches.
 
 Multivariate (`domain_classifier`): train a classifier to tell reference rows from current
 rows by their embeddings; if it beats chance (cross-validated ROC AUC against a permutation
@@ -54,21 +57,83 @@ def _numbers(values: pd.Series, name: str, batch: str) -> np.ndarray:
     return array
 
 
-def psi(reference: Sequence[float], current: Sequence[float], bins: int = 10) -> float:
-    """Population stability index over the reference's quantile bins.
+MIN_PER_BIN = 10  # reference rows per PSI bin, at least
+MAX_BINS = 10
 
-    sum((cur% - ref%) * ln(cur% / ref%)); rule of thumb: < 0.1 stable, 0.1-0.25 a shift worth
-    a look, > 0.25 a large shift. Empty bins get half a count, so one empty bin in a small
-    batch does not make the index infinite.
+
+def psi_bins(n_reference: int, min_per_bin: int = MIN_PER_BIN) -> int:
+    """PSI's bins for a reference of `n_reference` rows: the usual 10, fewer when a bin would
+    hold under `min_per_bin` reference rows (2 at least)."""
+    if n_reference < 2 or min_per_bin < 1:
+        raise ValueError(
+            f"psi_bins needs 2+ reference rows and min_per_bin >= 1; got "
+            f"{n_reference}, {min_per_bin}."
+        )
+    return max(2, min(MAX_BINS, n_reference // min_per_bin))
+
+
+def psi_noise(n_reference: int, n_current: int, bins: int) -> float:
+    """The PSI two samples of the same distribution reach on average, from sampling alone:
+    about (bins - 1) * (1/n_reference + 1/n_current).
+
+    PSI grows with every bin's random wobble, so its rule of thumb (> 0.25 a large shift)
+    assumes thousands of rows: two no-drift batches of 40 rows on 10 bins average about 0.45.
+    Read a PSI against this level, or use a test whose p-value accounts for the sample size.
     """
-    ref = _numbers(pd.Series(reference), "psi", "reference")
-    cur = _numbers(pd.Series(current), "psi", "current")
+    if min(n_reference, n_current) < 1 or bins < 1:
+        raise ValueError("psi_noise needs batch sizes and a bin count of 1 or more.")
+    return (bins - 1) * (1 / n_reference + 1 / n_current)
+
+
+def _psi(ref: np.ndarray, cur: np.ndarray, bins: int | None) -> tuple[float, int]:
+    """PSI and the number of bins it used (tied reference values can merge bins)."""
+    bins = psi_bins(len(ref)) if bins is None else bins
+    if bins < 2:
+        raise ValueError(f"bins={bins}: PSI needs 2 or more bins.")
     edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)))
+    if len(edges) < 3:  # (nearly) constant reference: one inner edge at its value
+        edges = np.array([-np.inf, np.nextafter(ref.min(), np.inf), np.inf])
     edges[0], edges[-1] = -np.inf, np.inf
     ref_n = np.histogram(ref, edges)[0] + 0.5
     cur_n = np.histogram(cur, edges)[0] + 0.5
     ref_p, cur_p = ref_n / ref_n.sum(), cur_n / cur_n.sum()
-    return float(np.sum((cur_p - ref_p) * np.log(cur_p / ref_p)))
+    return float(np.sum((cur_p - ref_p) * np.log(cur_p / ref_p))), len(edges) - 1
+
+
+def psi_if_same(
+    reference: Sequence[float],
+    current: Sequence[float],
+    quantile: float = 0.95,
+    permutations: int = 200,
+    seed: int = 0,
+) -> float:
+    """The PSI that `quantile` of random re-splits of the pooled rows stay below: what these
+    batch sizes give when nothing changed (a permutation baseline). A PSI above it is
+    unusual for batches this small; `psi_noise` is the average such a split reaches."""
+    ref = _numbers(pd.Series(reference), "psi", "reference")
+    cur = _numbers(pd.Series(current), "psi", "current")
+    if not 0 < quantile < 1 or permutations < 1:
+        raise ValueError(f"quantile={quantile}, permutations={permutations}: use 0-1 and 1+.")
+    pool, rng = np.r_[ref, cur], np.random.default_rng(seed)
+    values = []
+    for _ in range(permutations):
+        shuffled = rng.permutation(pool)
+        values.append(_psi(shuffled[: len(ref)], shuffled[len(ref) :], None)[0])
+    return float(np.quantile(values, quantile))
+
+
+def psi(reference: Sequence[float], current: Sequence[float], bins: int | None = None) -> float:
+    """Population stability index over the reference's quantile bins.
+
+    sum((cur% - ref%) * ln(cur% / ref%)); rule of thumb, for large batches: < 0.1 stable,
+    0.1-0.25 a shift worth a look, > 0.25 a large shift. By default the bins hold at least
+    MIN_PER_BIN reference rows each (`psi_bins`); `psi_noise` says what sampling alone gives
+    at a batch size. Empty bins get half a count, so one empty bin in a small batch does not
+    make the index infinite.
+    """
+    ref = _numbers(pd.Series(reference), "psi", "reference")
+    cur = _numbers(pd.Series(current), "psi", "current")
+    return _psi(ref, cur, bins)[0]
 
 
 def univariate(
@@ -77,10 +142,14 @@ def univariate(
     continuous: Sequence[str] = CONTINUOUS,
     categorical: Sequence[str] = CATEGORICAL,
     alpha: float = 0.05,
+    psi_permutations: int = 200,
 ) -> pd.DataFrame:
-    """One row per feature: the test, its statistic and p-value, PSI (continuous only) and
-    `drift`: p below alpha / number of tests (Bonferroni, so the batch's false-alarm rate
-    stays near alpha)."""
+    """One row per feature: the test, its statistic and p-value, PSI (continuous only) with
+    `psi noise`, the PSI sampling alone gives on average at these batch sizes and bins, and
+    `psi 95% if same`, the level 95 % of random re-splits of the pooled rows stay below
+    (`psi_if_same` over `psi_permutations` re-splits; 0 skips it), and `drift`:
+    p below alpha / number of tests (Bonferroni, so the batch's false-alarm rate stays near
+    alpha)."""
     from scipy.stats import chi2_contingency, ks_2samp
 
     if not 0 < alpha < 1:
@@ -90,13 +159,20 @@ def univariate(
         ref = _numbers(reference[name], name, "reference")
         cur = _numbers(current[name], name, "current")
         result = ks_2samp(ref, cur)
+        value, bins = _psi(ref, cur, None)
         rows.append(
             {
                 "feature": name,
                 "test": "KS",
                 "statistic": result.statistic,
                 "p_value": result.pvalue,
-                "psi": psi(ref, cur),
+                "psi": value,
+                "psi noise": psi_noise(len(ref), len(cur), bins),
+                "psi 95% if same": (
+                    psi_if_same(ref, cur, permutations=psi_permutations)
+                    if psi_permutations
+                    else np.nan
+                ),
             }
         )
     for name in categorical:
@@ -118,6 +194,8 @@ def univariate(
                 "statistic": float(statistic),
                 "p_value": float(p),
                 "psi": np.nan,
+                "psi noise": np.nan,
+                "psi 95% if same": np.nan,
             }
         )
     table = pd.DataFrame(rows).set_index("feature")
@@ -153,7 +231,7 @@ def alarm_rate(
             current = picked.iloc[n:]
         else:
             current = current_pool.iloc[rng.permutation(len(current_pool))[:n]]
-        table = univariate(reference, current, **tests)
+        table = univariate(reference, current, psi_permutations=0, **tests)
         rows.append({"run": run, "min p": table["p_value"].min(), "drift": table["drift"].any()})
     return pd.DataFrame(rows).set_index("run")
 

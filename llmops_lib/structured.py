@@ -125,12 +125,14 @@ def parse(answer: type[BaseModel], text: str) -> Parsed:
 
 @dataclass(frozen=True)
 class Asked:
-    """One request: the parsed reply, its text, the wall time and the tokens generated."""
+    """One request: the parsed reply, its text, the wall time, the tokens generated and the
+    engine's whole response (its token log-probabilities, when asked for, are in there)."""
 
     parsed: Parsed
     reply: str
     latency_s: float
     completion_tokens: int
+    response: dict[str, Any] | None = None
 
 
 def ask(
@@ -140,16 +142,19 @@ def ask(
     constrain: bool = True,
     max_tokens: int = 64,
     style: str | None = None,
+    **options: Any,
 ) -> Asked:
     """Send `messages` to `chat` (an endpoint or an in-process model), with `answer`'s
     schema as `response_format` when `constrain`, greedy; parse the reply fail-closed.
+    Other `options` go to chat() as they are (e.g. `logprobs=True, top_logprobs=20`).
 
     The schema does not make a reply valid by itself: a reply cut off at `max_tokens` is
     unfinished JSON and fails like any other invalid one.
     """
     _check_answer(answer)
     whole("max_tokens", max_tokens)
-    options = {}
+    if "response_format" in options:
+        raise InputError("ask() sets response_format from `answer`; pass constrain= instead.")
     if constrain:
         _check_takes_response_format(chat)
         options["response_format"] = response_format(answer, style or style_for(chat))
@@ -158,7 +163,7 @@ def ask(
     latency = time.perf_counter() - start
     text = reply_text(response)
     tokens = (response.get("usage") or {}).get("completion_tokens") or 0
-    return Asked(parse(answer, text), text, latency, tokens)
+    return Asked(parse(answer, text), text, latency, tokens, response)
 
 
 def _check_takes_response_format(chat: object) -> None:

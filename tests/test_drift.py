@@ -61,6 +61,51 @@ def test_psi_is_zero_for_the_same_values_and_grows_with_the_shift():
     assert 0 < drift.psi(values, values + 10) < drift.psi(values, values + 50)
 
 
+def test_psi_bins_keep_ten_reference_rows_each_and_noise_follows_the_sample_size():
+    assert [drift.psi_bins(n) for n in (2, 25, 40, 99, 100, 5000)] == [2, 2, 4, 9, 10, 10]
+    assert drift.psi_noise(40, 40, 10) == pytest.approx(0.45)
+    assert drift.psi_noise(4000, 4000, 10) == pytest.approx(0.0045)
+    with pytest.raises(ValueError):
+        drift.psi_bins(1)
+
+
+def test_psi_of_same_distribution_batches_sits_at_its_noise_level_not_above_025():
+    # Why 10 fixed bins flagged a no-drift batch of 40 rows: sampling alone lifts PSI to
+    # about (bins - 1) * (1/n + 1/m). With bins of 10+ reference rows the mean stays below
+    # 0.25, and the noise formula predicts the mean within a third.
+    rng = np.random.default_rng(4)
+    draws = [(rng.normal(size=40), rng.normal(size=40)) for _ in range(200)]
+    ten = np.mean([drift.psi(a, b, bins=10) for a, b in draws])
+    default = np.mean([drift.psi(a, b) for a, b in draws])
+    assert ten > 0.25 > default
+    assert ten == pytest.approx(drift.psi_noise(40, 40, 10), rel=1 / 3)
+    assert default == pytest.approx(drift.psi_noise(40, 40, drift.psi_bins(40)), rel=1 / 3)
+
+
+def test_univariate_prints_the_psi_noise_level_beside_psi():
+    rng = np.random.default_rng(5)
+    table = drift.univariate(batch(rng, 40), batch(rng, 30))
+    assert table.loc["input chars", "psi noise"] == pytest.approx(3 * (1 / 40 + 1 / 30))
+    assert table.loc["lang", ["psi", "psi noise", "psi 95% if same"]].isna().all()
+    level = table.loc["input chars", "psi 95% if same"]
+    assert table.loc["input chars", "psi noise"] < level < 1
+
+
+def test_the_no_drift_psi_level_comes_from_re_splits_and_a_real_shift_exceeds_it():
+    rng = np.random.default_rng(6)
+    ref, same, shifted = rng.normal(size=40), rng.normal(size=40), rng.normal(1.5, 1, 40)
+    level = drift.psi_if_same(ref, same, permutations=300)
+    draws = [drift.psi(rng.normal(size=40), rng.normal(size=40)) for _ in range(300)]
+    assert np.mean(np.array(draws) > level) == pytest.approx(0.05, abs=0.04)
+    assert drift.psi(ref, shifted) > drift.psi_if_same(ref, shifted)
+    assert drift.psi_if_same(ref, same, seed=1) == drift.psi_if_same(ref, same, seed=1)
+
+
+def test_psi_of_a_constant_reference_is_finite():
+    assert drift.psi([1.0] * 20, [1.0] * 20) == pytest.approx(0)
+    assert 0 < drift.psi([1.0] * 20, [1.0] * 10 + [2.0] * 10) < np.inf
+
+
 def test_a_category_absent_from_one_batch_and_a_constant_one_are_handled():
     ref = pd.DataFrame({"lang": ["en"] * 10, "predicted": ["positive"] * 10})
     cur = pd.DataFrame({"lang": ["de"] * 10, "predicted": ["positive"] * 10})
