@@ -238,7 +238,8 @@ class Conversation:
         )
 
     def figures(self) -> pd.DataFrame:
-        """One row per turn: history sent, tokens, time to first token, speed."""
+        """One row per turn: history sent, tokens, time to first token, speed, and whether
+        the reply used its whole max_tokens budget (then it was most likely cut off)."""
         rows = [
             {
                 "turn": n,
@@ -252,11 +253,14 @@ class Conversation:
                 if t.decode_ms
                 else float("nan"),
                 "total_s": t.total_s,
+                # the reply filled its whole budget: it was cut off, not ended by the model
+                # (llama.cpp's own count is one short there: the last token is never fed back)
+                "hit_max_tokens": t.generated_tokens >= self.max_tokens,
             }
             for n, t in enumerate(self.turns, start=1)
         ]
         columns = ["turn", "history_turns", "dropped", "prompt_tokens", "evaluated_tokens"]
-        columns += ["generated_tokens", "ttft_s", "tokens_per_s", "total_s"]
+        columns += ["generated_tokens", "ttft_s", "tokens_per_s", "total_s", "hit_max_tokens"]
         return pd.DataFrame(rows, columns=columns).set_index("turn")
 
     def to_dict(self) -> dict[str, Any]:

@@ -359,8 +359,12 @@ def refusal(stage: str, verdict: Verdict) -> str:
     )
 
 
+REPLY_CHARS = 70  # of a shown reply, in replies_table
+
+
 def replies_table(replies: list[GuardedReply], raw: bool = False) -> pd.DataFrame:
-    """One row per reply: both verdicts, whether it was shown, and the start of its text.
+    """One row per reply: both verdicts, whether it was shown, and the start of its text
+    (a refusal in full: it says why the request was blocked).
 
     With `raw`, the input check also shows the guard's raw answer (the prompt guard's
     p_harmful, say), to see how close a call was.
@@ -376,7 +380,8 @@ def replies_table(replies: list[GuardedReply], raw: bool = False) -> pd.DataFram
                 ),
                 "output check": r.output_verdict.label if r.output_verdict else "(not run)",
                 "shown": r.shown,
-                "answer shown to the user": r.text[:70],
+                # a reply's start is enough to recognise it; a refusal is the point: whole
+                "answer shown to the user": r.text[:REPLY_CHARS] if r.shown else r.text,
             }
             for r in replies
         ]

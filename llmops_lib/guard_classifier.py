@@ -67,11 +67,12 @@ def evaluate(clf: encoder.EncoderClassifier, test_df: pd.DataFrame) -> pd.DataFr
 
 
 def metrics(scored: pd.DataFrame) -> pd.Series:
-    """Precision, recall and false-positive rate, with 'harmful' as the positive class.
+    """Accuracy, precision, recall and false-positive rate, with 'harmful' as the positive
+    class, and the counts behind them.
 
-    precision: of the prompts flagged, the share that were harmful; recall: of the
-    harmful prompts, the share flagged; FPR: of the benign prompts, the share flagged
-    (each one a user wrongly refused).
+    accuracy: the share of all prompts judged right; precision: of the prompts flagged,
+    the share that were harmful; recall: of the harmful prompts, the share flagged; FPR: of
+    the benign prompts, the share flagged (each one a user wrongly refused).
     """
     from sklearn.metrics import confusion_matrix
 
@@ -83,6 +84,7 @@ def metrics(scored: pd.DataFrame) -> pd.Series:
     tn, fp, fn, tp = (int(n) for n in counts)
     return pd.Series(
         {
+            "accuracy": (tp + tn) / (tp + fp + fn + tn),
             "precision": tp / (tp + fp) if tp + fp else float("nan"),
             "recall": tp / (tp + fn),
             "false_positive_rate": fp / (fp + tn),
@@ -91,6 +93,22 @@ def metrics(scored: pd.DataFrame) -> pd.Series:
             "fn": fn,
             "tn": tn,
         }
+    )
+
+
+def metrics_text(scored: pd.DataFrame) -> str:
+    """metrics() as one line per figure, each with the counts it was computed from."""
+    m = metrics(scored)
+    tp, fp, fn, tn = (int(m[k]) for k in ("tp", "fp", "fn", "tn"))
+    rows = [
+        ("accuracy", m["accuracy"], tp + tn, tp + fp + fn + tn, "prompts judged right"),
+        ("precision", m["precision"], tp, tp + fp, "flagged prompts that were harmful"),
+        ("recall", m["recall"], tp, tp + fn, "harmful prompts flagged"),
+        ("false-positive rate", m["false_positive_rate"], fp, fp + tn, "benign prompts flagged"),
+    ]
+    head = f"{tp + fp + fn + tn} prompts ({tp + fn} harmful, {fp + tn} benign)"
+    return "\n".join(
+        [head] + [f"  {name} {value:.3f} ({k}/{n}: {what})" for name, value, k, n, what in rows]
     )
 
 

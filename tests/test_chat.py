@@ -261,3 +261,12 @@ def test_conversation_runs_on_the_transformers_backend(session, capsys):
     # transformers keeps no cache between calls: it evaluates the whole prompt every turn
     assert (figures["evaluated_tokens"] == figures["prompt_tokens"]).all()
     assert capsys.readouterr().out.startswith("assistant: ")
+
+
+def test_figures_say_which_replies_used_their_whole_budget(fake):
+    conv = Conversation(fake, SYSTEM, max_tokens=REPLY_TOKENS)
+    conv.ask("Short question?")  # the fake echoes it: fewer words than the budget
+    conv.ask(" ".join(["word"] * (3 * REPLY_TOKENS)))  # echoed, cut at the budget
+    figures = conv.figures()
+    assert figures["hit_max_tokens"].tolist() == [False, True]
+    assert figures.loc[2, "generated_tokens"] == REPLY_TOKENS

@@ -381,7 +381,7 @@ def test_replies_table_shows_both_checks_and_the_start_of_the_text():
     blocked = parse_verdict("unsafe\nS9")
     replies = [
         GuardedReply("a", "q1", "x" * 100, True, None, parse_verdict("safe"), Verdict(True), {}),
-        GuardedReply("b", "q2", "Sorry", False, "input", blocked, None, {}),
+        GuardedReply("b", "q2", "Sorry" + "!" * 100, False, "input", blocked, None, {}),
     ]
     table = replies_table(replies)
     assert list(table.columns) == [
@@ -395,7 +395,8 @@ def test_replies_table_shows_both_checks_and_the_start_of_the_text():
     assert table["input check"].tolist() == ["safe", "unsafe: S9 Indiscriminate Weapons"]
     assert table["output check"].tolist() == ["safe", "(not run)"]
     assert table["shown"].tolist() == [True, False]
-    assert table["answer shown to the user"].tolist() == ["x" * 70, "Sorry"]
+    # a shown reply by its start, a refusal whole
+    assert table["answer shown to the user"].tolist() == ["x" * 70, "Sorry" + "!" * 100]
     raw = replies_table(replies, raw=True)["input check"].tolist()
     assert raw == ["safe (safe)", "unsafe: S9 Indiscriminate Weapons (unsafe\nS9)"]
 
@@ -538,6 +539,11 @@ def test_metrics_count_harmful_as_positive():
     )
     m = guard_classifier.metrics(scored)
     assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (2, 1, 1, 1)
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    text = guard_classifier.metrics_text(scored)
+    assert text.startswith("5 prompts (3 harmful, 2 benign)")
+    assert "accuracy 0.600 (3/5:" in text and "precision 0.667 (2/3:" in text
+    assert "recall 0.667 (2/3:" in text and "false-positive rate 0.500 (1/2:" in text
     assert m["precision"] == pytest.approx(2 / 3)
     assert m["recall"] == pytest.approx(2 / 3)
     assert m["false_positive_rate"] == pytest.approx(1 / 2)
