@@ -220,7 +220,8 @@ def _best(table: pd.DataFrame, topic: str, measure_start: str) -> pd.Series | No
 
 
 def _accuracy_text(row: pd.Series) -> str:
-    return f"{row['value']:.3f} (95 % interval {row['low']:.2f}-{row['high']:.2f}, {int(row['n'])} texts)"
+    interval = f"95 % interval {row['low']:.2f}-{row['high']:.2f}"
+    return f"{row['value']:.3f} ({interval}, {int(row['n'])} texts)"
 
 
 def encoder_answer(table: pd.DataFrame) -> str:
