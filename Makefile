@@ -30,8 +30,11 @@ setup: $(STAMP)
 lab: setup
 	scripts/lab.sh
 
+# Two workers, each taking whole files in the order tests/conftest.py sets (a notebook's
+# cells in one kernel, in sequence); two at a time also bounds the memory in use.
 test: setup
-	$(VENV)/bin/python -m pytest --nbval-lax --nbval-current-env tests notebooks
+	$(VENV)/bin/python -m pytest -n 2 --dist loadscope --no-loadscope-reorder \
+	    --nbval-lax --nbval-current-env tests notebooks
 
 # Re-execute the notebooks one at a time in fresh kernels (refuses on a busy machine); the
 # committed outputs come only from this. NB=notebooks/05_conversations.ipynb for one.

@@ -1,5 +1,5 @@
 """Shared fixtures (the real tiny model, loaded once; a guard against network use) and the
-order tests run in: unit tests first, then tests marked `model`, then notebooks.
+order tests run in: unit tests first, then notebooks, longest first, then tests marked `model`.
 
 Unit tests run on the fakes of tests/fakes.py in milliseconds, so a logic error shows in
 seconds; tests that load model files or start a server carry `@pytest.mark.model`
@@ -14,17 +14,27 @@ from collections.abc import Iterator
 
 import pytest
 
+from llmops_lib import course
+
 
 @pytest.hookimpl(trylast=True)  # after pytest's own reordering by fixture scope
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Unit tests, then `model` tests, then notebook cells; stable within each group."""
+    """Unit tests, then notebooks (longest stored run first), then `model` tests.
 
-    def group(item: pytest.Item) -> int:
+    `make test` runs two workers, each taking a whole file at a time (`--dist loadscope`,
+    in this order): the notebooks are the longest files (up to two minutes), so starting them
+    longest first and ending on the many short `model` files keeps both workers busy to the
+    end. A notebook's cells keep their order: they run in sequence, in one kernel.
+    """
+    notebooks = {item.path for item in items if item.path.suffix == ".ipynb"}
+    seconds = {path: course.stored_wall_s(path) or 0.0 for path in notebooks}
+
+    def key(item: pytest.Item) -> tuple[int, float]:
         if item.path.suffix == ".ipynb":
-            return 2
-        return 1 if item.get_closest_marker("model") else 0
+            return 1, -seconds[item.path]
+        return (2 if item.get_closest_marker("model") else 0), 0.0
 
-    items.sort(key=group)
+    items.sort(key=key)
 
 
 @pytest.fixture(scope="session")

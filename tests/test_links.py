@@ -114,8 +114,8 @@ def _checkout(root: Path, names: list[str]) -> Path:
     return root
 
 
-def _texts(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): p.read_text() for p in root.rglob("*") if p.is_file()}
+def _texts(root: Path, pattern: str = "*") -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob(pattern) if p.is_file()}
 
 
 def test_one_bad_notebook_leaves_every_file_as_it_was(tmp_path):
@@ -132,13 +132,13 @@ def test_one_bad_notebook_leaves_every_file_as_it_was(tmp_path):
 
 @pytest.mark.parametrize("argv", [["--repo", ""], ["--repo", "../.."], ["--ref=--upload-pack"]])
 def test_the_command_refuses_bad_names_and_writes_nothing(argv, capsys):
-    before = _texts(ROOT / "notebooks") | {"links.py": Path(links.__file__).read_text()}
+    before = _texts(ROOT / "notebooks", "*.ipynb") | {"links.py": Path(links.__file__).read_bytes()}
     with pytest.raises(SystemExit) as refused:
         links.main(argv)
     assert refused.value.code == 2
     err = capsys.readouterr().err
     assert "--repo" in err or "--ref" in err
-    after = _texts(ROOT / "notebooks") | {"links.py": Path(links.__file__).read_text()}
+    after = _texts(ROOT / "notebooks", "*.ipynb") | {"links.py": Path(links.__file__).read_bytes()}
     assert after == before
 
 
