@@ -5,6 +5,7 @@
 #   make image       build the service image (python:3.12-slim base; BASE=... for another)
 #   make test-image  build it and run the service's HTTP tests against the container;
 #                    says why and skips (exit 0) where no engine or base image can be had
+#                    a pass records the image size and peak memory (notebook 10 prints it)
 # and, for the workshop (see scripts/colab_replica.py):
 #   make colab-replica  every notebook as a new Colab CPU runtime, timed against its budgets
 VENV   := .venv

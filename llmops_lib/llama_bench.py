@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pandas as pd
 from .errors import InputError, check_columns, non_empty, positive, whole
 from .gguf_header import check_gguf
 from .hardware import default_threads
-from .tools import kv_cache_flags, missing, skipped, tool_path
+from .tools import kv_cache_flags, missing, shown_command, skipped, tool_path
 
 
 def llama_bench(
@@ -70,7 +71,26 @@ def llama_bench(
         raise RuntimeError(
             f"llama-bench failed (exit {proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-2000:]}"
         )
-    return parse_bench_json(proc.stdout)
+    table = parse_bench_json(proc.stdout)
+    table.attrs["command"], table.attrs["stdout"] = cmd, proc.stdout  # for shown_run()
+    return table
+
+
+def shown_run(table: pd.DataFrame) -> str:
+    """What llama_bench() ran and what llama-bench printed, as a terminal would show it: the
+    command line and the raw JSON of its first test (local folders shortened to file
+    names), so a reader sees the engine under the parsed table; for a skipped run, why."""
+    if "command" not in table.attrs:
+        return f"llama-bench did not run: {table.attrs.get('skipped', 'no command recorded')}"
+    lines = _LOCAL_PATH.sub(r'"\1"', table.attrs["stdout"]).splitlines()
+    end = next((i for i, line in enumerate(lines) if line.strip() in ("},", "}")), len(lines) - 1)
+    shown = lines[: end + 1]
+    if end + 1 < len(lines) - 1:  # the closing bracket alone is not worth a line
+        shown.append(f"  ... {len(table) - 1} more tests with the same fields ]")
+    return "\n".join([f"$ {shown_command(table.attrs['command'])}", *shown])
+
+
+_LOCAL_PATH = re.compile(r'"/(?:[^"/]+/)*([^"/]+)"')  # a JSON string holding an absolute path
 
 
 COLUMNS = ["test", "n_prompt", "n_gen", "n_depth", "n_threads", "tokens_per_s"]

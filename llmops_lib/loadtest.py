@@ -26,7 +26,7 @@ from tqdm import tqdm
 from . import metrics, results
 from .backend import check_chat_args, chunk_text
 from .endpoint import Endpoint, EndpointError, connect
-from .errors import InputError, check_columns, non_empty, positive, whole
+from .errors import InputError, check_columns, fraction, non_empty, positive, whole
 from .process import ServerProcess
 from .progress import bar as progress_bar
 from .tools import ToolsNotBuiltError, skipped
@@ -531,6 +531,38 @@ def path_ratios(paths: pd.DataFrame) -> pd.Series:
         {what: tps[a] / tps[b] for what, (a, b) in PATH_RATIOS.items()},
         name="x the tokens/s",
     )
+
+
+def in_words(ratios: pd.Series, noise: float = 0.05) -> pd.Series:
+    """Each ratio of path_ratios() in words, so a re-run cannot contradict the prose: within
+    `noise` of 1 (the spread of a few medians on a shared machine) "no measurable
+    difference", else how much faster or slower."""
+    fraction("noise", noise)
+
+    def word(ratio: float) -> str:
+        if not math.isfinite(ratio):
+            return "not measured"
+        if abs(ratio - 1) <= noise:
+            return f"{ratio:.2f}x: no measurable difference"
+        return f"{ratio:.2f}x: {abs(ratio - 1):.0%} {'faster' if ratio > 1 else 'slower'}"
+
+    return ratios.map(word)
+
+
+def fastest(gains: pd.DataFrame) -> list[str]:
+    """batching_gain()'s table read: the fastest configuration for one user and for many,
+    and the one with the highest gain with its one-user rank (a gain is a ratio: a slow
+    single user alone can make it high)."""
+    check_columns("fastest()", gains, ["gain"])
+    one, many = gains.columns[0], gains.columns[1]
+    best_gain = gains["gain"].idxmax()
+    rank = int(gains[one].rank(ascending=False)[best_gain])
+    return [
+        f"fastest, {one}: {gains[one].idxmax()} ({gains[one].max():.1f})",
+        f"fastest, {many}: {gains[many].idxmax()} ({gains[many].max():.1f})",
+        f"highest gain: {best_gain} ({gains.loc[best_gain, 'gain']:.2f}x), "
+        f"number {rank} of {len(gains)} for 1 user",
+    ]
 
 
 def batching_gain(tables: dict[str, pd.DataFrame], users: int = 4) -> pd.DataFrame:

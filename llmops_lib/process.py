@@ -10,7 +10,6 @@ import atexit
 import ctypes
 import numbers
 import os
-import shlex
 import shutil
 import signal
 import socket
@@ -31,6 +30,7 @@ import psutil
 from .errors import InputError, positive, whole
 from .gguf_header import check_gguf
 from .hardware import batch_threads, default_threads
+from .tools import shown_command
 
 HOST = "127.0.0.1"
 WORKDIR_PREFIX = "llmops-server-"  # + the starting process's pid: whose server it was
@@ -168,8 +168,7 @@ class ServerProcess:
     def shown_command(self) -> str:
         """command() as a reader types it: `python` for this interpreter and file names
         instead of this machine's folders (what a stored notebook output may show)."""
-        args = ["python" if arg == sys.executable else arg for arg in self.command()]
-        return shlex.join(Path(arg).name if arg.startswith("/") else arg for arg in args)
+        return shown_command("python" if arg == sys.executable else arg for arg in self.command())
 
     def start(self) -> ServerProcess:
         """Start the process and wait (bounded) until `ready_path` answers."""

@@ -21,7 +21,7 @@ import pandas as pd
 
 from . import datasets, gguf_header, llama_bench, quantize, roofline
 from .provision import cache_dir
-from .tools import missing, skipped
+from .tools import missing, shown_command, skipped
 
 REFERENCE = "F16"
 EVAL_TEXT, CALIBRATION_TEXT = datasets.TEXTS  # scored on the first, calibrated on the second
@@ -131,7 +131,7 @@ def quantized_files(
     if imatrix_type is not None:
         text = datasets.text_path(CALIBRATION_TEXT)
         imatrix = _cached(
-            folder / f"imatrix-c{settings.n_ctx}-k{settings.imatrix_chunks}.gguf",
+            _imatrix_file(folder, settings),
             lambda t: quantize.make_imatrix(
                 reference, text, t, settings.n_ctx, settings.imatrix_chunks, n_threads
             ),
@@ -141,6 +141,63 @@ def quantized_files(
             lambda t: quantize.quantize(reference, t, imatrix_type, imatrix, n_threads=n_threads),
         )
     return files
+
+
+def _imatrix_file(folder: Path, settings: Settings) -> Path:
+    """Where the importance matrix of these settings is cached (by context and chunks)."""
+    return folder / f"imatrix-c{settings.n_ctx}-k{settings.imatrix_chunks}.gguf"
+
+
+def commands(
+    source: str | Path, files: dict[str, Path], settings: Settings, n_threads: int | None = None
+) -> dict[str, str]:
+    """The command line of each kind of step quantized_files() and measure() run, built by
+    the same argument functions (tools.shown_command: file names, not this machine's folders).
+
+    One quantized type stands for all (the last of `settings.types`); the imatrix steps only
+    where that variant was made; `reference.logits` stands for measure()'s temporary file.
+    """
+    if not files:  # quantized_files() made none: it printed why
+        return {}
+    if REFERENCE not in files:
+        raise ValueError(f"commands() needs the {REFERENCE} reference among {list(files)}.")
+    ref, qtype = files[REFERENCE], settings.types[-1]
+    logits = "reference.logits"
+    steps = {
+        "the F16 reference": (
+            "llama-quantize",
+            quantize.quantize_args(source, ref, REFERENCE, None, True, n_threads),
+        ),
+        f"one type, {qtype}": (
+            "llama-quantize",
+            quantize.quantize_args(ref, files[qtype], qtype, n_threads=n_threads),
+        ),
+    }
+    if f"{IMATRIX_TYPE}+imatrix" in files:
+        imatrix = _imatrix_file(source_folder(source), settings)
+        text = datasets.text_path(CALIBRATION_TEXT)
+        steps["the importance matrix"] = (
+            "llama-imatrix",
+            quantize.imatrix_args(
+                ref, text, imatrix, settings.n_ctx, settings.imatrix_chunks, n_threads
+            ),
+        )
+        steps[f"{IMATRIX_TYPE} with it"] = (
+            "llama-quantize",
+            quantize.quantize_args(
+                ref, files[f"{IMATRIX_TYPE}+imatrix"], IMATRIX_TYPE, imatrix, n_threads=n_threads
+            ),
+        )
+    text = datasets.text_path(EVAL_TEXT)
+    steps["perplexity of F16, its log-probabilities saved"] = (
+        "llama-perplexity",
+        quantize.perplexity_args(ref, text, settings.n_ctx, settings.chunks, logits, n_threads),
+    )
+    steps[f"{qtype} against them"] = (
+        "llama-perplexity",
+        quantize.kl_divergence_args(files[qtype], logits, settings.n_ctx, n_threads),
+    )
+    return {step: shown_command([tool, *args]) for step, (tool, args) in steps.items()}
 
 
 def measure(

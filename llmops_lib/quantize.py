@@ -61,7 +61,7 @@ def run_tool(name: str, args: Sequence[str | Path | int], timeout_s: float = 600
     A non-zero exit raises RuntimeError with the command and the end of the log.
     subprocess.run kills the child on a timeout or an interrupt, so none outlives the call.
     """
-    cmd = [str(tool_path(name)), *map(str, args)]
+    cmd = command(name, args)
     proc = subprocess.run(
         cmd,
         stdout=subprocess.PIPE,
@@ -77,6 +77,30 @@ def run_tool(name: str, args: Sequence[str | Path | int], timeout_s: float = 600
             f"{name} failed (exit {proc.returncode}): {' '.join(cmd)}\n{proc.stdout[-2000:]}"
         )
     return proc.stdout
+
+
+def command(name: str, args: Sequence[str | Path | int]) -> list[str]:
+    """The argv run_tool() runs for one of llama.cpp's tools (tools.shown_command prints it
+    without this machine's folders)."""
+    return [str(tool_path(name)), *map(str, args)]
+
+
+def log_excerpt(log: str) -> str:
+    """The lines of a llama-perplexity log that its parsers read, without the timestamps:
+    the chunks it scored, each chunk's running perplexity, the final estimate with its
+    uncertainty, and with --kl-divergence the perplexity and KL statistics blocks."""
+    lines = [_STAMP.sub("", line) for line in log.splitlines()]
+    kept = [line for line in lines if _EXCERPT.search(line)]
+    start = next((i for i, line in enumerate(lines) if "Perplexity statistics" in line), None)
+    if start is not None:
+        end = next(i for i, line in enumerate(lines) if "Token probability statistics" in line)
+        kept += [line for line in lines[start:end] if line.strip()]
+        kept += [line for line in lines[end:] if line.startswith("Same top p")]
+    return "\n".join(kept)
+
+
+_STAMP = re.compile(r"^\d+\.\d+\.\d+\.\d+ [A-Z] ")  # "0.04.093.180 I ": time and level
+_EXCERPT = re.compile(r"calculating perplexity over|^\[1\]|Final estimate")
 
 
 def _raise_known_errors(name: str, log: str, n_ctx: int | None = None) -> None:
@@ -123,17 +147,30 @@ def quantize(
     calibration text activates it. `allow_requantize` lets an already quantized source be
     converted, which is how a de-quantized F16 reference is made from a Q4 file.
     """
-    source = check_gguf(source)
-    check_type(qtype)
-    threads = _threads(n_threads)
-    options: list[str | Path] = ["--allow-requantize"] if allow_requantize else []
-    if imatrix is not None:
-        options += ["--imatrix", check_gguf(imatrix)]
+    quantize_args(source, target, qtype, imatrix, allow_requantize, n_threads)  # checked first
 
     def write(tmp: Path) -> None:
-        run_tool("llama-quantize", [*options, source, tmp, qtype, threads], timeout_s)
+        args = quantize_args(source, tmp, qtype, imatrix, allow_requantize, n_threads)
+        run_tool("llama-quantize", args, timeout_s)
 
     return results.write_atomic(target, write)
+
+
+def quantize_args(
+    source: str | Path,
+    target: str | Path,
+    qtype: str,
+    imatrix: str | Path | None = None,
+    allow_requantize: bool = False,
+    n_threads: int | None = None,
+) -> list[str | Path | int]:
+    """llama-quantize's arguments for quantize(), checked (the source and imatrix exist)."""
+    source = check_gguf(source)
+    check_type(qtype)
+    options: list[str | Path | int] = ["--allow-requantize"] if allow_requantize else []
+    if imatrix is not None:
+        options += ["--imatrix", check_gguf(imatrix)]
+    return [*options, source, target, qtype, _threads(n_threads)]
 
 
 def make_imatrix(
@@ -149,13 +186,26 @@ def make_imatrix(
 
     `chunks=-1` reads the whole text, n_ctx tokens at a time.
     """
-    args = _reading_args(model, text, n_ctx, chunks, n_threads)
+    imatrix_args(model, text, target, n_ctx, chunks, n_threads)  # checked first
 
     def write(tmp: Path) -> None:
-        log = run_tool("llama-imatrix", [*args, "-o", tmp, "--no-ppl"], timeout_s)
+        args = imatrix_args(model, text, tmp, n_ctx, chunks, n_threads)
+        log = run_tool("llama-imatrix", args, timeout_s)
         _raise_known_errors("llama-imatrix", log, n_ctx)
 
     return results.write_atomic(target, write)
+
+
+def imatrix_args(
+    model: str | Path,
+    text: str | Path,
+    target: str | Path,
+    n_ctx: int = 512,
+    chunks: int = -1,
+    n_threads: int | None = None,
+) -> list[str | Path | int]:
+    """llama-imatrix's arguments for make_imatrix(), checked."""
+    return [*_reading_args(model, text, n_ctx, chunks, n_threads), "-o", target, "--no-ppl"]
 
 
 def perplexity(
@@ -176,7 +226,7 @@ def perplexity(
     kl_divergence(). With `kv_type` (see cache_args) the result also holds the KV cache
     llama.cpp allocated (kv_mib, kv_cells).
     """
-    args = _reading_args(model, text, n_ctx, chunks, n_threads) + cache_args(kv_type)
+    args = perplexity_args(model, text, n_ctx, chunks, None, n_threads, kv_type)
     if logits_file is None:
         log = run_tool("llama-perplexity", args, timeout_s)
         return parse_perplexity(log, n_ctx) | _kv_figures(log, kv_type)
@@ -189,11 +239,27 @@ def perplexity(
     found: dict[str, float] = {}
 
     def write(tmp: Path) -> None:
-        log = run_tool("llama-perplexity", [*args, "--kl-divergence-base", tmp], timeout_s)
+        args = perplexity_args(model, text, n_ctx, chunks, tmp, n_threads, kv_type)
+        log = run_tool("llama-perplexity", args, timeout_s)
         found.update(parse_perplexity(log, n_ctx) | _kv_figures(log, kv_type))
 
     results.write_atomic(logits_file, write)
     return found
+
+
+def perplexity_args(
+    model: str | Path,
+    text: str | Path,
+    n_ctx: int = 512,
+    chunks: int = -1,
+    logits_file: str | Path | None = None,
+    n_threads: int | None = None,
+    kv_type: str | None = None,
+) -> list[str | Path | int]:
+    """llama-perplexity's arguments for perplexity(), checked; with `logits_file`, the flag
+    that saves the reference's log-probabilities there."""
+    args = _reading_args(model, text, n_ctx, chunks, n_threads) + cache_args(kv_type)
+    return args if logits_file is None else [*args, "--kl-divergence-base", logits_file]
 
 
 def kl_divergence(
@@ -212,13 +278,30 @@ def kl_divergence(
     holds the cache llama.cpp allocated (kv_mib, kv_cells): the reference can be the same
     model with an f16 cache, so the divergence is what the cache type costs.
     """
-    model = check_gguf(model)
-    n_ctx = logits_context(logits_file)
-    threads = _threads(n_threads)
-    args = ["-m", model, "--kl-divergence-base", logits_file, "--kl-divergence"]
-    args += ["-c", n_ctx, "-b", n_ctx, "-t", threads, *cache_args(kv_type)]
+    args = kl_divergence_args(model, logits_file, logits_context(logits_file), n_threads, kv_type)
     log = run_tool("llama-perplexity", args, timeout_s)
     return parse_kl_divergence(log) | _kv_figures(log, kv_type)
+
+
+def kl_divergence_args(
+    model: str | Path,
+    logits_file: str | Path,
+    n_ctx: int,
+    n_threads: int | None = None,
+    kv_type: str | None = None,
+) -> list[str | Path | int]:
+    """llama-perplexity's arguments for kl_divergence() against a reference written with
+    context `n_ctx` (the file's own, for a file that exists: logits_context)."""
+    args = ["-m", check_gguf(model), "--kl-divergence-base", logits_file, "--kl-divergence"]
+    return [
+        *args,
+        "-c",
+        whole("n_ctx", n_ctx),
+        "-b",
+        n_ctx,
+        "-t",
+        _threads(n_threads),
+    ] + cache_args(kv_type)
 
 
 def cache_args(kv_type: str | None) -> list[str]:

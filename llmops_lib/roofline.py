@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .catalog import ModelSpec
-from .errors import positive, whole
+from .errors import InputError, positive, whole
 from .memory import kv_cache_bytes
 
 # The slides' reference table (ms per generated token, LLaMA 7B/13B, llama.cpp, 2023).
@@ -120,6 +120,38 @@ def published_streamed_gbs() -> pd.DataFrame:
         timed = part.drop(index="file size GB", level="setting")
         rows.append(size_gb.to_numpy() / (timed / 1000))
     return pd.concat(rows).round(1)
+
+
+# The data sheets' memory bandwidth of the machines in the slides' table, GB/s (Apple's M2
+# Max announcement; NVIDIA's RTX 4080 page). The Ryzen's memory is not named: no figure.
+DATA_SHEET_GBS = {"M2 Max": 400.0, "RTX 4080": 717.0}
+
+
+def published_reading(model: str = "7B") -> pd.DataFrame:
+    """The slides' streamed GB/s of one model read three ways, one row per machine setting.
+
+    `GB/s low`/`GB/s high`: the range across the quantization types (a purely memory-bound
+    decoder would stream the same GB/s whatever the type); `RTX 4080 x low`/`x high`: the
+    GPU's GB/s over this row's, type by type, lowest and highest; `data sheet share`: the
+    highest GB/s as a share of the machine's data-sheet bandwidth (NaN where none is known).
+    """
+    gbs = published_streamed_gbs()
+    if model not in gbs.index.get_level_values("model"):
+        models = sorted(set(gbs.index.get_level_values("model")))
+        raise InputError(f"model={model!r}: the slides' table has {models}.")
+    rows = gbs.xs(model, level="model")
+    gpu = rows.loc[next(s for s in rows.index if s.startswith("RTX 4080"))]
+    times = rows.rdiv(gpu, axis=1)  # the GPU's GB/s over each row's, per type
+    sheet = [DATA_SHEET_GBS.get(setting.split(",")[0], float("nan")) for setting in rows.index]
+    return pd.DataFrame(
+        {
+            "GB/s low": rows.min(axis=1),
+            "GB/s high": rows.max(axis=1),
+            "RTX 4080 x low": times.min(axis=1),
+            "RTX 4080 x high": times.max(axis=1),
+            "data sheet share": rows.max(axis=1) / sheet,
+        }
+    )
 
 
 def plot_roofline(

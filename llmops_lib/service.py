@@ -38,6 +38,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import anyio
@@ -51,7 +52,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from .backend import LocalModel, Message, chunk_text
-from .errors import whole
+from .errors import InputError, whole
 from .process import HOST, ServerProcess, check_port, server_threads
 
 MAX_PROMPT_CHARS = 16_000  # all message contents together; a 2k-token context holds ~8k chars
@@ -888,6 +889,47 @@ def create_app(
 
 
 # --- serving it ----------------------------------------------------------------------------
+
+
+def source_excerpt(start: str, end: str) -> str:
+    """The lines of this file from the first that starts with `start` up to the next that
+    starts with `end` (not included): notebook 10 shows the service's own code, read from
+    the installed package, never a copy typed beside it that could drift."""
+    lines = Path(__file__).read_text(encoding="utf-8").splitlines()
+    first = next((i for i, line in enumerate(lines) if line.startswith(start)), None)
+    if first is None:
+        raise InputError(f"No line of {Path(__file__).name} starts with {start!r}.")
+    last = next((i for i in range(first + 1, len(lines)) if lines[i].startswith(end)), None)
+    if last is None:
+        raise InputError(f"No line after {start!r} in {Path(__file__).name} starts with {end!r}.")
+    return "\n".join(lines[first:last]).rstrip()
+
+
+IMAGE_RECORD = "test-image"  # scripts/test_image.sh's result files: test-image-<time>.json
+
+
+def image_record(directory: str | Path | None = None) -> str:
+    """What the newest passing `make test-image` run measured (image size, the container's
+    peak memory against its limit), with when and how; or a plain line saying none exists."""
+    from .wrapup import newest
+
+    path = newest(IMAGE_RECORD, ".json", directory)
+    if path is None:
+        return (
+            "no `make test-image` record in results/: the image size and its memory under "
+            "load have not been measured on this machine (Docker builds the image; Colab has none)."
+        )
+    record = json.loads(path.read_text())
+    peak = record["peak_memory_bytes"]
+    return "\n".join(
+        [
+            f"from {path.name} (`make test-image`, {record['measured_at']}):",
+            f"image {record['image']}: {record['image_bytes'] / 1e6:,.0f} MB",
+            f"peak memory of the container during its tests: {peak / 2**20:,.0f} MiB "
+            f"({record['peak_memory_source']}), under a limit of {record['memory_limit']}",
+            f"tests: {record['tests']}",
+        ]
+    )
 
 
 class Server(uvicorn.Server):

@@ -14,6 +14,8 @@ binding's direct_url.json.
 from __future__ import annotations
 
 import json
+import shlex
+from collections.abc import Iterable
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from typing import Any
@@ -144,3 +146,10 @@ def kv_cache_flags(kv_type: str) -> list[str]:
     """
     kv_bytes_per_value(kv_type)
     return ["-fa", "on", "-ctk", kv_type, "-ctv", kv_type]
+
+
+def shown_command(args: Iterable[str | Path | int]) -> str:
+    """A command line as a reader types it: each absolute path (a tool, a model in the cache)
+    shortened to its file name, so a stored notebook output shows no local folders."""
+    words = [str(arg) for arg in args]
+    return shlex.join(Path(word).name if word.startswith("/") else word for word in words)

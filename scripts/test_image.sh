@@ -10,7 +10,10 @@
 # Debian's packages with debootstrap + docker import. `test` never fails for want of an engine
 # or a base image: it says why it skips and exits 0. Once the image is built, a failing test
 # fails. Everything is bounded by TEST_IMAGE_BUDGET_S (default 600 s); the container is
-# reached over loopback only (--network host, bound to 127.0.0.1).
+# reached over loopback only (--network host, bound to 127.0.0.1), and runs under the 4 GB of
+# RAM the service is meant for (TEST_IMAGE_MEMORY). A passing `test` writes the image size
+# and the container's peak memory to notebooks/results/test-image-<time>.json (atomically,
+# through llmops_lib.results), which notebook 10 prints.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +27,8 @@ RUN_DIR="$(mktemp -d -t llmops-image-XXXXXX)"
 CONTEXT=docker/context
 DOCKERD_PID=""
 CONTAINER=""
+MEMORY="${TEST_IMAGE_MEMORY:-4g}"  # the RAM the service is meant to run in
+RESULTS="${LLMOPS_RESULTS:-notebooks/results}"  # where notebook 10 reads the record
 export DOCKER_BUILDKIT=0  # the classic builder ships with the engine; buildx may not
 
 say() { echo "[test-image $((SECONDS))s] $*"; }
@@ -185,7 +190,7 @@ test_container() {
     port="$("$PYTHON" -c 'from llmops_lib.process import free_port; print(free_port())')"
     url="http://127.0.0.1:$port"
     # The queue of tests/test_service.py's own service process, so the same tests hold.
-    CONTAINER="$(docker run -d --network host -e LLMOPS_HOST=127.0.0.1 \
+    CONTAINER="$(docker run -d --network host --memory "$MEMORY" -e LLMOPS_HOST=127.0.0.1 \
         -e LLMOPS_PORT="$port" -e LLMOPS_QUEUE=2 "$TAG")"
     say "container ${CONTAINER:0:12} serving on $url"
     for _ in $(seq 1 120); do
@@ -199,8 +204,13 @@ test_container() {
         say "FAILED: the container did not become healthy (status: ${health:-none})."
         exit 1
     fi
+    sample_memory &
+    local sampler=$!
     LLMOPS_SERVICE_URL="$url" timeout "$(left)" "$PYTHON" -m pytest -q -m model \
         tests/test_service.py
+    local peak
+    peak="$(peak_memory)"
+    kill "$sampler" 2>/dev/null || true
     # docker stop sends SIGTERM: the service must shut down by itself within the grace.
     # uvicorn re-raises the signal after its shutdown (143), which PID 1 ignores (0); a
     # kill by docker after the grace would be 137.
@@ -217,6 +227,58 @@ test_container() {
         exit 1
     fi
     say "the container stopped cleanly on SIGTERM; passed in $((SECONDS)) s"
+    record "$peak"
+}
+
+sample_memory() {  # the container's memory use each second (docker stats), one line each
+    while docker stats --no-stream --format '{{.MemUsage}}' "$CONTAINER" \
+        >>"$RUN_DIR/memory.txt" 2>/dev/null; do sleep 1; done
+}
+
+peak_memory() {
+    # "BYTES SOURCE": the kernel's own peak for the container's cgroup (v2, memory.peak)
+    # where it can be read, else the largest of the samples above.
+    local file
+    for file in "/sys/fs/cgroup/system.slice/docker-$CONTAINER.scope/memory.peak" \
+        "/sys/fs/cgroup/docker/$CONTAINER/memory.peak"; do
+        if [ -r "$file" ]; then echo "$(cat "$file") cgroup-memory.peak"; return; fi
+    done
+    "$PYTHON" - "$RUN_DIR/memory.txt" <<'PY'
+import re, sys
+from pathlib import Path
+
+units = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "kB": 1e3, "MB": 1e6, "GB": 1e9}
+path = Path(sys.argv[1])
+used = [float(m[1]) * units[m[2]] for line in (path.read_text().splitlines() if path.exists() else [])
+        if (m := re.match(r"\s*([\d.]+)\s*([A-Za-z]+)\s*/", line)) and m[2] in units]
+print(f"{max(used):.0f} docker-stats-sampled-each-second" if used else "nan none")
+PY
+}
+
+record() {  # the figures of a passing run, for notebook 10: one new file, written atomically
+    local peak_bytes peak_source
+    read -r peak_bytes peak_source <<<"$1"
+    "$PYTHON" - "$RESULTS" "$TAG" "$(docker image inspect -f '{{.Size}}' "$TAG")" \
+        "$peak_bytes" "$peak_source" "$MEMORY" <<'PY'
+import json, sys
+from datetime import datetime, timezone
+
+from llmops_lib import results
+
+folder, tag, size, peak, source, limit = sys.argv[1:]
+record = {
+    "image": tag,
+    "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    "image_bytes": int(size),
+    "peak_memory_bytes": float(peak),
+    "peak_memory_source": source.replace("-", " "),
+    "memory_limit": limit,
+    "tests": "tests/test_service.py -m model against the container: passed",
+}
+text = json.dumps(record, indent=1)
+path = results.save("test-image", ".json", lambda tmp: tmp.write_text(text), folder)
+print(f"[test-image] recorded {path}")
+PY
 }
 
 case "$MODE" in

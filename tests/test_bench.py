@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from llmops_lib import bench, bench_cli, provision, roofline, sweeps
+from llmops_lib.errors import InputError
 from llmops_lib.llamacpp import gpu_offload_available, offload_unavailable
 
 GPU = gpu_offload_available()
@@ -65,6 +66,19 @@ def test_published_table_keeps_the_slides_figures():
     # 3.56 GB of weights every 15.5 ms: the RTX 4080 streamed 230 GB/s.
     streamed = roofline.published_streamed_gbs()
     assert streamed.loc[("7B", "RTX 4080, 4 threads"), "Q4_K_S"] == pytest.approx(229.7)
+
+
+def test_the_slides_table_is_read_from_its_own_figures():
+    reading = roofline.published_reading("7B")
+    m2 = reading.loc["M2 Max, 8 threads"]
+    assert (m2["GB/s low"], m2["GB/s high"]) == (74.2, 117.1)  # Q2_K and F16: not flat
+    # The GPU streams 1.9x (F16) to 2.8x (Q6_K) what the M2 Max with 8 threads does.
+    assert m2["RTX 4080 x low"] == pytest.approx(216.7 / 117.1)
+    assert m2["RTX 4080 x high"] == pytest.approx(281.4 / 101.0)
+    assert m2["data sheet share"] == pytest.approx(117.1 / 400)
+    assert math.isnan(reading.loc["Ryzen, 4 threads", "data sheet share"])  # no data sheet
+    with pytest.raises(InputError, match="70B"):
+        roofline.published_reading("70B")
 
 
 def test_summary_is_median_and_iqr_per_configuration():

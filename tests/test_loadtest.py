@@ -14,6 +14,7 @@ import socket
 import threading
 from collections.abc import Iterator
 
+import pandas as pd
 import pytest
 from fakes import FakeChat, FakeEndpoint
 from test_service import long_reply, serving, wait_for
@@ -246,3 +247,25 @@ def test_watch_metrics_adds_what_the_services_metrics_showed_at_each_level():
     assert (summary["server_waiting_max"] <= summary.index).all()
     assert (summary["server_busy_max"] <= 1).all() and (summary["scrapes"] >= 2).all()
     assert (summary["server_latency_p95_s"] > 0).all()
+
+
+def test_serving_path_ratios_are_put_in_words_against_the_noise():
+    ratios = pd.Series({"http": 0.99, "sse": 0.93, "c++": 1.20, "none": math.nan})
+    words = loadtest.in_words(ratios)
+    assert words["http"] == "0.99x: no measurable difference"
+    assert words["sse"] == "0.93x: 7% slower" and words["c++"] == "1.20x: 20% faster"
+    assert words["none"] == "not measured"
+    with pytest.raises(InputError, match="noise"):
+        loadtest.in_words(ratios, noise=2)
+
+
+def test_the_highest_gain_is_shown_with_its_single_user_rank():
+    gains = pd.DataFrame(
+        {"tokens/s, 1 user": [41.5, 63.7, 45.8], "tokens/s, 4 users": [57.0, 99.0, 89.3]},
+        index=["one thread", "all cores", "course default"],
+    ).assign(gain=lambda d: d.iloc[:, 1] / d.iloc[:, 0])
+    assert loadtest.fastest(gains) == [
+        "fastest, tokens/s, 1 user: all cores (63.7)",
+        "fastest, tokens/s, 4 users: all cores (99.0)",
+        "highest gain: course default (1.95x), number 2 of 3 for 1 user",
+    ]

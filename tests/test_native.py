@@ -92,6 +92,28 @@ def test_llama_bench_output_parses_into_finite_figures(session):
     pp, tg = table["tokens_per_s"].iloc[[0, 3]]  # prefill from empty, decode after the prompt
     assert list(compared["llama-bench"]) == [pp, tg]
     assert list(compared["ratio"]) == pytest.approx([100.0 / pp, 10.0 / tg])
+    # The run is shown as a terminal shows it: the argv and the raw JSON, no local folders.
+    shown = llama_bench.shown_run(table)
+    command, *json_lines = shown.splitlines()
+    assert command == (
+        f"$ llama-bench -m {session.model_path('chat').name} -t 1 -p 16 -n 8 -r 2 -o json -d 0,16"
+    )
+    assert '"avg_ts":' in shown and "3 more tests" in json_lines[-1]
+    assert "/" not in shown  # neither the tool's nor the model's folder
+
+
+def test_a_shown_command_names_files_not_folders():
+    argv = ["/opt/x/llama-quantize", "/home/u/.cache/m.gguf", "out dir/q.gguf", 4]
+    shown = tools.shown_command(argv)
+    assert shown == "llama-quantize m.gguf 'out dir/q.gguf' 4"
+
+
+def test_a_skipped_bench_says_why_instead_of_a_command(no_tools, tmp_path, capsys):
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF" + bytes(60))
+    table = llama_bench.llama_bench(model, n_threads=2, n_prompt=16, n_gen=8)
+    assert llama_bench.shown_run(table).startswith("llama-bench did not run: ")
+    assert "make setup" in llama_bench.shown_run(table)
 
 
 @needs_tools

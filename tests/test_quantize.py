@@ -95,6 +95,45 @@ def test_kl_divergence_log_parses():
     }
 
 
+def test_the_excerpt_keeps_what_the_parsers_read_without_timestamps_or_paths():
+    log = "0.00.409.619 I perplexity: saving all logits to /tmp/x/reference.logits\n"
+    shown = quantize.log_excerpt(log + PERPLEXITY_LOG)
+    assert shown.splitlines() == [
+        "perplexity: calculating perplexity over 4 chunks, n_ctx=256, batch_size=256, n_seq=1",
+        "[1]4.9707,[2]11.7852,[3]15.2909,[4]14.6262,",
+        "Final estimate: PPL = 14.6262 +/- 1.86020",
+    ]
+    kld = quantize.log_excerpt(KLD_LOG).splitlines()
+    assert kld[0] == "====== Perplexity statistics ======" and "RMS" not in "".join(kld)
+    assert "Mean    KLD:   0.924635 ±   0.050645" in kld and kld[-1].startswith("Same top p:")
+    assert quantize.parse_kl_divergence("\n".join(kld)) == quantize.parse_kl_divergence(KLD_LOG)
+
+
+def test_the_shown_commands_are_the_ones_the_sweep_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("LLMOPS_CACHE", str(tmp_path / "cache"))
+    source = tmp_path / "SmolLM2.Q4_1.gguf"
+    source.write_bytes(b"GGUF" + bytes(60))
+    folder = quant_sweep.source_folder(source)
+    names = ["F16", "Q2_K", "Q2_K-imatrix-c256-k4", "imatrix-c256-k4"]
+    for name in names:
+        (folder / f"{name}.gguf").write_bytes(b"GGUF" + bytes(60))
+    files = {"F16": folder / "F16.gguf", "Q2_K": folder / "Q2_K.gguf"}
+    files["Q2_K+imatrix"] = folder / "Q2_K-imatrix-c256-k4.gguf"
+    shown = quant_sweep.commands(source, files, quant_sweep.QUICK, n_threads=2)
+    assert shown["the F16 reference"] == (
+        "llama-quantize --allow-requantize SmolLM2.Q4_1.gguf F16.gguf F16 2"
+    )
+    assert shown["the importance matrix"].startswith("llama-imatrix -m F16.gguf -f lincoln")
+    assert "--chunks 4" in shown["the importance matrix"]  # QUICK.imatrix_chunks
+    assert shown["Q2_K with it"].startswith("llama-quantize --imatrix imatrix-c256-k4.gguf")
+    assert shown["Q2_K against them"] == (
+        "llama-perplexity -m Q2_K.gguf --kl-divergence-base reference.logits --kl-divergence "
+        "-c 256 -b 256 -t 2"
+    )
+    assert not any(str(tmp_path) in line for line in shown.values())
+    assert quant_sweep.commands(source, {}, quant_sweep.QUICK) == {}  # no tools: no files
+
+
 def test_a_text_too_short_is_named_although_the_tool_exits_0():
     with pytest.raises(quantize.TextTooShortError, match=r"only 17 tokens.*256 tokens"):
         quantize.parse_perplexity(TOO_SHORT_PERPLEXITY_LOG, n_ctx=128)

@@ -24,7 +24,8 @@ import pytest
 from fakes import FakeChat, echo
 from fastapi.testclient import TestClient
 
-from llmops_lib import loadtest, metrics, service
+from llmops_lib import loadtest, metrics, results, service
+from llmops_lib.errors import InputError
 from llmops_lib.process import HOST, free_port, port_is_free
 
 SERVICE_URL_ENV = "LLMOPS_SERVICE_URL"  # a running service (the container) to test instead
@@ -747,3 +748,28 @@ def test_the_command_line_is_checked_before_the_model_is_loaded(argv, named, mon
         service.main(argv)
     assert refused.value.code == 2
     assert named in capsys.readouterr().err
+
+
+def test_the_notebook_shows_the_service_s_own_code():
+    routes = service.source_excerpt('    @app.post("/generate")', "    def begin_shutdown")
+    assert routes.startswith('    @app.post("/generate")') and "complete(request" in routes
+    assert "def begin_shutdown" not in routes
+    with pytest.raises(InputError, match="starts with 'no such line'"):
+        service.source_excerpt("no such line", "x")
+
+
+def test_the_image_record_is_read_or_its_absence_said(tmp_path):
+    assert "no `make test-image` record" in service.image_record(tmp_path)
+    record = {
+        "image": "llmops-service",
+        "measured_at": "2026-12-03T17:36:40+00:00",
+        "image_bytes": 671_835_946,
+        "peak_memory_bytes": 225_338_982.0,
+        "peak_memory_source": "docker stats sampled each second",
+        "memory_limit": "4g",
+        "tests": "passed",
+    }
+    path = results.save("test-image", ".json", lambda t: t.write_text(json.dumps(record)), tmp_path)
+    shown = service.image_record(tmp_path)
+    assert path.name in shown and "2026-12-03T17:36:40" in shown
+    assert "672 MB" in shown and "215 MiB" in shown and "limit of 4g" in shown
