@@ -108,6 +108,13 @@ class ScoringModel(LocalModel, Protocol):
         self, messages: list[Message], words: dict[str, list[str]]
     ) -> dict[str, float]: ...
 
+    def chat_starting(
+        self, messages: list[Message], starts: list[str], max_tokens: int = 48
+    ) -> dict[str, Any]:
+        """A greedy chat completion forced to begin with one of `starts`, then free text
+        (the engine's own constraint: a logits processor, a grammar)."""
+        ...
+
 
 def chunk_text(chunk: dict[str, Any]) -> str:
     """The text of one streamed chunk: chat chunks carry it in delta, completions in text."""

@@ -1,8 +1,9 @@
 """Classify medical assessments with a decoder LLM: ask Yes/No, then decide two ways.
 
-(a) generate an answer and parse its first word (Yes/Ja -> positive, No/Nein -> negative,
-    anything else -> neutral), as the workshop does; the rest of the answer is the
-    justification;
+(a) generate an answer forced to begin "Yes, because" or "No, because" (German: Ja/Nein,
+    denn; `answer_starts`), and parse its first word (Yes/Ja -> positive, No/Nein ->
+    negative, anything else -> neutral), as the workshop does; the rest of the answer is
+    the justification;
 (b) read the probabilities of the answer's first token: P(Yes) / (P(Yes) + P(No)) is a
     probability of "positive" for every text (never neutral), and its threshold can be
     calibrated on the few labelled examples (`scoring.calibrate_threshold`).
@@ -35,6 +36,7 @@ PROMPTS: dict[str, dict[str, str]] = {
         ),
         "yes": "Yes",
         "no": "No",
+        "because": "because",
     },
     "de": {
         "system": (
@@ -49,6 +51,7 @@ PROMPTS: dict[str, dict[str, str]] = {
         ),
         "yes": "Ja",
         "no": "Nein",
+        "because": "denn",
     },
 }
 
@@ -81,6 +84,16 @@ def messages(text: str, lang: str, examples: pd.DataFrame | None = None) -> list
         turns.append({"role": "assistant", "content": f"{answer}."})
     turns.append({"role": "user", "content": prompt["user"].format(text=text)})
     return turns
+
+
+def answer_starts(lang: str) -> list[str]:
+    """The two ways an answer may begin ("Yes, because" / "No, because"; German Ja/Nein, denn).
+
+    Forcing one of them makes the first token a label and the rest a reason: without it the
+    tiny model copies the solved examples' bare "Yes."/"No." and gives no reason.
+    """
+    prompt = _prompt(lang)
+    return [f"{prompt[side]}, {prompt['because']}" for side in ("yes", "no")]
 
 
 def parse_answer(answer: str) -> str:
@@ -121,8 +134,9 @@ def classify(
     """Classify each row of `data` (columns text, label, lang) both ways.
 
     Returns text, lang, truth, p_positive, prediction_p (p_positive >= threshold),
-    prediction (parsed from the generated answer; empty when generate=False),
-    explanation (the generated answer) and latency_s (time spent on the text).
+    prediction (parsed from the generated answer, which begins with a label and
+    "because": `answer_starts`; empty when generate=False), explanation (the answer)
+    and latency_s (time spent on the text).
     `examples` maps a language to solved examples put into the prompt.
     """
     check_columns("data", data, ("text", "label", "lang"))
@@ -135,7 +149,7 @@ def classify(
         p = p_positive(model, msgs)
         answer = ""
         if generate:
-            reply = model.chat(msgs, max_tokens=max_tokens, temperature=0.0)
+            reply = model.chat_starting(msgs, answer_starts(row.lang), max_tokens=max_tokens)
             answer = reply_text(reply).strip()
         rows.append(
             {

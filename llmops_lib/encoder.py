@@ -328,18 +328,21 @@ def train(
     return EncoderClassifier(model, train_s=train_s)
 
 
-def latency(clf: EncoderClassifier, texts: Sequence[str], warmup: int = 2) -> pd.DataFrame:
+def latency(
+    clf: EncoderClassifier, texts: Sequence[str], warmup: int = 2, progress: bool = True
+) -> pd.DataFrame:
     """Milliseconds to classify each text on its own (batch of one), after a warm-up.
 
     One sentence at a time is how an interactive service sees requests; the first
-    calls pay for lazy initialisation, hence the unmeasured warm-up.
+    calls pay for lazy initialisation, hence the unmeasured warm-up. `progress=False` for
+    a handful of texts that take well under a second: a bar there is only noise.
     """
     texts = errors.texts("texts", texts)
     whole("warmup", warmup, minimum=0)
     for text in texts[:warmup]:
         clf.predict([text])
     rows = []
-    for text in bar(texts, desc="timing", unit="text"):
+    for text in bar(texts, desc="timing", unit="text", disable=not progress):
         start = time.perf_counter()
         label = clf.predict([text])[0]
         rows.append((text, label, (time.perf_counter() - start) * 1000))

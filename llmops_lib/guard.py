@@ -313,15 +313,18 @@ class AuditLog:
         return records
 
     def table(self) -> pd.DataFrame:
-        """The decisions as a table: one row per line of the log."""
+        """The decisions as a table: one row per line of the log ("" where nothing blocked,
+        "(not run)" for a check that never ran, as in `replies_table`)."""
         rows = [
             {
                 "time": r["time"],
                 "user": r["user"],
+                "input_guard": r["input_guard"],
+                "output_guard": r["output_guard"],
                 "shown": r["shown"],
-                "blocked_by": r["blocked_by"],
+                "blocked_by": r["blocked_by"] or "",
                 "input": r["input"]["label"],
-                "output": r["output"]["label"] if r["output"] else None,
+                "output": r["output"]["label"] if r["output"] else "(not run)",
                 **{f"{k}_ms": v for k, v in r["ms"].items()},
             }
             for r in self.records()

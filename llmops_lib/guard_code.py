@@ -202,16 +202,17 @@ def scan_reply(text: str) -> list[ScanResult]:
 
 
 def table(results: list[ScanResult]) -> pd.DataFrame:
-    """One row per scanned block: language, status, treatment, issues or error."""
+    """One row per scanned block: language, status, treatment, issues or error ("" where
+    there is none, so an empty cell reads the same in every column)."""
     return pd.DataFrame(
         [
             {
                 "language": r.block.language,
                 "lines": len(r.block.code.splitlines()),
                 "status": r.status,
-                "treatment": r.treatment,
-                "issues": "; ".join(r.issues) or None,
-                "error": r.error,
+                "treatment": r.treatment or "",
+                "issues": "; ".join(r.issues),
+                "error": r.error or "",
             }
             for r in results
         ]

@@ -23,7 +23,7 @@ import psutil
 from . import memory, provision
 from .backend import NO_TIMINGS, Timings, check_chat_args
 from .catalog import ModelSpec
-from .errors import unknown
+from .errors import InputError, unknown
 from .hardware import Hardware
 from .plain_text import mark_contents, tokenize_marked
 
@@ -142,7 +142,7 @@ def check(spec: ModelSpec, precision: str, hw: Hardware, context_tokens: int = 2
         for candidate in sorted(usable, key=lambda p: abs(memory.bits_per_weight(p) - bits)):
             fit = plan(spec, candidate, hw, context_tokens)
             if fit.fits:
-                return f"nearest option that fits: precision={candidate!r} ({fit.verdict})."
+                return f"nearest option that fits: precision={candidate!r}, {fit.verdict}."
         return f"no precision of {', '.join(TRANSFORMERS_PRECISIONS)} fits; use a smaller model."
 
     if precision == "bf16" and hw.has_gpu and not hw.bf16:
@@ -492,6 +492,30 @@ class HFModel:
             logits = self.model(input_ids=self._encode(messages), logits_to_keep=1).logits[0, -1]
         probs = self._torch.softmax(logits.float(), dim=-1)
         return {name: float(probs[sorted(group)].sum()) for name, group in ids.items()}
+
+    def chat_starting(
+        self, messages: list[dict[str, str]], starts: list[str], max_tokens: int = 48
+    ) -> dict[str, Any]:
+        """A greedy reply that begins with one of `starts` (e.g. "Yes, because"), then runs free.
+
+        Why: asked for "Yes or No, then why", a small model answers anything, or the label
+        alone. transformers' `prefix_allowed_tokens_fn` lets through only the tokens that
+        continue one of `starts` until one is complete, so the first token is one of the
+        labels (the likelier one: greedy) and what follows is the model's reason.
+        """
+        if not starts or not all(isinstance(s, str) and s.strip() for s in starts):
+            raise InputError(f"starts={starts!r}: pass the non-empty texts a reply may begin with.")
+        sequences = [self.tokenizer(s, add_special_tokens=False).input_ids for s in starts]
+        prompt_tokens = self.count_tokens(messages)
+        everything = list(range(self.model.get_output_embeddings().weight.shape[0]))
+
+        def allowed(batch_id: int, ids: Any) -> list[int]:
+            done = ids[prompt_tokens:].tolist()
+            n = len(done)
+            nexts = {s[n] for s in sequences if len(s) > n and s[:n] == done}
+            return sorted(nexts) or everything
+
+        return self.chat(messages, max_tokens, 0.0, prefix_allowed_tokens_fn=allowed)
 
     def _first_tokens(self, spellings: list[str]) -> set[int]:
         return {self.tokenizer(s, add_special_tokens=False).input_ids[0] for s in spellings if s}

@@ -51,15 +51,13 @@ def accuracy_interval(
     With a handful of texts one more or one fewer right answer moves the accuracy by many
     points; the interval says how far apart two accuracies must be before they differ.
     """
-    from scipy.stats import binomtest
+    from .evaluation import wilson
 
     if len(df) == 0:
         raise ValueError("accuracy_interval needs at least one scored row.")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence={confidence}; use a level between 0 and 1, e.g. 0.95.")
-    right = int((df[column] == df["truth"]).sum())
-    ci = binomtest(right, len(df)).proportion_ci(confidence_level=confidence, method="wilson")
-    return float(ci.low), float(ci.high)
+    return wilson(int((df[column] == df["truth"]).sum()), len(df), confidence)
 
 
 def confusion(df: pd.DataFrame, column: str = "prediction") -> pd.DataFrame:
@@ -77,7 +75,8 @@ def _decide(p: pd.Series, threshold: float) -> pd.Series:
 
 
 def accuracy_table(df: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    """Accuracy per language and overall: parsed answers, and P(Yes) at 0.5 and `threshold`."""
+    """Accuracy per language and overall of the forced answer's first word, and of P(Yes) at
+    0.5 and at `threshold`; `texts` counts the rows and `neutral answers` is a share."""
     check_columns("df", df, ("lang", "truth", "prediction", "p_positive"))
     fraction("threshold", threshold)
     groups = dict(list(df.groupby("lang"))) | {"all": df}
@@ -86,13 +85,13 @@ def accuracy_table(df: pd.DataFrame, threshold: float) -> pd.DataFrame:
     for name, g in groups.items():
         rows[name] = {
             "texts": len(g),
-            "answer parsed": accuracy(g, "prediction"),
+            "forced answer": accuracy(g, "prediction"),
             "neutral answers": float((g["prediction"] == NEUTRAL).mean()),
         } | {
             label: float((_decide(g["p_positive"], t) == g["truth"]).mean())
             for label, t in thresholds.items()
         }
-    return pd.DataFrame(rows).T
+    return pd.DataFrame(rows).T.astype({"texts": int})
 
 
 def plot_confusions(df: pd.DataFrame, panels: dict[str, str]):
@@ -107,12 +106,13 @@ def plot_confusions(df: pd.DataFrame, panels: dict[str, str]):
     for ax, (column, title) in zip(axes[0], panels.items(), strict=True):
         matrix = confusion(df, column)
         counts = matrix.to_numpy()
-        ax.imshow(counts, cmap="Blues")
+        top = max(int(counts.max()), 1)  # a fixed scale from 0: equal counts are not all white
+        ax.imshow(counts, cmap="Blues", vmin=0, vmax=top)
         ax.set_xticks(range(matrix.shape[1]), matrix.columns)
         ax.set_yticks(range(matrix.shape[0]), matrix.index)
         ax.set(xlabel="predicted", ylabel="truth", title=title)
         for (i, j), n in np.ndenumerate(counts):
-            colour = "white" if n > counts.max() / 2 else "black"
+            colour = "white" if n > top / 2 else "black"
             ax.text(j, i, n, ha="center", va="center", color=colour)
     fig.tight_layout()
     return fig

@@ -237,6 +237,29 @@ class FakeChat:
                     raise ValueError(f"{a!r} and {b!r} start with the same token; reword them.")
         return {name: sum(table.get(t, 0.0) for t in group) for name, group in firsts.items()}
 
+    def chat_starting(
+        self, messages: list[Message], starts: list[str], max_tokens: int = 48
+    ) -> dict[str, Any]:
+        """A chat() reply that begins with the start whose first token (a key of token_probs
+        it begins with) is likeliest (greedy, the first on ties), then the scripted reply,
+        like a constrained engine; the starts are recorded in `calls`."""
+        if not starts:
+            raise ValueError("FakeChat: no starts to choose from")
+        table = self.token_probs(messages) if callable(self.token_probs) else self.token_probs
+
+        def likeliness(start: str) -> float:  # of the token (a key of the table) it begins with
+            return max((p for token, p in table.items() if start.startswith(token)), default=0.0)
+
+        start = max(starts, key=likeliness)
+        reply = self._reply
+        self._reply = lambda msgs: f"{start} {reply(msgs)}"
+        try:
+            response = self.chat(messages, max_tokens)
+        finally:
+            self._reply = reply
+        self.calls[-1]["starts"] = list(starts)
+        return response
+
     def _check_open(self) -> None:
         if self.closed:
             raise RuntimeError(f"{self.name} is closed")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import matplotlib
 import pandas as pd
 import pytest
 
 from llmops_lib import classify, scoring
 from llmops_lib.classify import NEGATIVE, NEUTRAL, POSITIVE
 from llmops_lib.datasets import load_assessments
+from llmops_lib.errors import InputError
 
 
 @pytest.mark.parametrize(
@@ -166,3 +168,48 @@ def test_accuracy_interval_holds_the_accuracy_and_narrows_with_more_texts():
     assert high_many - low_many < high - low
     with pytest.raises(ValueError, match="confidence"):
         scoring.accuracy_interval(scored(6, 8), confidence=95)
+
+
+def test_confusion_plot_reads_when_every_count_is_equal():
+    # 02's stored run: four of each cell drew white counts on white cells (panel a blank)
+    scored = pd.DataFrame(
+        {"truth": [POSITIVE, POSITIVE, NEGATIVE, NEGATIVE], "prediction": [POSITIVE, NEGATIVE] * 2}
+    )
+    (ax,) = scoring.plot_confusions(scored, {"prediction": "parsed"}).axes
+    image = ax.get_images()[0]
+    assert image.norm.vmin == 0  # the scale starts at zero, so a count of 1 is a coloured cell
+    cell = image.cmap(image.norm(1))
+    for text in ax.texts:  # black on a light cell, white on a dark one: never the cell's colour
+        ink = matplotlib.colors.to_rgba(text.get_color())
+        assert sum(abs(a - b) for a, b in zip(ink[:3], cell[:3], strict=True)) > 1
+
+
+@pytest.mark.model
+def test_chat_starting_forces_a_label_then_lets_the_model_write_the_reason(tiny):
+    msgs = classify.messages(load_assessments("de")["text"].iloc[0], "de")
+    starts = classify.answer_starts("de")
+    reply = tiny.chat_starting(msgs, starts, max_tokens=12)
+    text = reply["choices"][0]["message"]["content"]
+    assert any(text.startswith(start) for start in starts)
+    assert len(text) > max(map(len, starts))  # free text after the forced start
+    probs = tiny.next_token_probs(msgs, {"yes": ["Ja"], "no": ["Nein"]})
+    assert text.startswith("Ja" if probs["yes"] >= probs["no"] else "Nein")  # greedy label
+    with pytest.raises(InputError, match="starts"):
+        tiny.chat_starting(msgs, [], max_tokens=4)
+
+
+def test_accuracy_table_counts_texts_and_names_what_each_accuracy_reads():
+    scored = pd.DataFrame(
+        {
+            "lang": ["en", "en", "de", "de"],
+            "truth": [POSITIVE, NEGATIVE, POSITIVE, NEGATIVE],
+            "prediction": [POSITIVE, POSITIVE, NEUTRAL, NEGATIVE],
+            "p_positive": [0.9, 0.3, 0.6, 0.55],
+        }
+    )
+    table = scoring.accuracy_table(scored, 0.58)
+    assert table["texts"].tolist() == [2, 2, 4] and table["texts"].dtype.kind == "i"
+    assert table.loc["all", "forced answer"] == 0.5  # the neutral answer counts as wrong
+    assert table.loc["de", "neutral answers"] == 0.5
+    assert table.loc["all", "P(Yes) >= 0.5"] == 0.75  # 0.55 is called positive
+    assert table.loc["all", "P(Yes) >= 0.580"] == 1.0

@@ -705,3 +705,17 @@ def test_transformers_guard_reads_the_real_tiny_model_strictly(tiny_hf):
     # no grammar here: only an exact 'safe' may pass, anything else must fail closed
     assert verdict.safe == (verdict.raw.strip() == "safe")
     assert verdict.safe or verdict.problem or verdict.categories
+
+
+def test_prompt_guard_training_draws_no_progress_bar(monkeypatch):
+    # notebook 06 prints the training time itself: a bar there is a stored frame of noise
+    seen = {}
+
+    def fake_train(texts, labels, base, iterations, seed, progress=True):
+        seen.update(texts=list(texts), iterations=iterations, progress=progress)
+        return "classifier"
+
+    monkeypatch.setattr(guard_classifier.encoder, "train", fake_train)
+    rows = guard_classifier.load_prompts("train")
+    assert guard_classifier.train(rows, "base", iterations=1) == "classifier"
+    assert seen == {"texts": rows["text"].tolist(), "iterations": 1, "progress": False}
