@@ -33,14 +33,17 @@ from .progress import bar
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """Silence the Hugging Face libraries' own bars and info logs; our tqdm bar reports.
 
     Their bars use tqdm.auto, which in a notebook without ipywidgets warns on import and
-    clutters stderr; SetFit logs at INFO level by default. All is restored afterwards.
+    clutters stderr; SetFit logs at INFO level by default, and torch's data loader warns
+    on a CPU that it has no GPU memory to pin. All is restored afterwards. Public so that
+    a lesson running SetFit's own API gets the same quiet output in one `with` line.
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="IProgress not found")
+        warnings.filterwarnings("ignore", message=".*'pin_memory'")  # CPU: nothing to pin
         import datasets as hf_datasets
         import transformers
         from setfit import logging as setfit_logging
@@ -97,20 +100,20 @@ class EncoderClassifier:
     def predict(self, texts: Sequence[str]) -> list[str]:
         """The most likely label for each text."""
         texts = errors.texts("texts", texts)
-        with _quiet():
+        with quiet():
             return list(self.model.predict(texts))
 
     def predict_proba(self, texts: Sequence[str]) -> pd.DataFrame:
         """Class probabilities, one row per text, one column per label."""
         texts = errors.texts("texts", texts)
-        with _quiet():
+        with quiet():
             proba = self.model.predict_proba(texts, as_numpy=True)
         return pd.DataFrame(proba, columns=self.labels)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """The fine-tuned encoder's sentence embeddings (rows: texts)."""
         texts = errors.texts("texts", texts)
-        with _quiet():
+        with quiet():
             body = self.model.model_body  # the fine-tuned SentenceTransformer
             return body.encode(texts, show_progress_bar=False, convert_to_numpy=True)
 
@@ -122,7 +125,7 @@ class EncoderClassifier:
         """
 
         def write(tmp: Path) -> None:
-            with _quiet():
+            with quiet():
                 self.model.save_pretrained(str(tmp))
             sign_folder(tmp)
 
@@ -153,7 +156,7 @@ class EncoderClassifier:
 
 def _from_pretrained(folder: Path):
     """SetFit's own loader on a local folder (the step after the manifest check)."""
-    with _quiet():
+    with quiet():
         from setfit import SetFitModel
 
         return SetFitModel.from_pretrained(str(folder), local_files_only=True)
@@ -261,7 +264,7 @@ def _check(folder: Path, found: tuple[bytes, dict[str, str]]) -> None:
 def embed(texts: Sequence[str], base: str | Path) -> np.ndarray:
     """Sentence embeddings from the encoder in `base` before any fine-tuning."""
     texts = errors.texts("texts", texts)
-    with _quiet():
+    with quiet():
         from sentence_transformers import SentenceTransformer
 
         model = SentenceTransformer(str(base), local_files_only=True)  # GPU if there is one
@@ -281,7 +284,7 @@ def train(
 
     `iterations`: contrastive pairs drawn per text and per kind (same/different label);
     the number of pairs, and so the training time, is 2 * iterations * len(texts).
-    SetFit's default is 20; 10 halves the CPU time of a training run.
+    SetFit's default is 20; 10 halves the pairs, and so the optimiser steps, of a run.
     `seed` fixes pair sampling, weights and the head, so a run can be repeated.
     `progress=False` trains without a bar (a caller that shows its own).
     """
@@ -294,7 +297,7 @@ def train(
     whole("iterations", iterations)
     whole("batch_size", batch_size)
     whole("seed", seed, minimum=0)
-    with _quiet(), tempfile.TemporaryDirectory(prefix="setfit-") as scratch:
+    with quiet(), tempfile.TemporaryDirectory(prefix="setfit-") as scratch:
         from datasets import Dataset
         from setfit import SetFitModel, Trainer, TrainingArguments
         from transformers import set_seed
@@ -384,6 +387,27 @@ def k_sweep(
         row.update({f"accuracy {lang}": scores.loc[lang, "accuracy"] for lang in scores.index})
         rows.append(row)
     return pd.DataFrame(rows).set_index("k")
+
+
+def verdict_separation(panels: dict[str, np.ndarray], frame: pd.DataFrame) -> pd.DataFrame:
+    """How far the labels of `frame` pull apart in each embedding space, per language.
+
+    The silhouette score of the label clusters (cosine distance): near 0 the two labels
+    are mixed, towards 1 they form separate groups. It reads in numbers what the PCA plot
+    shows by eye, in the full space rather than its 2-D shadow.
+    """
+    from sklearn.metrics import silhouette_score
+
+    rows = {}
+    for title, embeddings in panels.items():
+        if len(embeddings) != len(frame):
+            raise InputError(f"Panel {title!r}: {len(embeddings)} embeddings, {len(frame)} rows.")
+        positions = frame.groupby("lang").indices
+        rows[title] = {
+            lang: silhouette_score(embeddings[at], frame["label"].to_numpy()[at], metric="cosine")
+            for lang, at in positions.items()
+        }
+    return pd.DataFrame(rows).T.rename_axis(columns="separation of the labels")
 
 
 def pca_2d(embeddings: np.ndarray) -> np.ndarray:

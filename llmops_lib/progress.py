@@ -15,6 +15,20 @@ from tqdm import tqdm
 REDRAWS = 4  # updates drawn per bar, besides its first and last frame
 
 
+class _Bar(tqdm):
+    """tqdm, flushed after its closing newline.
+
+    tqdm writes that newline without a flush, so in a notebook it arrives after whatever
+    the cell prints next and is stored as a stray empty stderr output of its own.
+    """
+
+    def close(self) -> None:
+        super().close()
+        fp = getattr(self, "fp", None)
+        if fp is not None and not getattr(fp, "closed", False):
+            fp.flush()
+
+
 def bar(
     iterable: Iterable[Any] | None = None,
     total: int | None = None,
@@ -28,7 +42,7 @@ def bar(
     every = max(1, (total or 0) // REDRAWS)
     # maxinterval=inf: tqdm's monitor thread would otherwise drop miniters to 1 after 10 s
     # without a redraw, and a slow bar would redraw on every step again.
-    return tqdm(
+    return _Bar(
         iterable,
         total=total,
         desc=desc,

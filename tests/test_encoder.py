@@ -6,6 +6,7 @@ import os
 import pickle
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from llmops_lib import encoder
@@ -252,3 +253,20 @@ def test_setfits_own_trainer_gives_the_libraries_classifier(session, english, tm
     np.testing.assert_allclose(
         raw.predict_proba(texts, as_numpy=True), library.predict_proba(texts).to_numpy(), atol=1e-4
     )
+
+
+def test_verdict_separation_tells_grouped_labels_from_mixed_ones():
+    # Per language: English labels sit in two tight groups, German ones are interleaved.
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"lang": ["en"] * 8 + ["de"] * 8, "label": ["positive", "negative"] * 8})
+    grouped = np.where(frame["label"].to_numpy()[:8, None] == "positive", [1.0, 0.0], [0.0, 1.0])
+    mixed = rng.normal(size=(8, 2))
+    table = encoder.verdict_separation({"space": np.vstack([grouped, mixed])}, frame)
+    assert table.loc["space", "en"] > 0.9
+    assert abs(table.loc["space", "de"]) < 0.3
+
+
+def test_verdict_separation_refuses_embeddings_of_other_rows():
+    frame = pd.DataFrame({"lang": ["en"] * 4, "label": ["positive", "negative"] * 2})
+    with pytest.raises(InputError, match="3 embeddings, 4 rows"):
+        encoder.verdict_separation({"space": np.zeros((3, 2))}, frame)
