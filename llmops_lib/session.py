@@ -17,12 +17,12 @@ from typing import Any
 
 import pandas as pd
 
-from . import catalog, provision
-from .backend import LocalModel
-from .catalog import ModelSpec
-from .errors import InputError, unknown
-from .hardware import Hardware
-from .profiles import Choice, Profile
+from .core.backend import LocalModel
+from .core.errors import InputError, unknown
+from .core.hardware import Hardware
+from .planning import catalog, provision
+from .planning.catalog import ModelSpec
+from .planning.profiles import Choice, Profile
 
 SERVER_ENGINES = ("llama_cpp.server", "llama-server")
 
@@ -63,18 +63,18 @@ class Session:
         spec = catalog.get(model)
         _check_options(backend, precision, kwargs)  # before a file is fetched or loaded
         if backend == "llamacpp":
-            from .colab import ensure_llama_cpp
-            from .llamacpp import LlamaCppModel
+            from .engines.llamacpp import LlamaCppModel
+            from .planning.colab import ensure_llama_cpp
 
             ensure_llama_cpp(self.hardware)  # on Colab, the first llama.cpp use provisions it
             return LlamaCppModel(provision.gguf_path(spec), **kwargs)
         if backend == "transformers":
-            from .hf import HFModel
+            from .engines.hf import HFModel
 
             return HFModel(spec, precision or "fp32", self.hardware, **kwargs)
         raise InputError(
             f"{spec.title} runs on {backend}, which is not a chat engine; for an encoder use "
-            "session.model_path('encoder') with llmops_lib.encoder.train()."
+            "session.model_path('encoder') with llmops_lib.engines.encoder.train()."
         )
 
     def _gguf_choice(self, role: str, why: str) -> Choice:
@@ -92,12 +92,12 @@ class Session:
         engine "llama_cpp.server": llama-cpp-python's server, one request at a time;
         "llama-server": llama.cpp's own, with n_parallel slots (continuous batching).
         """
-        from .colab import ensure_llama_cpp
-        from .servers import LlamaServer, LocalServer
+        from .engines.servers import LlamaServer, LocalServer
+        from .planning.colab import ensure_llama_cpp
 
         kinds = {"llama_cpp.server": LocalServer, "llama-server": LlamaServer}
         if engine not in kinds:
-            from .errors import unknown
+            from .core.errors import unknown
 
             raise unknown(engine, "server engine", kinds)
         choice = self._gguf_choice(
@@ -114,7 +114,7 @@ class Session:
 
         Whatever was started is stopped when the block ends, also when it raises.
         """
-        from .endpoint import ENDPOINT_ENV, connect
+        from .engines.endpoint import ENDPOINT_ENV, connect
 
         url = os.environ.get(ENDPOINT_ENV)
         if url:
@@ -145,7 +145,7 @@ def _check_options(backend: str, precision: str | None, options: dict[str, Any])
     if backend == "llamacpp":
         from llama_cpp import Llama
 
-        from .llamacpp import LlamaCppModel
+        from .engines.llamacpp import LlamaCppModel
 
         engines, fixed = (LlamaCppModel, Llama), {"path", "model_path"}
         if precision not in (None, "gguf"):
@@ -154,7 +154,7 @@ def _check_options(backend: str, precision: str | None, options: dict[str, Any])
                 "quantization; pick another GGUF file (or a transformers role) instead."
             )
     elif backend == "transformers":
-        from .hf import HFModel
+        from .engines.hf import HFModel
 
         engines, fixed = (HFModel,), {"spec", "precision", "hw"}
     else:

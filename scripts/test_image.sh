@@ -182,7 +182,7 @@ fetch|Connection (refused|reset)|Network is unreachable|Max retries exceeded" \
 
 test_container() {
     local port url health
-    port="$("$PYTHON" -c 'from llmops_lib.process import free_port; print(free_port())')"
+    port="$("$PYTHON" -c 'from llmops_lib.engines.process import free_port; print(free_port())')"
     url="http://127.0.0.1:$port"
     # The queue of tests/test_service.py's own service process, so the same tests hold.
     CONTAINER="$(docker run -d --network host -e LLMOPS_HOST=127.0.0.1 \

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from llmops_lib import classify, scoring
-from llmops_lib.classify import NEGATIVE, NEUTRAL, POSITIVE
-from llmops_lib.datasets import load_assessments
+from llmops_lib.core.datasets import load_assessments
+from llmops_lib.lessons import classify, scoring
+from llmops_lib.lessons.classify import NEGATIVE, NEUTRAL, POSITIVE
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 from fakes import FakeChat
 
-from llmops_lib import classify
-from llmops_lib.classify import NEGATIVE, NEUTRAL, POSITIVE
+from llmops_lib.lessons import classify
+from llmops_lib.lessons.classify import NEGATIVE, NEUTRAL, POSITIVE
 
 DATA = pd.DataFrame(
     {

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmops_lib import evaluation
-from llmops_lib.evaluation import TrafficLight
+from llmops_lib.lessons.nb08 import evaluation
+from llmops_lib.lessons.nb08.evaluation import TrafficLight
 
 
 def test_confidence_is_the_scaled_distance_from_the_threshold():

@@ -7,9 +7,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from llmops_lib import catalog, hf, memory
-from llmops_lib.errors import UnknownNameError
-from llmops_lib.hardware import detect
+from llmops_lib.core.errors import UnknownNameError
+from llmops_lib.core.hardware import detect
+from llmops_lib.engines import hf
+from llmops_lib.planning import catalog, memory
 
 TINY = catalog.get("smollm2-135m-instruct")
 LLAMA_8B = catalog.get("llama-3.1-8b-instruct")

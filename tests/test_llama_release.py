@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmops_lib import colab, provision, tools
+from llmops_lib.planning import colab, provision, tools
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = tools.SCRIPT

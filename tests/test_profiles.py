@@ -2,9 +2,9 @@ from dataclasses import replace
 
 import pytest
 
-from llmops_lib import catalog, profiles
-from llmops_lib.errors import UnknownNameError
-from llmops_lib.hardware import Hardware
+from llmops_lib.core.errors import UnknownNameError
+from llmops_lib.core.hardware import Hardware
+from llmops_lib.planning import catalog, profiles
 
 CPU = Hardware("local", 2, 2, 24.0, None, None, None, False, False)
 T4 = replace(CPU, runtime="colab", gpu_name="Tesla T4", gpu_vram_gb=15.8, compute_capability=(7, 5))

@@ -12,7 +12,7 @@ import threading
 import pandas as pd
 import pytest
 
-from llmops_lib import results
+from llmops_lib.core import results
 
 STAMP = "20250101-120000"
 

@@ -8,7 +8,8 @@ import json
 import pandas as pd
 import pytest
 
-from llmops_lib import course, wrapup
+from llmops_lib.core import course
+from llmops_lib.lessons.nb99 import wrapup
 
 
 def write_csv(folder, name, rows):
