@@ -66,7 +66,7 @@ def test_an_option_the_engine_cannot_take_is_refused_before_any_loading(
     def fetch(*args, **kwargs):
         raise AssertionError("a model file was fetched before the options were checked")
 
-    for finder in ("gguf_path", "hf_dir", "local_path"):
+    for finder in ("gguf_path", "hf_dir", "encoder_path"):
         monkeypatch.setattr(provision, finder, fetch)
     with pytest.raises(InputError, match=named):
         session.model(role, **options)

@@ -16,6 +16,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -24,7 +25,7 @@ from ..core.backend import NO_TIMINGS, Timings, check_chat_args
 from ..core.errors import unknown
 from ..core.hardware import Hardware
 from ..core.plain_text import mark_contents, tokenize_marked
-from ..planning import memory, provision
+from ..planning import memory
 from ..planning.catalog import ModelSpec
 
 # transformers' bars import tqdm.auto, which warns in a notebook without ipywidgets that it
@@ -167,6 +168,13 @@ def check(spec: ModelSpec, precision: str, hw: Hardware, context_tokens: int = 2
     return planned
 
 
+def check_load(spec: ModelSpec, precision: str, hw: Hardware, n_ctx: int) -> memory.Plan:
+    """What loading checks before any file is fetched: the context, then `check`."""
+    if not 0 < n_ctx <= spec.max_context:
+        raise ValueError(f"n_ctx={n_ctx} is outside 1..{spec.max_context} for {spec.title}.")
+    return check(spec, precision, hw, n_ctx)
+
+
 def quantization_config(precision: str, hw: Hardware):
     """BitsAndBytesConfig for int8 (LLM.int8) or nf4 (4-bit NF4, double quantization)."""
     from transformers import BitsAndBytesConfig
@@ -258,10 +266,15 @@ class _Clock:
 
 
 class HFModel:
-    """A transformers causal LM with the chat protocol of llamacpp.LlamaCppModel."""
+    """A transformers causal LM with the chat protocol of llamacpp.LlamaCppModel.
+
+    `path` is the model's folder (provision.hf_dir); `spec` gives its title, context and
+    the numbers the memory plan is checked against.
+    """
 
     def __init__(
         self,
+        path: str | Path,
         spec: ModelSpec,
         precision: str,
         hw: Hardware,
@@ -271,13 +284,11 @@ class HFModel:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as tf_logging
 
-        if not 0 < n_ctx <= spec.max_context:
-            raise ValueError(f"n_ctx={n_ctx} is outside 1..{spec.max_context} for {spec.title}.")
         self.spec = spec
         self.precision = precision
-        self.plan = check(spec, precision, hw, n_ctx)  # fails here, before any download
+        self.plan = check_load(spec, precision, hw, n_ctx)
         self.device = device_for(hw)
-        self.path = provision.hf_dir(spec)
+        self.path = Path(path)
         release()  # what earlier cells dropped goes before this model arrives
         start = time.perf_counter()
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)

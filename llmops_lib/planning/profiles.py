@@ -22,7 +22,7 @@ class Choice:
     """A model for one role, and how to run it."""
 
     model: str  # catalog key
-    backend: str  # "llamacpp", "transformers" or "setfit"
+    backend: str  # a name in engines.registry.ENGINES: "llamacpp", "transformers", "setfit"
     precision: str  # "gguf", "fp32", "fp16", "bf16", "int8" or "nf4"
 
     @property
@@ -36,6 +36,8 @@ class Profile:
     description: str
     roles: dict[str, Choice]
     offline: bool = False  # True: every file comes from a PyPI package, never the network
+    # True: a run at CI scale (2 cores, minutes): lessons shrink their sweeps, and say so
+    quick: bool = False
 
     def choice(self, role: str) -> Choice:
         """The model for `role`; an unknown role lists the valid ones."""
@@ -59,6 +61,7 @@ PROFILES: dict[str, Profile] = {
                 "guard": _SMOLLM2_GGUF,
             },
             offline=True,
+            quick=True,
         ),
         Profile(
             "colab-t4",

@@ -18,7 +18,6 @@ from importlib.metadata import PackageNotFoundError, distribution, files
 from pathlib import Path
 
 from ..core import hardware, results
-from ..core.errors import unknown
 from . import catalog, gguf_header, profiles
 from .catalog import ModelSpec, Packaged
 
@@ -346,11 +345,3 @@ def hf_dir(spec: ModelSpec) -> Path:
     if spec.offline:
         return packaged_path(spec)
     return hub_snapshot(spec)
-
-
-def local_path(spec: ModelSpec, backend: str) -> Path:
-    """The local file or folder that `backend` loads `spec` from (fetched on first use)."""
-    finders = {"llamacpp": gguf_path, "transformers": hf_dir, "setfit": encoder_path}
-    if backend not in finders:
-        raise unknown(backend, "backend", finders)
-    return finders[backend](spec)

@@ -19,7 +19,7 @@ import pandas as pd
 from ...core import datasets
 from ...core.errors import InputError, non_empty
 from ...engines import llama_bench, quantize
-from ...planning import memory
+from ...planning import memory, profiles
 from ...planning.catalog import ModelSpec
 from ...planning.tools import missing, skipped
 
@@ -49,8 +49,8 @@ FULL = Settings(n_ctx=4096, chunks=2, bench_gen=32, bench_reps=3)
 
 
 def settings_for(profile: str) -> Settings:
-    """QUICK on the offline `tiny` profile (CI, a laptop), FULL on every other profile."""
-    return QUICK if profile == "tiny" else FULL
+    """QUICK on a quick profile (`tiny`: CI, a laptop), FULL on every other profile."""
+    return QUICK if profiles.get(profile).quick else FULL
 
 
 def measure(

@@ -21,7 +21,7 @@ import pandas as pd
 
 from ...core import datasets
 from ...engines import llama_bench, quantize
-from ...planning import gguf_header, roofline
+from ...planning import gguf_header, profiles, roofline
 from ...planning.provision import cache_dir
 from ...planning.tools import missing, skipped
 
@@ -62,8 +62,8 @@ FULL = Settings(
 
 
 def settings_for(profile: str) -> Settings:
-    """QUICK on the offline `tiny` profile (CI, a laptop), FULL on every other profile."""
-    return QUICK if profile == "tiny" else FULL
+    """QUICK on a quick profile (`tiny`: CI, a laptop), FULL on every other profile."""
+    return QUICK if profiles.get(profile).quick else FULL
 
 
 def imatrix_unavailable() -> str | None:
