@@ -75,8 +75,7 @@ class Session:
                 f"{choice.backend}, but a local llama.cpp server needs a GGUF model. Serve it "
                 "with TGI or vLLM and set LLMOPS_ENDPOINT to its URL (e.g. http://host:8000/v1)."
             )
-        path = registry.engine(choice.backend).files(choice.spec)
-        return registry.server(engine, path, self.hardware, **kwargs)
+        return registry.server(engine, choice.spec, self.hardware, **kwargs)
 
     @contextmanager
     def endpoint(self, role: str = "chat", n_ctx: int = 2048) -> Iterator[Any]:

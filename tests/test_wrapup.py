@@ -151,7 +151,7 @@ def test_encoder_answer_compares_accuracies_by_their_intervals(full):
         rows = table.copy()
         for start, value, n in (("encoder", encoder, 80), ("LLM,", llm, n_llm)):
             hit = rows["measure"].str.startswith(start)
-            low, high = wrapup.evaluation.wilson(round(value * n), n)
+            low, high = wrapup.scoring.wilson(round(value * n), n)
             rows.loc[hit, ["value", "n", "low", "high"]] = [value, n, low, high]
         return rows
 

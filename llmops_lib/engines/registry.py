@@ -78,18 +78,19 @@ def _llamacpp_options() -> frozenset[str]:
 
 
 def _llamacpp_check(spec: ModelSpec, hw: Hardware, precision: str | None, options: dict) -> None:
+    from ..planning.colab import ensure_llama_cpp
+
     if precision not in (None, "gguf"):
         raise InputError(
             f"precision={precision!r}: a llama.cpp model runs in its GGUF's own "
             "quantization; pick another GGUF file (or a transformers role) instead."
         )
+    ensure_llama_cpp(hw)  # on Colab, the first llama.cpp use provisions it
 
 
 def _llamacpp_load(path: Path, spec: ModelSpec, hw: Hardware, precision, options) -> LocalModel:
-    from ..planning.colab import ensure_llama_cpp
     from .llamacpp import LlamaCppModel
 
-    ensure_llama_cpp(hw)  # on Colab, the first llama.cpp use provisions it
     return LlamaCppModel(path, **options)
 
 
@@ -164,10 +165,10 @@ def check_server(kind: str) -> None:
         raise unknown(kind, "server engine", SERVERS)
 
 
-def server(kind: str, path: Path, hw: Hardware, **options: Any) -> Any:
-    """A local server of `kind` for the GGUF at `path` (not started yet)."""
+def server(kind: str, spec: ModelSpec, hw: Hardware, **options: Any) -> Any:
+    """A local server of `kind` for the GGUF of `spec` (not started yet)."""
     from ..planning.colab import ensure_llama_cpp
 
     check_server(kind)
-    ensure_llama_cpp(hw)  # both servers run llama.cpp
-    return SERVERS[kind](path, **options)
+    ensure_llama_cpp(hw)  # both servers run llama.cpp, provisioned before the file is found
+    return SERVERS[kind](ENGINES[SERVED_BACKEND].files(spec), **options)

@@ -43,6 +43,20 @@ def accuracy(df: pd.DataFrame, column: str = "prediction") -> float:
     return float((df[column] == df["truth"]).mean())
 
 
+def wilson(right: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of an accuracy measured as `right` out of `n` labels.
+
+    Unlike the textbook p ± z·sqrt(p(1-p)/n) it stays inside [0, 1] and does not shrink to
+    nothing when all n labels agree, which matters for the few labels a week gives.
+    """
+    from scipy.stats import binomtest
+
+    if n < 1 or not 0 <= right <= n:
+        raise InputError(f"wilson({right}, {n}): need n >= 1 labels and 0 <= right <= n.")
+    ci = binomtest(right, n).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
 def accuracy_interval(
     df: pd.DataFrame, column: str = "prediction", confidence: float = 0.95
 ) -> tuple[float, float]:
@@ -51,15 +65,11 @@ def accuracy_interval(
     With a handful of texts one more or one fewer right answer moves the accuracy by many
     points; the interval says how far apart two accuracies must be before they differ.
     """
-    from scipy.stats import binomtest
-
     if len(df) == 0:
-        raise ValueError("accuracy_interval needs at least one scored row.")
+        raise InputError("accuracy_interval needs at least one scored row.")
     if not 0 < confidence < 1:
-        raise ValueError(f"confidence={confidence}; use a level between 0 and 1, e.g. 0.95.")
-    right = int((df[column] == df["truth"]).sum())
-    ci = binomtest(right, len(df)).proportion_ci(confidence_level=confidence, method="wilson")
-    return float(ci.low), float(ci.high)
+        raise InputError(f"confidence={confidence}; use a level between 0 and 1, e.g. 0.95.")
+    return wilson(int((df[column] == df["truth"]).sum()), len(df), confidence)
 
 
 def confusion(df: pd.DataFrame, column: str = "prediction") -> pd.DataFrame:

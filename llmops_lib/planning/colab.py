@@ -133,7 +133,7 @@ def release_url() -> str:
 
 def local_dir(variant: Variant) -> Path:
     """The local tools cache that tools.py and the build script use (same key, same layout)."""
-    return cache_dir() / "llama-tools" / variant.key
+    return tools.builds_dir() / variant.key
 
 
 def find_wheel(root: Path) -> Path | None:
@@ -356,7 +356,7 @@ def provide(variant: Variant, cc: tuple[int, int] | None) -> str:
     else:
         misses.append("Drive: set aside")
     url = f"{release_url()}/{variant.name}.tar"
-    downloaded = cache_dir() / "llama-tools" / "downloads" / f"{variant.name}.tar"
+    downloaded = tools.builds_dir() / "downloads" / f"{variant.name}.tar"
     try:
         download(url, downloaded)
         if try_archive(downloaded, root, variant, cc, "the release asset"):

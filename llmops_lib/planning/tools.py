@@ -50,6 +50,14 @@ class ToolsNotBuiltError(FileNotFoundError):
     """llama.cpp's native tools for this llama-cpp-python version are not built yet."""
 
 
+BUILDS = "llama-tools"  # the cache folder of the builds, one folder per key in it
+
+
+def builds_dir() -> Path:
+    """Where every llama.cpp build lives, as the build script writes it: <cache>/llama-tools."""
+    return cache_dir() / BUILDS
+
+
 def installed_key() -> str | None:
     """The cache key (folder name) of the course build the installed llama-cpp-python's wheel
     came from, read from pip's direct_url.json; None when it is not installed or came from
@@ -62,7 +70,7 @@ def installed_key() -> str | None:
     if url is None or url.scheme != "file":
         return None
     wheel = Path(unquote(url.path))  # <cache>/llama-tools/<key>/wheel/<name>.whl
-    if wheel.parent.name != "wheel" or wheel.parents[2].name != "llama-tools":
+    if wheel.parent.name != "wheel" or wheel.parents[2].name != BUILDS:
         return None
     return wheel.parents[1].name
 
@@ -76,7 +84,7 @@ def tools_dir() -> Path:
             "llama-cpp-python, and the one installed here is not from it (or none is); "
             f"{BUILD_HINT}."
         )
-    return cache_dir() / "llama-tools" / key
+    return builds_dir() / key
 
 
 def tools() -> dict[str, Any]:

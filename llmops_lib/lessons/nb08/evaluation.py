@@ -26,6 +26,7 @@ import pandas as pd
 
 from ...core.errors import InputError
 from ..classify import NEGATIVE, POSITIVE
+from ..scoring import wilson
 
 COLOURS = ("green", "yellow", "red")
 # What a user of the assessment service is shown for each colour (the verdict, or not).
@@ -332,20 +333,6 @@ def plot_dashboard(log: pd.DataFrame):
 
 
 # --- ground truth: what labels cost ----------------------------------------------------
-
-
-def wilson(right: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of an accuracy measured as `right` out of `n` labels.
-
-    Unlike the textbook p ± z·sqrt(p(1-p)/n) it stays inside [0, 1] and does not shrink to
-    nothing when all n labels agree, which matters for the few labels a week gives.
-    """
-    from scipy.stats import binomtest
-
-    if n < 1 or not 0 <= right <= n:
-        raise ValueError(f"wilson({right}, {n}): need n >= 1 labels and 0 <= right <= n.")
-    ci = binomtest(right, n).proportion_ci(confidence_level=level, method="wilson")
-    return float(ci.low), float(ci.high)
 
 
 def labelling_plan(

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from ...core import course, results
-from ..nb08 import evaluation
+from .. import scoring
 
 # `n`, `low`, `high`: for an accuracy, the texts it was measured on and its 95 % Wilson
 # interval (two accuracies whose intervals overlap are not told apart by these texts).
@@ -210,7 +210,7 @@ def _row(figure: Figure, notebook: str, file: str) -> tuple:
     n = low = high = None
     if texts:
         n = texts[0]
-        low, high = evaluation.wilson(round(value * n), n)
+        low, high = scoring.wilson(round(value * n), n)
     return topic, measure, value, unit, n, low, high, notebook, file
 
 
