@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .errors import InputError
+
 
 @dataclass(frozen=True)
 class Notebook:
@@ -141,6 +143,6 @@ def notebook(number: str) -> Notebook:
     for nb in NOTEBOOKS:
         if nb.number == number:
             return nb
-    raise ValueError(
+    raise InputError(
         f"No notebook numbered {number!r}; the course has {', '.join(n.number for n in NOTEBOOKS)}."
     )

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING
 
 import psutil
 
+from .errors import InputError
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -68,7 +70,7 @@ def save_frame(
         raise TypeError(f"save_frame needs a pandas DataFrame, got {type(df).__name__}.")
     unknown = [f for f in formats if f not in _FRAME_WRITERS]
     if unknown or not formats or len(set(formats)) != len(formats):
-        raise ValueError(
+        raise InputError(
             f"save_frame formats {tuple(formats)!r}: give each of "
             f"{', '.join(_FRAME_WRITERS)} at most once, at least one."
         )
@@ -139,13 +141,13 @@ def _check_name(stem: str, writers: dict[str, Callable[[Path], None]]) -> None:
         or stem.startswith(".")
         or any(bad in stem for bad in ("/", "\\", "..", "\0"))
     ):
-        raise ValueError(
+        raise InputError(
             f"Result stem {stem!r} must be a plain file name such as 'bench-07': no folder, "
             "no '..', not hidden. To save somewhere else, pass the folder as directory=."
         )
     for suffix, write in writers.items():
         if not isinstance(suffix, str) or (suffix and not re.fullmatch(r"\.\w+", suffix)):
-            raise ValueError(f"Result suffix {suffix!r} must look like '.csv' (or be '').")
+            raise InputError(f"Result suffix {suffix!r} must look like '.csv' (or be '').")
         if not callable(write):
             raise TypeError(
                 f"write must be a function that fills the temporary path it is given, "

@@ -22,7 +22,7 @@ from typing import Any
 import psutil
 
 from ..core.backend import NO_TIMINGS, Timings, check_chat_args
-from ..core.errors import unknown
+from ..core.errors import InputError, unknown
 from ..core.hardware import Hardware
 from ..core.plain_text import mark_contents, tokenize_marked
 from ..planning import memory
@@ -171,7 +171,7 @@ def check(spec: ModelSpec, precision: str, hw: Hardware, context_tokens: int = 2
 def check_load(spec: ModelSpec, precision: str, hw: Hardware, n_ctx: int) -> memory.Plan:
     """What loading checks before any file is fetched: the context, then `check`."""
     if not 0 < n_ctx <= spec.max_context:
-        raise ValueError(f"n_ctx={n_ctx} is outside 1..{spec.max_context} for {spec.title}.")
+        raise InputError(f"n_ctx={n_ctx} is outside 1..{spec.max_context} for {spec.title}.")
     return check(spec, precision, hw, n_ctx)
 
 
@@ -361,7 +361,7 @@ class HFModel:
         """generate() arguments for prompt tokens that are already encoded (bounded by n_ctx)."""
         prompt_tokens = input_ids.shape[1]
         if prompt_tokens >= self.n_ctx:
-            raise ValueError(
+            raise InputError(
                 f"The prompt has {prompt_tokens} tokens but n_ctx is {self.n_ctx}; "
                 "shorten the messages or load the model with a larger n_ctx."
             )
@@ -498,7 +498,7 @@ class HFModel:
         for i, a in enumerate(names):
             for b in names[i + 1 :]:
                 if ids[a] & ids[b]:
-                    raise ValueError(f"{a!r} and {b!r} start with the same token; reword them.")
+                    raise InputError(f"{a!r} and {b!r} start with the same token; reword them.")
         with self._torch.inference_mode():
             logits = self.model(input_ids=self._encode(messages), logits_to_keep=1).logits[0, -1]
         probs = self._torch.softmax(logits.float(), dim=-1)

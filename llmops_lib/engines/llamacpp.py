@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.backend import Timings, check_chat_args
-from ..core.errors import whole
+from ..core.errors import InputError, whole
 from ..core.hardware import default_threads
 from ..core.plain_text import mark_contents, tokenize_marked
 from ..planning.gguf_header import trained_context
@@ -165,7 +165,7 @@ class LlamaCppModel:
         self.path = verify_gguf(path)
         trained = trained_context(self.path)
         if not isinstance(n_ctx, int) or isinstance(n_ctx, bool) or not 1 <= n_ctx <= trained:
-            raise ValueError(
+            raise InputError(
                 f"n_ctx={n_ctx!r} does not fit {self.path.name}, which was trained for "
                 f"{trained} tokens; use a whole number in 1..{trained}."
             )

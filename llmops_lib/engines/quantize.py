@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..core import results
-from ..core.errors import unknown, whole
+from ..core.errors import InputError, unknown, whole
 from ..core.hardware import default_threads
 from ..planning.gguf_header import check_gguf, file_start
 from ..planning.tools import kv_cache_flags, tool_path
@@ -89,7 +89,7 @@ def _raise_known_errors(name: str, log: str, n_ctx: int | None = None) -> None:
             "Use a longer text or a smaller context (n_ctx)."
         )
     if match := _REQUANTIZE.search(log):
-        raise ValueError(
+        raise InputError(
             f"{name}: the source is already quantized ({match.group(1)}); quantizing it again "
             "compounds the errors. Quantize from an F16/F32 file, or pass "
             "allow_requantize=True to de-quantize it on purpose (e.g. to F16)."
@@ -181,7 +181,7 @@ def perplexity(
         log = run_tool("llama-perplexity", args, timeout_s)
         return parse_perplexity(log, n_ctx) | _kv_figures(log, kv_type)
     if chunks != -1 and chunks * scored_per_chunk(n_ctx) < MIN_KLD_TOKENS:
-        raise ValueError(
+        raise InputError(
             f"chunks={chunks} of n_ctx={n_ctx} score {chunks * scored_per_chunk(n_ctx)} tokens; "
             f"a KL-divergence reference needs at least {MIN_KLD_TOKENS} (llama-perplexity "
             "prints no statistics below that). Use more chunks or a larger n_ctx."
@@ -254,7 +254,7 @@ def logits_context(path: str | Path) -> int:
     advice = "Write it first with perplexity(reference_model, text, logits_file=...)."
     head = file_start(path, len(LOGITS_MAGIC) + 4, "Reference logits file", advice)
     if len(head) < len(LOGITS_MAGIC) + 4 or not head.startswith(LOGITS_MAGIC):
-        raise ValueError(
+        raise InputError(
             f"{str(path)!r} is not a llama-perplexity logits file (no {LOGITS_MAGIC!r} "
             "header). Write it again with perplexity(..., logits_file=...)."
         )
@@ -271,7 +271,7 @@ def _reading_args(
         raise FileNotFoundError(f"Text file not found: {str(text)!r}.")
     whole("n_ctx", n_ctx)
     if not isinstance(chunks, int) or (chunks < 1 and chunks != -1):
-        raise ValueError(f"chunks={chunks!r} must be a whole number >= 1, or -1 for all.")
+        raise InputError(f"chunks={chunks!r} must be a whole number >= 1, or -1 for all.")
     threads = _threads(n_threads)
     # One chunk per batch: the KV cache holds one context, not eight (llama.cpp's default).
     size = ["-c", n_ctx, "-b", n_ctx]

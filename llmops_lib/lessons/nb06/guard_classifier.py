@@ -138,7 +138,7 @@ class PromptGuard:
     def judge(self, messages: list[dict[str, str]]) -> Verdict:
         last = messages[-1] if messages else {}
         if last.get("role") != "user":
-            raise ValueError(
+            raise InputError(
                 "The prompt guard judges user messages only; the last message here is "
                 f"{last.get('role')!r}. Use a Llama Guard model for the output check."
             )

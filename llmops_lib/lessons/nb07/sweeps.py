@@ -17,7 +17,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from ...core.backend import Timings
-from ...core.errors import whole
+from ...core.errors import InputError, whole
 from ...engines.llamacpp import engine_timings, offload_unavailable, restart_timings
 from ...planning.provision import tiny_chat
 from .bench import MESSAGES, bench, iqr
@@ -89,7 +89,7 @@ def backend_comparison(
 def offload_plan(n_layers: int) -> dict[str, int]:
     """n_gpu_layers for none, half and all of the layers (-1: all, output layer included)."""
     if n_layers < 1:
-        raise ValueError(f"n_layers={n_layers} is not a layer count; use 1 or more.")
+        raise InputError(f"n_layers={n_layers} is not a layer count; use 1 or more.")
     half = n_layers // 2
     return {"0 layers (CPU)": 0, f"{half} of {n_layers} layers": half, "all layers": -1}
 

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from ...core.errors import InputError
 from .evaluation import confidence
 
 CONTINUOUS = ("input chars", "confidence", "latency ms")
@@ -35,7 +36,7 @@ def features(log: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
     Needs no ground truth: drift detection works on traffic nobody has labelled yet.
     """
     if log.empty:
-        raise ValueError("The log is empty; log some predictions first.")
+        raise InputError("The log is empty; log some predictions first.")
     return pd.DataFrame(
         {
             "input chars": log["text"].str.len(),
@@ -51,9 +52,9 @@ def features(log: pd.DataFrame, threshold: float = 0.5) -> pd.DataFrame:
 def _numbers(values: pd.Series, name: str, batch: str) -> np.ndarray:
     array = np.asarray(values, dtype=float)
     if array.size < 2:
-        raise ValueError(f"{batch} batch has {array.size} value(s) of {name!r}; a test needs 2+.")
+        raise InputError(f"{batch} batch has {array.size} value(s) of {name!r}; a test needs 2+.")
     if np.isnan(array).any():
-        raise ValueError(f"{batch} batch has NaN in {name!r}; drop or fix those rows first.")
+        raise InputError(f"{batch} batch has NaN in {name!r}; drop or fix those rows first.")
     return array
 
 
@@ -65,7 +66,7 @@ def psi_bins(n_reference: int, min_per_bin: int = MIN_PER_BIN) -> int:
     """PSI's bins for a reference of `n_reference` rows: the usual 10, fewer when a bin would
     hold under `min_per_bin` reference rows (2 at least)."""
     if n_reference < 2 or min_per_bin < 1:
-        raise ValueError(
+        raise InputError(
             f"psi_bins needs 2+ reference rows and min_per_bin >= 1; got "
             f"{n_reference}, {min_per_bin}."
         )
@@ -81,7 +82,7 @@ def psi_noise(n_reference: int, n_current: int, bins: int) -> float:
     Read a PSI against this level, or use a test whose p-value accounts for the sample size.
     """
     if min(n_reference, n_current) < 1 or bins < 1:
-        raise ValueError("psi_noise needs batch sizes and a bin count of 1 or more.")
+        raise InputError("psi_noise needs batch sizes and a bin count of 1 or more.")
     return (bins - 1) * (1 / n_reference + 1 / n_current)
 
 
@@ -89,7 +90,7 @@ def _psi(ref: np.ndarray, cur: np.ndarray, bins: int | None) -> tuple[float, int
     """PSI and the number of bins it used (tied reference values can merge bins)."""
     bins = psi_bins(len(ref)) if bins is None else bins
     if bins < 2:
-        raise ValueError(f"bins={bins}: PSI needs 2 or more bins.")
+        raise InputError(f"bins={bins}: PSI needs 2 or more bins.")
     edges = np.unique(np.quantile(ref, np.linspace(0, 1, bins + 1)))
     if len(edges) < 3:  # (nearly) constant reference: one inner edge at its value
         edges = np.array([-np.inf, np.nextafter(ref.min(), np.inf), np.inf])
@@ -113,7 +114,7 @@ def psi_if_same(
     ref = _numbers(pd.Series(reference), "psi", "reference")
     cur = _numbers(pd.Series(current), "psi", "current")
     if not 0 < quantile < 1 or permutations < 1:
-        raise ValueError(f"quantile={quantile}, permutations={permutations}: use 0-1 and 1+.")
+        raise InputError(f"quantile={quantile}, permutations={permutations}: use 0-1 and 1+.")
     pool, rng = np.r_[ref, cur], np.random.default_rng(seed)
     values = []
     for _ in range(permutations):
@@ -153,7 +154,7 @@ def univariate(
     from scipy.stats import chi2_contingency, ks_2samp
 
     if not 0 < alpha < 1:
-        raise ValueError(f"alpha={alpha}: use a significance level between 0 and 1, e.g. 0.05.")
+        raise InputError(f"alpha={alpha}: use a significance level between 0 and 1, e.g. 0.05.")
     rows = []
     for name in continuous:
         ref = _numbers(reference[name], name, "reference")
@@ -178,7 +179,7 @@ def univariate(
     for name in categorical:
         for batch, frame in (("reference", reference), ("current", current)):
             if len(frame) < 2 or frame[name].isna().any():
-                raise ValueError(f"{batch} batch: {name!r} needs 2+ values and no NaN.")
+                raise InputError(f"{batch} batch: {name!r} needs 2+ values and no NaN.")
         table = pd.crosstab(
             np.r_[np.zeros(len(reference)), np.ones(len(current))],
             np.r_[reference[name].to_numpy(), current[name].to_numpy()],
@@ -218,10 +219,10 @@ def alarm_rate(
     the detection rate. One row per run: the smallest p-value and whether it was flagged.
     """
     if runs < 1 or n < 2:
-        raise ValueError(f"alarm_rate needs runs >= 1 and n >= 2 rows a batch; got {runs}, {n}.")
+        raise InputError(f"alarm_rate needs runs >= 1 and n >= 2 rows a batch; got {runs}, {n}.")
     need = 2 * n if current_pool is None else n
     if len(pool) < need or (current_pool is not None and len(current_pool) < n):
-        raise ValueError(f"Batches of n={n} need {need}+ rows in the pool; have {len(pool)}.")
+        raise InputError(f"Batches of n={n} need {need}+ rows in the pool; have {len(pool)}.")
     rng = np.random.default_rng(seed)
     rows = []
     for run in range(runs):
@@ -250,12 +251,12 @@ def domain_classifier(
 
     reference, current = np.asarray(reference, float), np.asarray(current, float)
     if min(len(reference), len(current)) < 5:
-        raise ValueError(
+        raise InputError(
             f"domain_classifier needs 5+ embeddings per batch for 5-fold cross-validation; "
             f"got {len(reference)} and {len(current)}."
         )
     if np.isnan(reference).any() or np.isnan(current).any():
-        raise ValueError("Embeddings contain NaN; embed the texts again.")
+        raise InputError("Embeddings contain NaN; embed the texts again.")
     x = np.vstack([reference, current])
     y = np.r_[np.zeros(len(reference)), np.ones(len(current))]
     folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)

@@ -37,14 +37,14 @@ LOG_COLUMNS = ["model", "text", "lang", "truth", "predicted", "p_positive", "lat
 def _probabilities(p: Sequence[float], what: str = "p_positive") -> np.ndarray:
     values = np.asarray(p, dtype=float)
     if values.size == 0:
-        raise ValueError(f"{what} is empty; pass at least one prediction.")
+        raise InputError(f"{what} is empty; pass at least one prediction.")
     if np.isnan(values).any():
-        raise ValueError(
+        raise InputError(
             f"{what} has {int(np.isnan(values).sum())} NaN value(s); drop or recompute those "
             "predictions first."
         )
     if ((values < 0) | (values > 1)).any():
-        raise ValueError(
+        raise InputError(
             f"{what} must lie in [0, 1]; got values from {values.min()} to {values.max()}."
         )
     return values
@@ -53,9 +53,9 @@ def _probabilities(p: Sequence[float], what: str = "p_positive") -> np.ndarray:
 def _correct(correct: Sequence[bool], n: int) -> np.ndarray:
     values = np.asarray(correct)
     if values.dtype != bool:
-        raise ValueError(f"correct must be True/False per prediction, got dtype {values.dtype}.")
+        raise InputError(f"correct must be True/False per prediction, got dtype {values.dtype}.")
     if values.size != n:
-        raise ValueError(f"Got {values.size} correct flags for {n} predictions; pass one each.")
+        raise InputError(f"Got {values.size} correct flags for {n} predictions; pass one each.")
     return values
 
 
@@ -67,7 +67,7 @@ def confidence(p_positive: Sequence[float], threshold: float = 0.5) -> np.ndarra
     """
     p = _probabilities(p_positive)
     if not 0 < threshold < 1:
-        raise ValueError(f"threshold={threshold}: use a value strictly between 0 and 1.")
+        raise InputError(f"threshold={threshold}: use a value strictly between 0 and 1.")
     return np.where(p >= threshold, (p - threshold) / (1 - threshold), (threshold - p) / threshold)
 
 
@@ -107,12 +107,12 @@ def choose_thresholds(
     values = _probabilities(conf, "confidence")
     ok = _correct(correct, values.size)
     if values.size < min_rows:
-        raise ValueError(
+        raise InputError(
             f"The calibration split has {values.size} predictions; choosing thresholds needs at "
             f"least min_rows={min_rows}. Label more rows."
         )
     if not 0 <= red_accuracy < green_accuracy <= 1:
-        raise ValueError(
+        raise InputError(
             f"Need 0 <= red_accuracy < green_accuracy <= 1; got {red_accuracy}, {green_accuracy}."
         )
     levels = np.unique(values)
@@ -131,7 +131,7 @@ def light_report(colours: Sequence[str], correct: Sequence[bool]) -> pd.DataFram
     colours = np.asarray(colours)
     ok = _correct(correct, colours.size)
     if colours.size == 0:
-        raise ValueError("light_report got no predictions; pass at least one.")
+        raise InputError("light_report got no predictions; pass at least one.")
     rows = {}
     for colour in COLOURS:
         mine = ok[colours == colour]
@@ -210,9 +210,9 @@ def user_view(
 def _rows(rows: pd.DataFrame) -> pd.DataFrame:
     missing = {"text", "label", "lang"} - set(rows.columns)
     if missing:
-        raise ValueError(f"rows lack column(s) {sorted(missing)}; pass load_assessments() rows.")
+        raise InputError(f"rows lack column(s) {sorted(missing)}; pass load_assessments() rows.")
     if rows.empty:
-        raise ValueError("rows is empty; pass at least one text to classify.")
+        raise InputError("rows is empty; pass at least one text to classify.")
     return rows
 
 
@@ -238,7 +238,7 @@ def log_from_classify(scored: pd.DataFrame, name: str, threshold: float) -> pd.D
     """The table `classify.classify()` returns, as a log: P(Yes) >= `threshold` decides (the
     calibrated threshold), the generated answer (if any) is kept."""
     if scored.empty:
-        raise ValueError("scored is empty; classify at least one text first.")
+        raise InputError("scored is empty; classify at least one text first.")
     p = _probabilities(scored["p_positive"])
     return pd.DataFrame(
         {
@@ -266,12 +266,12 @@ def answer_lengths(answers: Sequence[str]) -> pd.DataFrame:
 def _check_log(log: pd.DataFrame) -> pd.DataFrame:
     missing = set(LOG_COLUMNS) - set(log.columns)
     if missing:
-        raise ValueError(
+        raise InputError(
             f"log lacks column(s) {sorted(missing)}; build it with log_predictions() or "
             "log_from_classify()."
         )
     if log.empty:
-        raise ValueError("The log is empty; there is nothing to evaluate.")
+        raise InputError("The log is empty; there is nothing to evaluate.")
     _probabilities(log["p_positive"])
     return log
 
@@ -345,14 +345,14 @@ def labelling_plan(
     """For each sampling rate: labels a week, reviewer hours a week, and the width of the 95 %
     interval of the accuracy estimate after each of `weeks` (at the given true accuracy)."""
     if volume_per_week < 1 or minutes_per_label <= 0 or not 0 <= accuracy <= 1:
-        raise ValueError(
+        raise InputError(
             "labelling_plan needs volume_per_week >= 1, minutes_per_label > 0 and an accuracy "
             f"in [0, 1]; got {volume_per_week}, {minutes_per_label}, {accuracy}."
         )
     rows = []
     for rate in rates:
         if not 0 < rate <= 1:
-            raise ValueError(f"sampling rate {rate}: use a share in (0, 1].")
+            raise InputError(f"sampling rate {rate}: use a share in (0, 1].")
         labels = max(1, round(rate * volume_per_week))
         row = {"rate": rate, "labels/week": labels, "hours/week": labels * minutes_per_label / 60}
         for w in weeks:
@@ -373,7 +373,7 @@ def simulate_sampling(
     """
     ok = _correct(correct, len(correct))
     if ok.size == 0:
-        raise ValueError("simulate_sampling needs a non-empty batch of right/wrong flags.")
+        raise InputError("simulate_sampling needs a non-empty batch of right/wrong flags.")
     rng = np.random.default_rng(seed)
     rows = []
     for week in range(1, weeks + 1):
