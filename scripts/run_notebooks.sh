@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 # Other programs' CPU use right now (a 2 s sample, in cores), not the 1-minute load average,
 # which still counts the previous notebook for a minute after it ended.
 MAX_BUSY="${LLMOPS_MAX_BUSY:-0.5}"
-busy() { .venv/bin/python -c 'from llmops_lib.hardware import busy_cores; print(f"{busy_cores(2.0):.2f}")'; }
+busy() { .venv/bin/python -c 'from llmops_lib.core.hardware import busy_cores; print(f"{busy_cores(2.0):.2f}")'; }
 now="$(busy)"
 if awk -v b="$now" -v m="$MAX_BUSY" 'BEGIN { exit !(b > m) }'; then
     echo "run_notebooks: other programs use $now cores right now (above $MAX_BUSY): the" \

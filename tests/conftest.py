@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from llmops_lib import course
+from llmops_lib.core import course
 
 
 @pytest.hookimpl(trylast=True)  # after pytest's own reordering by fixture scope

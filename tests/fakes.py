@@ -23,8 +23,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from llmops_lib.backend import NO_TIMINGS, ROLES, Message, Timings, check_chat_args, chunk_text
-from llmops_lib.endpoint import EndpointError, Reply
+from llmops_lib.core.backend import NO_TIMINGS, ROLES, Message, Timings, check_chat_args, chunk_text
+from llmops_lib.engines.endpoint import EndpointError, Reply
 
 BOS, END, GENERATION = "<s>", "<|end|>", "<|assistant|>"
 _ids = itertools.count(1)

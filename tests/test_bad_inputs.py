@@ -18,25 +18,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import llmops_lib
-from llmops_lib import (
-    bench,
-    catalog,
-    chat,
-    classify,
-    datasets,
-    errors,
-    gguf_header,
-    guard,
-    guard_code,
-    launch,
-    llama_bench,
-    loadtest,
-    memory,
-    roofline,
-    scoring,
-    sharding,
-)
-from llmops_lib.errors import InputError
+from llmops_lib.core import datasets, errors
+from llmops_lib.core.errors import InputError
+from llmops_lib.engines import llama_bench
+from llmops_lib.lessons import classify, loadtest, scoring
+from llmops_lib.lessons.nb05 import chat
+from llmops_lib.lessons.nb06 import guard, guard_code
+from llmops_lib.lessons.nb07 import bench
+from llmops_lib.planning import catalog, gguf_header, launch, memory, roofline, sharding
 
 NAN, INF = float("nan"), float("inf")
 LLAMA_8B = catalog.get("llama-3.1-8b-instruct")

@@ -11,9 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
-from llmops_lib import bench, bench_cli, provision, roofline, sweeps
-from llmops_lib.errors import InputError
-from llmops_lib.llamacpp import gpu_offload_available, offload_unavailable
+from llmops_lib.commands import bench_cli
+from llmops_lib.core.errors import InputError
+from llmops_lib.engines.llamacpp import gpu_offload_available, offload_unavailable
+from llmops_lib.lessons.nb07 import bench, sweeps
+from llmops_lib.planning import provision, roofline
 
 GPU = gpu_offload_available()
 CUDA = torch.cuda.is_available()

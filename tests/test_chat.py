@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 from fakes import FakeChat
 
-from llmops_lib.chat import Conversation, MessageTooLong
-from llmops_lib.errors import InputError
+from llmops_lib.core.errors import InputError
+from llmops_lib.lessons.nb05.chat import Conversation, MessageTooLong
 
 SYSTEM = "You are a helpful assistant. Answer in one short sentence."
 QUESTIONS = [

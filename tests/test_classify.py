@@ -6,10 +6,10 @@ import matplotlib
 import pandas as pd
 import pytest
 
-from llmops_lib import classify, scoring
-from llmops_lib.classify import NEGATIVE, NEUTRAL, POSITIVE
-from llmops_lib.datasets import load_assessments
-from llmops_lib.errors import InputError
+from llmops_lib.core.datasets import load_assessments
+from llmops_lib.core.errors import InputError
+from llmops_lib.lessons import classify, scoring
+from llmops_lib.lessons.classify import NEGATIVE, NEUTRAL, POSITIVE
 
 
 @pytest.mark.parametrize(

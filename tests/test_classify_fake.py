@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 from fakes import FakeChat
 
-from llmops_lib import classify
-from llmops_lib.classify import NEGATIVE, POSITIVE
-from llmops_lib.errors import InputError
+from llmops_lib.core.errors import InputError
+from llmops_lib.lessons import classify
+from llmops_lib.lessons.classify import NEGATIVE, POSITIVE
 
 DATA = pd.DataFrame(
     {
@@ -111,7 +111,7 @@ def test_p_positive_is_the_share_of_yes_and_refuses_when_both_are_zero():
 
 
 def test_the_published_l4_table_is_cited_and_never_mixed_with_a_measurement():
-    from llmops_lib import precision_sweep
+    from llmops_lib.lessons.nb02 import precision_sweep
 
     table = precision_sweep.published_l4()
     assert table.index.tolist() == ["bf16", "int8", "nf4"]

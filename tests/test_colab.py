@@ -30,8 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from llmops_lib import colab, tools
-from llmops_lib.hardware import Hardware
+from llmops_lib.core.hardware import Hardware
+from llmops_lib.planning import colab, tools
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = resources.files("llmops_lib") / "data" / "build_llama_tools.sh"
@@ -171,7 +171,7 @@ class FakeColab:
 
     def build_archive(self, hw: Hardware, cuda: str = "12.8") -> Path:
         """What the release workflow publishes for `hw`: the same script (faked) on a runner
-        of its own with CUDA `cuda`, packed by `python -m llmops_lib.colab --pack`."""
+        of its own with CUDA `cuda`, packed by `python -m llmops_lib.planning.colab --pack`."""
         cache, ours, builds = os.environ["LLMOPS_CACHE"], self.cuda, list(self.builds)
         runner = self.tmp / f"runner-{hw.gpu_name}-{cuda}"
         self.monkeypatch.setenv("LLMOPS_CACHE", str(runner))
@@ -416,7 +416,7 @@ def test_elsewhere_nothing_new_happens(fake, monkeypatch):
 
 
 def test_each_first_use_of_llama_cpp_asks_for_it_and_nothing_else_does(monkeypatch, tmp_path):
-    from llmops_lib import profiles, provision
+    from llmops_lib.planning import profiles, provision
     from llmops_lib.session import Session
 
     asked: list[str] = []
@@ -464,7 +464,7 @@ def test_the_cli_names_the_asset_and_packs_it_with_its_sha256(fake, capsys, tmp_
 
 
 def test_the_release_url_defaults_to_the_courses_github_release(monkeypatch):
-    from llmops_lib import links
+    from llmops_lib.core import links
 
     monkeypatch.delenv(colab.RELEASE_URL_ENV, raising=False)
     assert colab.release_url() == (

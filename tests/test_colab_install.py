@@ -35,7 +35,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_sdist_filename, parse_wheel_filename
 from packaging.version import Version
 
-from llmops_lib import colab
+from llmops_lib.planning import colab
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES = {image: ROOT / "tests" / "colab" / f"pip-freeze.{image}.txt" for image in ("gpu", "cpu")}

@@ -18,7 +18,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from llmops_lib import links
+from llmops_lib.core import links
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))

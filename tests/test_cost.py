@@ -8,8 +8,8 @@ import math
 import pandas as pd
 import pytest
 
-from llmops_lib import cost
-from llmops_lib.errors import InputError
+from llmops_lib.core.errors import InputError
+from llmops_lib.planning import cost
 
 RENTED = cost.HourlyPrice(0.36, "a test price")
 # $876 over 1 year = $0.10 an hour; 100 W at $0.20/kWh = $0.02 an hour: $0.12 an hour.

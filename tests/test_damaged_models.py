@@ -14,10 +14,10 @@ import gguf
 import numpy as np
 import pytest
 
-from llmops_lib import gguf_header, provision
-from llmops_lib.gguf_header import GGUFError
-from llmops_lib.llamacpp import LlamaCppModel
-from llmops_lib.servers import LlamaServer, LocalServer
+from llmops_lib.engines.llamacpp import LlamaCppModel
+from llmops_lib.engines.servers import LlamaServer, LocalServer
+from llmops_lib.planning import gguf_header, provision
+from llmops_lib.planning.gguf_header import GGUFError
 
 ENGINES = [LlamaCppModel, LocalServer, LlamaServer]
 

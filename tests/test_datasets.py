@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmops_lib.datasets import (
+from llmops_lib.core.datasets import (
     LABELS,
     LANGS,
     SETS,

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmops_lib import encoder
-from llmops_lib.datasets import load_assessments, score, split
-from llmops_lib.errors import InputError
+from llmops_lib.core.datasets import load_assessments, score, split
+from llmops_lib.core.errors import InputError
+from llmops_lib.engines import encoder
 
 # 40 held-out English texts, balanced: guessing scores 0.5 and reaches 0.70 (28 of 40)
 # with probability below 1 %. SetFit on the 5 English examples per class scored 0.85 here.

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmops_lib import evaluation
-from llmops_lib.evaluation import TrafficLight
+from llmops_lib.lessons import scoring
+from llmops_lib.lessons.nb08 import evaluation
+from llmops_lib.lessons.nb08.evaluation import TrafficLight
 
 
 def test_confidence_is_the_scaled_distance_from_the_threshold():
@@ -165,12 +166,12 @@ def test_latency_table_counts_and_percentiles_per_step():
 
 
 def test_wilson_interval_known_values_and_edges():
-    low, high = evaluation.wilson(8, 10)
+    low, high = scoring.wilson(8, 10)
     assert (low, high) == pytest.approx((0.4902, 0.9433), abs=1e-4)
-    low, high = evaluation.wilson(10, 10)  # all right: still an interval, not a point
+    low, high = scoring.wilson(10, 10)  # all right: still an interval, not a point
     assert high == pytest.approx(1.0) and low < 0.8
     with pytest.raises(ValueError, match="n >= 1"):
-        evaluation.wilson(0, 0)
+        scoring.wilson(0, 0)
 
 
 def test_labelling_plan_more_labels_narrow_the_interval():

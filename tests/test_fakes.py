@@ -7,8 +7,8 @@ import inspect
 import pytest
 from fakes import FakeChat
 
-from llmops_lib import backend
-from llmops_lib.backend import chunk_text, reply_text
+from llmops_lib.core import backend
+from llmops_lib.core.backend import chunk_text, reply_text
 
 MESSAGES = [
     {"role": "system", "content": "Be brief."},

@@ -6,8 +6,11 @@ from dataclasses import replace
 
 import pytest
 
-from llmops_lib import catalog, gpu_plan, hf, memory, roofline, sweeps
-from llmops_lib.errors import InputError, UnknownNameError
+from llmops_lib.core.errors import InputError, UnknownNameError
+from llmops_lib.engines import hf
+from llmops_lib.lessons import gpu_plan
+from llmops_lib.lessons.nb07 import sweeps
+from llmops_lib.planning import catalog, memory, roofline
 
 VERDICT = "fits 15 GB"
 LLAMA_8B = catalog.get("llama-3.1-8b-instruct")

@@ -10,8 +10,8 @@ import tempfile
 import pytest
 from fakes import FakeChat
 
-from llmops_lib import guard_classifier, guard_code
-from llmops_lib.guard import (
+from llmops_lib.lessons.nb06 import guard_classifier, guard_code
+from llmops_lib.lessons.nb06.guard import (
     AuditLog,
     GuardedChat,
     GuardedReply,
@@ -21,7 +21,7 @@ from llmops_lib.guard import (
     replies_table,
     verdict_grammar,
 )
-from llmops_lib.guard_prompts import (
+from llmops_lib.lessons.nb06.guard_prompts import (
     LLAMA_GUARD_2,
     LLAMA_GUARD_3,
     conversation,
@@ -368,7 +368,7 @@ def _append_many(path: str, writer: int) -> None:
 
 
 def test_audit_logs_started_together_get_files_of_their_own(tmp_path, monkeypatch):
-    from llmops_lib import results
+    from llmops_lib.core import results
 
     monkeypatch.setattr(results, "RESULTS_DIR", tmp_path)
     first, second = AuditLog(), AuditLog()  # same second: same timestamp in the name
@@ -698,7 +698,7 @@ def test_verdict_dataclass_round_trips_to_the_log():
 
 @pytest.mark.model
 def test_transformers_guard_reads_the_real_tiny_model_strictly(tiny_hf):
-    from llmops_lib.guard import TransformersGuard
+    from llmops_lib.lessons.nb06.guard import TransformersGuard
 
     verdict = TransformersGuard(tiny_hf, LLAMA_GUARD_3, max_tokens=8).judge(conversation(USER))
     assert verdict.raw  # the model's own words, kept verbatim

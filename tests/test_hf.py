@@ -7,9 +7,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from llmops_lib import catalog, hf, memory
-from llmops_lib.errors import UnknownNameError
-from llmops_lib.hardware import detect
+from llmops_lib.core.errors import UnknownNameError
+from llmops_lib.core.hardware import detect
+from llmops_lib.engines import hf, registry
+from llmops_lib.planning import catalog, memory, provision
 
 TINY = catalog.get("smollm2-135m-instruct")
 LLAMA_8B = catalog.get("llama-3.1-8b-instruct")
@@ -64,7 +65,7 @@ def test_4bit_without_bitsandbytes_kernels_for_the_device(t4, monkeypatch):
 
 def test_checks_run_before_any_download(t4, no_network):
     with pytest.raises(hf.PrecisionError):
-        hf.HFModel(LLAMA_8B, "fp16", t4)
+        registry.engine("transformers").model(LLAMA_8B, t4, "fp16", {})
 
 
 def test_unknown_precision(cpu):
@@ -95,7 +96,7 @@ def test_measured_footprint_matches_the_planner(tiny_fp32):
 @pytest.mark.model
 @pytest.mark.parametrize("precision", ["int8", "nf4"])
 def test_bitsandbytes_on_cpu_shrinks_the_footprint_as_planned(cpu, tiny_fp32, precision):
-    with hf.HFModel(TINY, precision, cpu) as model:
+    with hf.HFModel(provision.hf_dir(TINY), TINY, precision, cpu) as model:
         planned = memory.weight_bytes(TINY, precision, keep_bytes=4)
         assert model.weight_bytes() == pytest.approx(planned, rel=0.05)
         assert model.weight_bytes() < tiny_fp32.weight_bytes()
@@ -146,7 +147,7 @@ def test_prompt_longer_than_the_context_is_rejected(tiny_fp32):
 @pytest.mark.parametrize("precision", ["fp16", "int8", "nf4"])
 def test_tiny_on_the_gpu(precision):
     hw = detect(check_token=False)
-    with hf.HFModel(TINY, precision, hw) as model:
+    with hf.HFModel(provision.hf_dir(TINY), TINY, precision, hw) as model:
         assert model.model.device.type == "cuda"
         planned = memory.weight_bytes(TINY, precision)
         assert model.weight_bytes() == pytest.approx(planned, rel=0.05)

@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import pytest
 
-from llmops_lib.process import free_port
+from llmops_lib.engines.process import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("install_torch", REPO / "scripts/install_torch.py")

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from fakes import FakeChat, FakeSchemaChat
 
-from llmops_lib import judge, structured
+from llmops_lib.lessons import structured
+from llmops_lib.lessons.nb08 import judge
 
 
 class FakeJudge(FakeSchemaChat):

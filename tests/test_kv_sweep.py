@@ -8,8 +8,9 @@ import math
 import pandas as pd
 import pytest
 
-from llmops_lib import catalog, kv_sweep, provision, tools
-from llmops_lib.errors import InputError, UnknownNameError
+from llmops_lib.core.errors import InputError, UnknownNameError
+from llmops_lib.lessons.nb09 import kv_sweep
+from llmops_lib.planning import catalog, provision, tools
 
 TINY = catalog.get("smollm2-135m-instruct")
 SMALL = kv_sweep.Settings(n_ctx=256, chunks=1, bench_gen=4, bench_reps=1)

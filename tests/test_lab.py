@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from llmops_lib.process import free_port, port_is_free
+from llmops_lib.engines.process import free_port, port_is_free
 
 REPO = Path(__file__).resolve().parents[1]
 LAB = REPO / "scripts" / "lab.sh"

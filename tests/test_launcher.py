@@ -1,5 +1,5 @@
-"""`python -m llmops_lib.llama_cpp_server`: the stock llama_cpp.server, with its chat requests
-checked at the door and its chat handler fixed to the GGUF's template, contents plain."""
+"""`python -m llmops_lib.commands.llama_cpp_server`: the stock llama_cpp.server, with its chat
+requests checked at the door and its chat handler fixed to the GGUF's template, contents plain."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import sys
 import httpx
 import pytest
 
-from llmops_lib.errors import InputError
-from llmops_lib.llama_cpp_server import check_chat
-from llmops_lib.process import free_port
+from llmops_lib.commands.llama_cpp_server import check_chat
+from llmops_lib.core.errors import InputError
+from llmops_lib.engines.process import free_port
 
 HI = [{"role": "user", "content": "Say hi"}]
 VERDICT = {
@@ -131,7 +131,7 @@ def test_a_json_schema_holds_the_launched_servers_reply(launched):
 @pytest.mark.model
 def test_chat_format_is_refused_by_name_not_ignored(session):
     command = [
-        sys.executable, "-m", "llmops_lib.llama_cpp_server",
+        sys.executable, "-m", "llmops_lib.commands.llama_cpp_server",
         "--model", str(session.model_path("chat")), "--chat_format", "chatml",
         "--port", str(free_port()),
     ]  # fmt: skip

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llmops_lib import links
+from llmops_lib.core import links
 
 ROOT = Path(__file__).resolve().parents[1]
 

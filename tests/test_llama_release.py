@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmops_lib import colab, provision, tools
+from llmops_lib.planning import colab, provision, tools
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = tools.SCRIPT
@@ -284,7 +284,7 @@ def test_a_release_asset_is_imported_in_the_same_kernel_that_installed_it(tmp_pa
         "llmops_lib.setup(profile='tiny', quiet=True)\n"
         "import llama_cpp\n"
         "print('imported', llama_cpp.__version__, llama_cpp.llama_supports_gpu_offload())\n"
-        "from llmops_lib import tools\n"
+        "from llmops_lib.planning import tools\n"
         "print('server', tools.tool_path('llama-server'))\n"
     )
     server = http.server.ThreadingHTTPServer(

@@ -7,10 +7,10 @@ from importlib.metadata import files
 
 import pytest
 
-from llmops_lib import provision
-from llmops_lib.backend import chunk_text
-from llmops_lib.gguf_header import GGUFError, check_gguf, weight_summary
-from llmops_lib.llamacpp import LlamaCppModel
+from llmops_lib.core.backend import chunk_text
+from llmops_lib.engines.llamacpp import LlamaCppModel
+from llmops_lib.planning import provision
+from llmops_lib.planning.gguf_header import GGUFError, check_gguf, weight_summary
 
 MESSAGES = [
     {"role": "system", "content": "You are a pirate who explains things briefly."},

@@ -19,10 +19,10 @@ import pytest
 from fakes import FakeChat, FakeEndpoint
 from test_service import long_reply, serving, wait_for
 
-from llmops_lib import loadtest
-from llmops_lib.endpoint import Endpoint, EndpointError, connect
-from llmops_lib.errors import InputError
-from llmops_lib.process import HOST, free_port
+from llmops_lib.core.errors import InputError
+from llmops_lib.engines.endpoint import Endpoint, EndpointError, connect
+from llmops_lib.engines.process import HOST, free_port
+from llmops_lib.lessons import loadtest
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from llmops_lib import catalog, memory
-from llmops_lib.errors import InputError, UnknownNameError
+from llmops_lib.core.errors import InputError, UnknownNameError
+from llmops_lib.planning import catalog, memory
 
 LLAMA_8B = catalog.get("llama-3.1-8b-instruct")
 LLAMA_70B = catalog.get("llama-3.1-70b-instruct")
@@ -155,7 +155,7 @@ def _llama_cpp_kv_mib(n_ctx: int, **kwargs) -> float:
     """KV buffer llama.cpp allocates, read from its load log (it prints one line per cache)."""
     from llama_cpp import Llama
 
-    from llmops_lib import provision
+    from llmops_lib.planning import provision
 
     log = io.StringIO()
     with contextlib.redirect_stderr(log):
@@ -188,7 +188,7 @@ def test_quantized_kv_estimate_matches_llama_cpp(kv_type):
 @pytest.mark.model
 def test_tied_embeddings_flag_matches_the_tiny_models_own_config():
     # The planner counts one unquantized matrix for tied models: the flag must be the model's.
-    from llmops_lib import provision
+    from llmops_lib.planning import provision
 
     config = json.loads((provision.tiny_hf_dir() / "config.json").read_text())
     tied = config.get(

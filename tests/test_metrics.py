@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from llmops_lib import metrics
-from llmops_lib.errors import InputError
+from llmops_lib.core.errors import InputError
+from llmops_lib.engines import metrics
 
 
 def page(buckets: dict[str, float], requests: float) -> metrics.Scrape:
@@ -91,7 +91,7 @@ def test_the_metrics_url_of_an_openai_base_url():
 
 @pytest.mark.model
 def test_llama_servers_own_metrics_answer_the_queue_and_token_questions(session):
-    from llmops_lib import loadtest
+    from llmops_lib.lessons import loadtest
 
     theirs = loadtest.metrics_page(
         lambda: session.server("llama-server", n_ctx=512, n_threads=1, extra_args=("--metrics",))

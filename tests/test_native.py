@@ -10,10 +10,12 @@ import math
 
 import pytest
 
-from llmops_lib import llama_bench, loadtest, servers, tools
-from llmops_lib.errors import UnknownNameError
-from llmops_lib.process import port_is_free
-from llmops_lib.profiles import get as get_profile
+from llmops_lib.core.errors import UnknownNameError
+from llmops_lib.engines import llama_bench, servers
+from llmops_lib.engines.process import port_is_free
+from llmops_lib.lessons import loadtest
+from llmops_lib.planning import tools
+from llmops_lib.planning.profiles import get as get_profile
 from llmops_lib.session import Session
 
 
@@ -234,7 +236,7 @@ def test_without_tools_a_decode_only_bench_gives_only_its_rows(no_tools, tmp_pat
 def test_without_tools_the_quantization_sweep_gives_rows_the_later_cells_accept(
     no_tools, tmp_path, capsys
 ):
-    from llmops_lib import quant_sweep
+    from llmops_lib.lessons.nb09 import quant_sweep
 
     settings = quant_sweep.QUICK
     assert quant_sweep.quantized_files(tmp_path / "never-read.gguf", settings) == {}

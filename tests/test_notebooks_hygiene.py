@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llmops_lib import links
+from llmops_lib.core import links
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -30,7 +30,7 @@ def test_notebook_starts_with_badge_then_setup(path):
     assert links.badge(path.name) in "".join(first["source"])
     assert second["cell_type"] == "code"
     assert "".join(second["source"]) == links.setup_cell(path.name), (
-        "the setup cell differs from links.setup_cell(): run `python -m llmops_lib.links`"
+        "the setup cell differs from links.setup_cell(): run `python -m llmops_lib.core.links`"
     )
 
 
@@ -38,7 +38,7 @@ def test_notebook_starts_with_badge_then_setup(path):
 def test_notebook_opens_on_the_colab_runtime_its_lesson_needs(path):
     metadata = load(path)["metadata"]
     for key, value in links.colab_metadata(path.name).items():
-        assert metadata.get(key) == value, f"run `python -m llmops_lib.links` ({key})"
+        assert metadata.get(key) == value, f"run `python -m llmops_lib.core.links` ({key})"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -68,7 +68,7 @@ def test_colab_links_lists_every_notebook_with_the_configured_badge():
     text = (ROOT / "colab_links.md").read_text(encoding="utf-8")
     listed = re.findall(r"/notebooks/([\w.-]+\.ipynb)\)", text)
     assert listed == [p.name for p in NOTEBOOKS]
-    assert text == links.colab_links_markdown(listed), "run `python -m llmops_lib.links`"
+    assert text == links.colab_links_markdown(listed), "run `python -m llmops_lib.core.links`"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -16,7 +16,11 @@ import pytest
 import torch
 from fakes import FakeChat
 
-from llmops_lib import catalog, datasets, gpu_plan, hf, precision_sweep, profiles
+from llmops_lib.core import datasets
+from llmops_lib.engines import hf
+from llmops_lib.lessons import gpu_plan
+from llmops_lib.lessons.nb02 import precision_sweep
+from llmops_lib.planning import catalog, profiles
 from llmops_lib.session import Session
 
 LLAMA_8B = catalog.get("llama-3.1-8b-instruct")

@@ -15,10 +15,11 @@ import psutil
 import pytest
 from test_reliability import _gone
 
-from llmops_lib import servers, service
-from llmops_lib.endpoint import Endpoint, connect
-from llmops_lib.errors import InputError
-from llmops_lib.process import port_is_free
+from llmops_lib.commands import service
+from llmops_lib.core.errors import InputError
+from llmops_lib.engines import servers
+from llmops_lib.engines.endpoint import Endpoint, connect
+from llmops_lib.engines.process import port_is_free
 
 
 @pytest.fixture(scope="module")

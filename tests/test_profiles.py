@@ -2,9 +2,10 @@ from dataclasses import replace
 
 import pytest
 
-from llmops_lib import catalog, profiles
-from llmops_lib.errors import UnknownNameError
-from llmops_lib.hardware import Hardware
+from llmops_lib.core.errors import UnknownNameError
+from llmops_lib.core.hardware import Hardware
+from llmops_lib.engines import registry
+from llmops_lib.planning import catalog, profiles
 
 CPU = Hardware("local", 2, 2, 24.0, None, None, None, False, False)
 T4 = replace(CPU, runtime="colab", gpu_name="Tesla T4", gpu_vram_gb=15.8, compute_capability=(7, 5))
@@ -59,7 +60,7 @@ def test_every_profile_fills_every_role_with_a_catalog_model(name):
     assert set(profile.roles) == set(profiles.ROLES)
     for choice in profile.roles.values():
         assert choice.model in catalog.MODELS
-        assert choice.backend in {"llamacpp", "transformers", "setfit"}
+        assert choice.backend in registry.ENGINES
 
 
 def test_only_the_tiny_profile_is_offline_and_uses_packaged_models():
@@ -67,6 +68,16 @@ def test_only_the_tiny_profile_is_offline_and_uses_packaged_models():
     assert tiny.offline
     assert all(c.spec.offline for c in tiny.roles.values() if c.backend != "transformers")
     assert not any(p.offline for n, p in profiles.PROFILES.items() if n != "tiny")
+
+
+def test_the_offline_profile_is_the_quick_one_and_the_lessons_read_the_flag(monkeypatch):
+    assert [n for n, p in profiles.PROFILES.items() if p.quick] == ["tiny"]
+    from llmops_lib.lessons.nb09 import kv_sweep, quant_sweep
+
+    quick_t4 = replace(profiles.get("colab-t4"), quick=True)
+    monkeypatch.setitem(profiles.PROFILES, "colab-t4", quick_t4)
+    assert quant_sweep.settings_for("colab-t4") is quant_sweep.QUICK
+    assert kv_sweep.settings_for("colab-t4") is kv_sweep.QUICK
 
 
 def test_unknown_model_lists_known_ones():

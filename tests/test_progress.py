@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import sys
 
-from llmops_lib.progress import bar
+from llmops_lib.core.progress import bar
 
 
 class Recorder(io.StringIO):

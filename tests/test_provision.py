@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from llmops_lib import catalog, hardware, profiles, provision
-from llmops_lib.catalog import ModelSpec, Packaged
+from llmops_lib.core import hardware
+from llmops_lib.planning import catalog, profiles, provision
+from llmops_lib.planning.catalog import ModelSpec, Packaged
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = Packaged("fake-model-files", "1.2.0", "fake_model_files/tiny.Q4_1.gguf")

@@ -14,8 +14,11 @@ import struct
 import pandas as pd
 import pytest
 
-from llmops_lib import datasets, gguf_header, provision, quant_sweep, quantize, tools
-from llmops_lib.errors import UnknownNameError
+from llmops_lib.core import datasets
+from llmops_lib.core.errors import UnknownNameError
+from llmops_lib.engines import quantize
+from llmops_lib.lessons.nb09 import quant_sweep
+from llmops_lib.planning import gguf_header, provision, tools
 
 
 def _missing(*names: str) -> str | None:

@@ -14,11 +14,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from llmops_lib import gguf_header, hardware, process
-from llmops_lib.backend import check_chat_args
-from llmops_lib.guard import LlamaCppGuard, TransformersGuard
-from llmops_lib.guard_prompts import conversation, guard_prompt
-from llmops_lib.plain_text import PLAIN
+from llmops_lib.core import hardware
+from llmops_lib.core.backend import check_chat_args
+from llmops_lib.core.plain_text import PLAIN
+from llmops_lib.engines import process
+from llmops_lib.lessons.nb06.guard import LlamaCppGuard, TransformersGuard
+from llmops_lib.lessons.nb06.guard_prompts import conversation, guard_prompt
+from llmops_lib.planning import gguf_header
 
 OK = [{"role": "user", "content": "hi"}]
 
@@ -70,7 +72,7 @@ def test_a_context_beyond_training_is_refused_before_allocating(session, monkeyp
         raise AssertionError("llama.cpp was asked to allocate before the check")
 
     monkeypatch.setattr(llama_cpp, "Llama", allocate)
-    from llmops_lib.llamacpp import LlamaCppModel
+    from llmops_lib.engines.llamacpp import LlamaCppModel
 
     path = session.model_path("chat")
     trained = session.spec("chat").max_context

@@ -12,7 +12,7 @@ import threading
 import pandas as pd
 import pytest
 
-from llmops_lib import results
+from llmops_lib.core import results
 
 STAMP = "20250101-120000"
 
@@ -110,7 +110,7 @@ def test_an_interrupted_save_leaves_no_temporary_file(tmp_path, saver):
 def test_temporaries_of_a_killed_save_are_removed_by_the_next_save(tmp_path):
     killed = (
         "import os, signal, sys\n"
-        "from llmops_lib import results\n"
+        "from llmops_lib.core import results\n"
         "def write(tmp):\n"
         "    tmp.write_text('half')\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
@@ -130,7 +130,7 @@ FOREIGN_PID = 2**22 + 1
 CONTAINER = (
     "import os, sys, time\n"
     "from pathlib import Path\n"
-    "from llmops_lib import results\n"
+    "from llmops_lib.core import results\n"
     f"os.getpid = lambda: {FOREIGN_PID}\n"
     "folder, go, kind = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]\n"
     "def write(tmp):\n"

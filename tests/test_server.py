@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from llmops_lib import endpoint as api
-from llmops_lib import servers
-from llmops_lib.backend import chunk_text, reply_text
-from llmops_lib.process import HOST, free_port, port_is_free
-from llmops_lib.profiles import get as get_profile
+from llmops_lib.core.backend import chunk_text, reply_text
+from llmops_lib.engines import endpoint as api
+from llmops_lib.engines import servers
+from llmops_lib.engines.process import HOST, free_port, port_is_free
+from llmops_lib.planning.profiles import get as get_profile
 from llmops_lib.session import Session
 
 MESSAGES = [
@@ -166,7 +166,7 @@ def test_both_servers_run_on_the_device_the_in_process_model_uses(session, tiny_
 @pytest.mark.model
 def test_the_shown_command_is_what_a_reader_types(session):
     shown = session.server("llama_cpp.server", port=8123).shown_command()
-    assert shown.startswith("python -m llmops_lib.llama_cpp_server --model SmolLM2-135M")
+    assert shown.startswith("python -m llmops_lib.commands.llama_cpp_server --model SmolLM2-135M")
     assert "/" not in shown and "--port 8123" in shown  # no folder of this machine
 
 

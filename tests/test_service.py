@@ -24,9 +24,12 @@ import pytest
 from fakes import FakeChat, echo
 from fastapi.testclient import TestClient
 
-from llmops_lib import loadtest, metrics, results, service
-from llmops_lib.errors import InputError
-from llmops_lib.process import HOST, free_port, port_is_free
+from llmops_lib.commands import service
+from llmops_lib.core import results
+from llmops_lib.core.errors import InputError
+from llmops_lib.engines import metrics
+from llmops_lib.engines.process import HOST, free_port, port_is_free
+from llmops_lib.lessons import loadtest
 
 SERVICE_URL_ENV = "LLMOPS_SERVICE_URL"  # a running service (the container) to test instead
 FAKE_CTX = 256

@@ -13,8 +13,8 @@ from importlib.metadata import files
 import pytest
 
 import llmops_lib
-from llmops_lib import catalog, provision
-from llmops_lib.errors import InputError, UnknownNameError
+from llmops_lib.core.errors import InputError, UnknownNameError
+from llmops_lib.planning import catalog, provision
 
 
 def test_setup_prints_summary_without_network(no_network, capsys, monkeypatch):
@@ -66,7 +66,7 @@ def test_an_option_the_engine_cannot_take_is_refused_before_any_loading(
     def fetch(*args, **kwargs):
         raise AssertionError("a model file was fetched before the options were checked")
 
-    for finder in ("gguf_path", "hf_dir", "local_path"):
+    for finder in ("gguf_path", "hf_dir", "encoder_path"):
         monkeypatch.setattr(provision, finder, fetch)
     with pytest.raises(InputError, match=named):
         session.model(role, **options)
@@ -77,7 +77,7 @@ def unreachable_hub(monkeypatch, tmp_path):
     """The Hub's address is a local port nothing listens on; an empty Hub cache."""
     from huggingface_hub import constants
 
-    from llmops_lib.process import free_port
+    from llmops_lib.engines.process import free_port
 
     monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -129,7 +129,7 @@ def test_import_and_setup_from_a_fresh_interpreter():
 
 
 def test_a_gpu_notebook_without_a_gpu_says_so_loudly(capsys, monkeypatch):
-    from llmops_lib import hardware
+    from llmops_lib.core import hardware
 
     monkeypatch.setenv("LLMOPS_PROFILE", "tiny")
     real = hardware.detect

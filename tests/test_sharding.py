@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmops_lib import catalog, launch, memory, sharding
+from llmops_lib.planning import catalog, launch, memory, sharding
 
 LLAMA_70B = catalog.get("llama-3.1-70b-instruct")
 

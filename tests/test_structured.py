@@ -10,8 +10,10 @@ import pytest
 from fakes import FakeChat, FakeSchemaChat
 from pydantic import BaseModel
 
-from llmops_lib import datasets, endpoint, structured
-from llmops_lib.errors import InputError, UnknownNameError
+from llmops_lib.core import datasets
+from llmops_lib.core.errors import InputError, UnknownNameError
+from llmops_lib.engines import endpoint
+from llmops_lib.lessons import structured
 
 Answer = structured.AssessmentAnswer
 GOOD = '{"label": "no", "reason": "A cheaper aid is proposed."}'
@@ -36,7 +38,7 @@ def test_both_spellings_of_response_format_carry_the_same_schema():
 
 
 def test_the_style_follows_the_engine():
-    from llmops_lib.llamacpp import LlamaCppModel
+    from llmops_lib.engines.llamacpp import LlamaCppModel
 
     in_process = object.__new__(LlamaCppModel)  # its type is what counts, not its weights
     assert structured.style_for(in_process) == "json_object"

@@ -8,7 +8,8 @@ import json
 import pandas as pd
 import pytest
 
-from llmops_lib import course, wrapup
+from llmops_lib.core import course, results
+from llmops_lib.lessons.nb99 import wrapup
 
 
 def write_csv(folder, name, rows):
@@ -71,10 +72,10 @@ def full(tmp_path):
 
 
 def test_newest_file_of_each_kind_and_never_a_look_alike(full):
-    assert wrapup.newest("bench-07", ".csv", full).name == "bench-07-20260102-000000-1.csv"
-    assert wrapup.newest("loadtest", ".csv", full).name == "loadtest-20260102-000000.csv"
-    assert wrapup.newest("nothing", ".csv", full) is None
-    assert wrapup.newest("bench-07", ".csv", full / "absent") is None
+    assert results.newest("bench-07", ".csv", full).name == "bench-07-20260102-000000-1.csv"
+    assert results.newest("loadtest", ".csv", full).name == "loadtest-20260102-000000.csv"
+    assert results.newest("nothing", ".csv", full) is None
+    assert results.newest("bench-07", ".csv", full / "absent") is None
 
 
 def test_collect_takes_the_figures_that_answer_the_question(full):
@@ -150,7 +151,7 @@ def test_encoder_answer_compares_accuracies_by_their_intervals(full):
         rows = table.copy()
         for start, value, n in (("encoder", encoder, 80), ("LLM,", llm, n_llm)):
             hit = rows["measure"].str.startswith(start)
-            low, high = wrapup.evaluation.wilson(round(value * n), n)
+            low, high = wrapup.scoring.wilson(round(value * n), n)
             rows.loc[hit, ["value", "n", "low", "high"]] = [value, n, low, high]
         return rows
 

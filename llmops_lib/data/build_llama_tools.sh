@@ -40,7 +40,7 @@
 #   llmops_lib/data/build_llama_tools.sh --print-config print version, backend, key, cache, CMake
 #                                                       options and the time estimate; build nothing
 # It ships inside the package, so the same recipe runs in a checkout (`make setup`), on a
-# release runner and where the course is only pip-installed (Colab: llmops_lib/colab.py runs
+# release runner and where the course is only pip-installed (Colab: llmops_lib/planning/colab.py runs
 # it as the last resort). The environment:
 #   LLAMA_CPP_VERSION          the llama-cpp-python version, only where there is no checkout (a
 #                              checkout's requirements.txt pin always wins, a different value

@@ -21,13 +21,13 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from llmops_lib.provision import cache_dir
+from llmops_lib.planning.provision import cache_dir
 
 from .image import run
 
 SCRIPT = "scripts/build_release_assets.sh"
 # What the asset is built from: a change to any of these builds it again.
-INPUTS = (SCRIPT, "llmops_lib/data/build_llama_tools.sh", "llmops_lib/colab.py")
+INPUTS = (SCRIPT, "llmops_lib/data/build_llama_tools.sh", "llmops_lib/planning/colab.py")
 
 
 def archives(folder: Path) -> list[Path]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 
-from llmops_lib import results
+from llmops_lib.core import results
 
 from .runtime import Run
 
@@ -160,7 +160,7 @@ def to_json(notebooks: list[Notebook], facts: dict) -> dict:
 
 def save(folder: Path, notebooks: list[Notebook], facts: dict) -> Path:
     """report.json, report.csv and each executed notebook, in a new timestamped folder under
-    `folder`, written whole or not at all (llmops_lib.results)."""
+    `folder`, written whole or not at all (llmops_lib.core.results)."""
 
     def write(tmp: Path) -> None:
         (tmp / "report.json").write_text(json.dumps(to_json(notebooks, facts), indent=1))

@@ -20,7 +20,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError
 from traitlets import default
 
-from llmops_lib import links
+from llmops_lib.core import links
 
 # What a runtime inherits from this machine: how to reach the package registries, no more.
 NETWORK = (

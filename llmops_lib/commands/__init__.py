@@ -1,0 +1,1 @@
+"""Commands: what `python -m llmops_lib.commands.<name>` runs."""

@@ -1,0 +1,1 @@
+"""Foundation: errors, the chat contract, results files, hardware facts, shipped data."""

@@ -1,0 +1,1 @@
+"""Engines: llama.cpp, transformers, SetFit, server processes and OpenAI-compatible clients."""

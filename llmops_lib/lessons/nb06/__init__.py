@@ -1,0 +1,1 @@
+"""Notebook 06's own code (notebooks/06_guard_companion.ipynb)."""

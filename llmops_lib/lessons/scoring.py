@@ -1,0 +1,130 @@
+"""Score classifications against the truth: calibrate a threshold, accuracy, confusion.
+
+Works on the table `classify.classify()` returns (columns truth, prediction, prediction_p,
+p_positive, lang).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from ..core.errors import InputError, check_columns, fraction
+from .classify import LABELS, NEGATIVE, NEUTRAL, POSITIVE
+
+
+def calibrate_threshold(p: pd.Series, truth: pd.Series) -> float:
+    """The threshold on p_positive with the best accuracy on labelled examples.
+
+    Candidates are 0.5 and the midpoints between neighbouring scores; ties go to the one
+    closest to 0.5, so few examples cannot pull the threshold to an extreme for nothing.
+    """
+    p, truth = pd.Series(p, dtype=object), pd.Series(truth, dtype=object)
+    labelled = all(label in (POSITIVE, NEGATIVE) for label in truth)
+    if len(p) == 0 or len(p) != len(truth) or not labelled:
+        raise InputError(
+            f"calibrate_threshold needs one label ({POSITIVE}/{NEGATIVE}) per score; got "
+            f"{len(p)} scores and {len(truth)} labels {list(truth)[:4]}."
+        )
+    values = np.array([fraction(f"p[{i}]", value) for i, value in enumerate(p)])
+    is_pos = truth.to_numpy() == POSITIVE
+    scores = sorted(set(values))
+    candidates = {0.5, *((a + b) / 2 for a, b in zip(scores, scores[1:], strict=False))}
+    candidates |= {scores[0] - 1e-9, scores[-1] + 1e-9}
+
+    def accuracy(t: float) -> float:
+        return float(((values >= t) == is_pos).mean())
+
+    return max(sorted(candidates), key=lambda t: (accuracy(t), -abs(t - 0.5)))
+
+
+def accuracy(df: pd.DataFrame, column: str = "prediction") -> float:
+    """Share of rows whose `column` equals the truth (neutral always counts as wrong)."""
+    return float((df[column] == df["truth"]).mean())
+
+
+def wilson(right: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of an accuracy measured as `right` out of `n` labels.
+
+    Unlike the textbook p ± z·sqrt(p(1-p)/n) it stays inside [0, 1] and does not shrink to
+    nothing when all n labels agree, which matters for the few labels a week gives.
+    """
+    from scipy.stats import binomtest
+
+    if n < 1 or not 0 <= right <= n:
+        raise InputError(f"wilson({right}, {n}): need n >= 1 labels and 0 <= right <= n.")
+    ci = binomtest(right, n).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def accuracy_interval(
+    df: pd.DataFrame, column: str = "prediction", confidence: float = 0.95
+) -> tuple[float, float]:
+    """Wilson interval of the accuracy of `column`: where the true accuracy likely lies.
+
+    With a handful of texts one more or one fewer right answer moves the accuracy by many
+    points; the interval says how far apart two accuracies must be before they differ.
+    """
+    if len(df) == 0:
+        raise InputError("accuracy_interval needs at least one scored row.")
+    if not 0 < confidence < 1:
+        raise InputError(f"confidence={confidence}; use a level between 0 and 1, e.g. 0.95.")
+    return wilson(int((df[column] == df["truth"]).sum()), len(df), confidence)
+
+
+def confusion(df: pd.DataFrame, column: str = "prediction") -> pd.DataFrame:
+    """Truth x prediction counts, with neutral as a column when it occurs."""
+    predicted = [label for label in LABELS if label != NEUTRAL or (df[column] == NEUTRAL).any()]
+    table = pd.crosstab(df["truth"], df[column]).reindex(
+        index=[POSITIVE, NEGATIVE], columns=predicted, fill_value=0
+    )
+    table.index.name, table.columns.name = "truth", "predicted"
+    return table
+
+
+def _decide(p: pd.Series, threshold: float) -> pd.Series:
+    return p.ge(threshold).map({True: POSITIVE, False: NEGATIVE})
+
+
+def accuracy_table(df: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """Accuracy per language and overall of the forced answer's first word, and of P(Yes) at
+    0.5 and at `threshold`; `texts` counts the rows and `neutral answers` is a share."""
+    check_columns("df", df, ("lang", "truth", "prediction", "p_positive"))
+    fraction("threshold", threshold)
+    groups = dict(list(df.groupby("lang"))) | {"all": df}
+    thresholds = {"P(Yes) >= 0.5": 0.5, f"P(Yes) >= {threshold:.3f}": threshold}
+    rows = {}
+    for name, g in groups.items():
+        rows[name] = {
+            "texts": len(g),
+            "forced answer": accuracy(g, "prediction"),
+            "neutral answers": float((g["prediction"] == NEUTRAL).mean()),
+        } | {
+            label: float((_decide(g["p_positive"], t) == g["truth"]).mean())
+            for label, t in thresholds.items()
+        }
+    return pd.DataFrame(rows).T.astype({"texts": int})
+
+
+def plot_confusions(df: pd.DataFrame, panels: dict[str, str]):
+    """One truth x prediction matrix per {column: title}, counts written in the cells.
+
+    Drawn by hand rather than with sklearn's ConfusionMatrixDisplay: a neutral answer adds
+    a prediction column that has no truth row, so the matrix need not be square.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for ax, (column, title) in zip(axes[0], panels.items(), strict=True):
+        matrix = confusion(df, column)
+        counts = matrix.to_numpy()
+        top = max(int(counts.max()), 1)  # a fixed scale from 0: equal counts are not all white
+        ax.imshow(counts, cmap="Blues", vmin=0, vmax=top)
+        ax.set_xticks(range(matrix.shape[1]), matrix.columns)
+        ax.set_yticks(range(matrix.shape[0]), matrix.index)
+        ax.set(xlabel="predicted", ylabel="truth", title=title)
+        for (i, j), n in np.ndenumerate(counts):
+            colour = "white" if n > top / 2 else "black"
+            ax.text(j, i, n, ha="center", va="center", color=colour)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,1 @@
+"""Planning: the model catalog, profiles, memory and cost estimates, finding model files."""

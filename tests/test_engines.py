@@ -1,0 +1,77 @@
+"""The engine registry: one place per backend name, and every real engine keeps the contract
+that tests/test_fakes.py checks the fake against."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from llmops_lib.core import backend
+from llmops_lib.core.backend import reply_text
+from llmops_lib.core.errors import InputError, UnknownNameError
+from llmops_lib.engines import registry
+from llmops_lib.planning import catalog
+
+MESSAGES = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Name one colour."},
+]
+# The session-scoped model of tests/conftest.py that stands for each chat engine.
+LOADED = {"llamacpp": "tiny_chat", "transformers": "tiny_hf"}
+CHAT_ENGINES = [name for name, engine in registry.ENGINES.items() if engine.load is not None]
+
+
+def _members(protocol: type) -> dict[str, object]:
+    return {
+        name: inspect.getattr_static(protocol, name)
+        for klass in protocol.__mro__
+        if klass.__module__ == backend.__name__
+        for name in vars(klass)
+        if not name.startswith("_")
+    }
+
+
+def test_every_chat_engine_is_checked_here():
+    assert sorted(CHAT_ENGINES) == sorted(LOADED), "add the new engine's loaded model to LOADED"
+
+
+def test_an_unknown_backend_or_server_is_named_with_the_known_ones():
+    with pytest.raises(UnknownNameError, match="backend 'vllm'. Valid: llamacpp, transformers"):
+        registry.engine("vllm")
+    with pytest.raises(UnknownNameError, match="server engine 'tgi'. Valid: llama_cpp.server"):
+        registry.check_server("tgi")
+
+
+def test_an_option_is_refused_by_name_and_engine_before_the_files_are_found(monkeypatch):
+    engine = registry.engine("transformers")
+    monkeypatch.setattr(registry.provision, "hf_dir", pytest.fail)
+    with pytest.raises(InputError, match="transformers engine option 'n_threads'. Valid: n_ctx."):
+        engine.model(catalog.get("smollm2-135m-instruct"), None, "fp32", {"n_threads": 2})
+
+
+def test_an_engine_without_a_loader_says_what_to_do_instead():
+    with pytest.raises(InputError, match="setfit, which is not a chat engine.*model_path"):
+        registry.engine("setfit").model(catalog.get("all-minilm-l6-v2"), None, None, {})
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("name", CHAT_ENGINES)
+def test_a_real_engine_keeps_the_local_model_contract(request, name):
+    model = request.getfixturevalue(LOADED[name])
+    for member, expected in _members(backend.LocalModel).items():
+        ours = inspect.getattr_static(type(model), member)
+        if isinstance(expected, property):
+            assert isinstance(ours, property), f"{name}: {member} is not a property"
+            continue
+        want = [(n, p.default) for n, p in inspect.signature(expected).parameters.items()]
+        got = [(n, p.default) for n, p in inspect.signature(ours).parameters.items()]
+        assert got[: len(want)] == want, f"{name}.{member}: {got} does not start with {want}"
+    reply = model.chat(MESSAGES, max_tokens=3)
+    assert reply["usage"]["completion_tokens"] <= 3 and isinstance(reply_text(reply), str)
+    assert reply["usage"]["prompt_tokens"] == model.count_tokens(MESSAGES)
+    # llama.cpp counts the first token in its prompt pass; the others count it as decoded
+    assert 1 <= model.timings().generated_tokens <= reply["usage"]["completion_tokens"]
+    assert model.weight_bytes() > 0 and 0 <= model.gpu_share() <= 1
+    with pytest.raises(InputError, match="max_tokens=0"):
+        model.chat(MESSAGES, max_tokens=0)
