@@ -148,15 +148,29 @@ DECODE_SPEEDS = {
 }
 
 
+def setup_threads(name: str) -> int:
+    """The llama.cpp thread count the setup cell of notebook `name` printed."""
+    found = [
+        int(m.group(1))
+        for _, kind, text in texts(load(ROOT / "notebooks" / name))
+        if kind == "stream"
+        for m in re.finditer(r"llama\.cpp threads +(\d+)", text)
+    ]
+    assert found, f"{name}: its setup cell printed no 'llama.cpp threads' line"
+    return found[0]
+
+
 @pytest.mark.parametrize("notebook", DECODE_SPEEDS)
 def test_decode_speeds_come_from_an_idle_machine(notebook):
-    # The same model on the same machine: a decode speed far below the raw engine's own
-    # (llama-bench in 07) means the notebook ran while something else loaded the CPU.
-    (engine,) = column_values("07_cpu_vs_gpu.ipynb", "llama-bench", "generated tokens/s")
+    # The same model, library and thread count on the same machine: a decode speed far below
+    # 07's thread sweep at that count means the notebook ran while something else loaded the CPU.
+    threads = setup_threads(notebook)
+    label = f"{threads} thread{'s' * (threads > 1)}"
+    (reference,) = column_values("07_cpu_vs_gpu.ipynb", label, "generated_tps")
     speed = float(pd.Series(column_values(notebook, *DECODE_SPEEDS[notebook])).median())
-    assert speed >= engine / 2, (
-        f"{notebook} stores {speed:.1f} tokens/s decode (median), under half of llama-bench's "
-        f"{engine:.1f} in 07: re-execute it with `make notebooks` on an idle machine"
+    assert speed >= reference / 2, (
+        f"{notebook} stores {speed:.1f} tokens/s decode (median) with {label}, under half of "
+        f"07's {reference:.1f} with {label}: re-execute it with `make notebooks` on an idle machine"
     )
 
 

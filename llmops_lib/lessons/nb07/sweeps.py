@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pandas as pd
-from tqdm import tqdm
 
 from ...core.backend import Timings
 from ...core.errors import InputError, whole
+from ...core.progress import bar
 from ...engines.llamacpp import engine_timings, offload_unavailable, restart_timings
 from ...planning.provision import tiny_chat
 from .bench import MESSAGES, bench, iqr
@@ -35,7 +35,7 @@ def thread_sweep(session, threads: tuple[int, ...] = (1, 2), **bench_kw: Any) ->
             f"{n} thread{'s' * (n > 1)}",
             **bench_kw,
         )
-        for n in tqdm(threads, desc="thread sweep")
+        for n in bar(threads, desc="thread sweep")
     ]
     return pd.concat(frames, ignore_index=True)
 
@@ -75,7 +75,7 @@ def backend_comparison(
     tiny = tiny_chat().key
     frames = [bench(lambda: session.load(tiny, "llamacpp"), "llama.cpp GGUF", **bench_kw)]
     with _quiet_transformers():
-        for precision in tqdm(precisions, desc="transformers"):
+        for precision in bar(precisions, desc="transformers"):
             frames.append(
                 bench(
                     lambda p=precision: session.load(tiny, "transformers", p),
@@ -102,7 +102,7 @@ def offload_sweep(session, **bench_kw: Any) -> pd.DataFrame:
     plan = offload_plan(session.spec("chat").n_layers)
     frames = [
         bench(lambda n=n: session.model(n_gpu_layers=n), label, **bench_kw)
-        for label, n in tqdm(plan.items(), desc="offload sweep")
+        for label, n in bar(list(plan.items()), desc="offload sweep")
     ]
     return pd.concat(frames, ignore_index=True)
 
@@ -147,7 +147,7 @@ def library_vs_raw(
         prompt = raw.tokenize(text, add_bos=False, special=True)
         run_lib()  # warm-up, both sides
         run_raw()
-        for i in tqdm(range(rounds), desc="library vs raw"):
+        for i in bar(range(rounds), desc="library vs raw"):
             if i % 2:
                 (t_raw, raw_s), (t_lib, lib_s) = run_raw(), run_lib()
             else:
