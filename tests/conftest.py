@@ -9,12 +9,33 @@ seconds; tests that load model files or start a server carry `@pytest.mark.model
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import sys
 from collections.abc import Iterator
 
 import pytest
 
-from llmops_lib.core import course
+from llmops_lib.core import course, hardware
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Each `make test` worker, and every notebook kernel it starts, gets its share of cores.
+
+    Two workers that each use every core make both slow many times over (threads that share
+    a core wait for each other at every step), so a worker's llama.cpp threads follow
+    LLMOPS_CORES and torch, OpenMP and the tokenizers follow the thread variables; a notebook
+    kernel inherits them. One worker (plain `pytest`) keeps the whole machine.
+    """
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers < 2:
+        return
+    share = str(max(1, hardware.machine_cores() // workers))
+    threads = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "RAYON_NUM_THREADS")
+    for variable in (hardware.CORES_VARIABLE, *threads):
+        os.environ.setdefault(variable, share)
+    if "torch" in sys.modules:  # imported before this hook: it has read the variables already
+        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.hookimpl(trylast=True)  # after pytest's own reordering by fixture scope

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 
 from llmops_lib.core import hardware
 from llmops_lib.core.backend import check_chat_args
+from llmops_lib.core.errors import InputError
 from llmops_lib.core.plain_text import PLAIN
 from llmops_lib.engines import process
 from llmops_lib.lessons.nb06.guard import LlamaCppGuard, TransformersGuard
@@ -195,6 +197,7 @@ def test_the_thread_default_leaves_busy_cores_alone(cores, load, threads):
 
 
 def test_servers_take_the_thread_default_and_leave_one_core_to_clients(session, monkeypatch):
+    monkeypatch.delenv(hardware.CORES_VARIABLE, raising=False)  # the machine's 8 cores, all
     monkeypatch.setattr(hardware.psutil, "cpu_count", lambda logical=True: 8)
     monkeypatch.setattr(hardware.os, "getloadavg", lambda: (3.2, 0.0, 0.0))
     monkeypatch.setattr(hardware, "busy_cores", lambda: 3.2)
@@ -217,6 +220,32 @@ def test_servers_take_the_thread_default_and_leave_one_core_to_clients(session, 
 def test_batched_steps_may_use_the_spare_core_but_not_busy_ones(cores, busy, threads):
     assert hardware.batch_threads(cores, busy) == threads
     assert hardware.batch_threads(cores, busy) >= hardware.default_threads(cores, busy)
+
+
+def test_a_share_of_cores_caps_every_thread_default_and_a_bad_one_is_named(monkeypatch):
+    monkeypatch.setattr(hardware.psutil, "cpu_count", lambda logical=True: 8)
+    monkeypatch.setattr(hardware.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setenv(hardware.CORES_VARIABLE, "3")
+    assert hardware.physical_cores() == 3
+    assert hardware.default_threads() == hardware.batch_threads(busy=0.0) == 3
+    monkeypatch.setenv(hardware.CORES_VARIABLE, "64")
+    assert hardware.physical_cores() == 8  # never more than the machine has
+    for bad in ("0", "two", "-1", "1.5"):
+        monkeypatch.setenv(hardware.CORES_VARIABLE, bad)
+        with pytest.raises(InputError, match=f"LLMOPS_CORES='{re.escape(bad)}'.*unset it"):
+            hardware.physical_cores()
+
+
+@pytest.mark.skipif(
+    int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) < 2,
+    reason="only the workers of `make test` (pytest -n 2) share the machine's cores",
+)
+def test_each_test_worker_keeps_to_its_share_of_the_cores():
+    import torch
+
+    share = max(1, hardware.machine_cores() // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    assert hardware.physical_cores() == share
+    assert torch.get_num_threads() == share
 
 
 def test_busy_cores_sees_a_program_that_runs_now():

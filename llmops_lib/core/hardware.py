@@ -15,6 +15,10 @@ from pathlib import Path
 
 import psutil
 
+from .errors import InputError
+
+CORES_VARIABLE = "LLMOPS_CORES"
+
 
 @dataclass(frozen=True)
 class Hardware:
@@ -55,9 +59,29 @@ class Hardware:
         ]
 
 
-def physical_cores() -> int:
+def machine_cores() -> int:
     """This machine's physical CPU cores (hyper-threads not counted; all cores if unknown)."""
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def physical_cores() -> int:
+    """The physical cores the course may use: the machine's, or fewer where LLMOPS_CORES says.
+
+    `make test` runs two workers and gives each half the cores this way (torch gets the same
+    share through OMP_NUM_THREADS): threads of two programs that share a core stall each
+    other at every step, and notebooks 02 and 08 side by side on 2 cores took 30 and 19
+    minutes instead of about one each.
+    """
+    machine = machine_cores()
+    share = os.environ.get(CORES_VARIABLE, "").strip()
+    if not share:
+        return machine
+    if not share.isdigit() or int(share) < 1:
+        raise InputError(
+            f"{CORES_VARIABLE}={share!r}: give a whole number of cores, at least 1, or unset"
+            f" it to use all {machine} of this machine"
+        )
+    return min(machine, int(share))
 
 
 def default_threads(cores: int | None = None, load_1min: float | None = None) -> int:
@@ -83,7 +107,7 @@ def busy_cores(interval_s: float = 0.25) -> float:
     """Physical cores' worth of CPU that programs use right now: a short sample, unlike the
     1-minute load average, which still counts work that ended a minute ago (in a notebook,
     often its own previous cell)."""
-    return psutil.cpu_percent(interval=interval_s) / 100 * physical_cores()
+    return psutil.cpu_percent(interval=interval_s) / 100 * machine_cores()
 
 
 def batch_threads(cores: int | None = None, busy: float | None = None) -> int:
