@@ -80,6 +80,9 @@ def test_lab_serves_with_its_token_and_is_gone_after_ctrl_c(tmp_path, display):
             stdin=subprocess.DEVNULL,
             env=env,
             start_new_session=True,  # a process group of its own, as a terminal's job is
+            # and Ctrl-C armed, as in a terminal: a test runner started in the background
+            # (`make test &`) passes on an ignored SIGINT, and Jupyter would never see it
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
     family: list[psutil.Process] = []
     try:
