@@ -213,3 +213,24 @@ def test_accuracy_table_counts_texts_and_names_what_each_accuracy_reads():
     assert table.loc["de", "neutral answers"] == 0.5
     assert table.loc["all", "P(Yes) >= 0.5"] == 0.75  # 0.55 is called positive
     assert table.loc["all", "P(Yes) >= 0.580"] == 1.0
+
+
+def test_each_language_gets_its_own_threshold_when_their_scores_sit_apart():
+    # English scores low, German high, each separable on its own: one threshold cannot
+    # separate both, one per language does
+    calibration = pd.DataFrame(
+        {
+            "lang": ["en"] * 4 + ["de"] * 4,
+            "truth": [NEGATIVE, NEGATIVE, POSITIVE, POSITIVE] * 2,
+            "p_positive": [0.08, 0.10, 0.20, 0.25, 0.60, 0.65, 0.85, 0.90],
+        }
+    )
+    per_language = scoring.thresholds_by_language(calibration)
+    assert 0.10 < per_language["en"] <= 0.20 and 0.65 < per_language["de"] <= 0.85
+    scored = calibration.assign(prediction=POSITIVE)
+    single = scoring.calibrate_threshold(calibration["p_positive"], calibration["truth"])
+    table = scoring.accuracy_table(scored, single, per_language)
+    assert table.loc["all", "P(Yes) >= its language's"] == 1.0
+    assert table.loc["all", f"P(Yes) >= {single:.3f}"] < 1.0
+    with pytest.raises(InputError, match=r"no threshold for \['de'\]"):
+        scoring.accuracy_table(scored, single, {"en": per_language["en"]})

@@ -181,53 +181,42 @@ def test_workdirs_of_living_processes_are_kept(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("cores", "load", "threads"),
+    ("cores", "busy", "threads"),
     [
         (1, 0.0, 1),  # never fewer than one
-        (2, 0.0, 1),  # a small machine keeps a core for everything else
+        (2, 0.0, 2),  # idle: every physical core
+        (2, 0.9, 1),  # another program on a core: that core is left to it
         (2, 3.5, 1),
-        (4, 0.3, 4),  # idle: every physical core
         (4, 1.4, 3),  # the other programs' share comes off
-        (8, 6.0, 2),
+        (8, 3.2, 5),
         (16, 40.0, 1),  # overloaded: one thread, not a stall at every step
     ],
 )
-def test_the_thread_default_leaves_busy_cores_alone(cores, load, threads):
-    assert hardware.default_threads(cores, load) == threads
+def test_the_thread_default_leaves_busy_cores_alone(cores, busy, threads):
+    assert hardware.default_threads(cores, busy) == threads
 
 
-def test_servers_take_the_thread_default_and_leave_one_core_to_clients(session, monkeypatch):
+def test_servers_take_the_thread_default_for_prompts_and_decoding(session, monkeypatch):
     monkeypatch.delenv(hardware.CORES_VARIABLE, raising=False)  # the machine's 8 cores, all
     monkeypatch.setattr(hardware.psutil, "cpu_count", lambda logical=True: 8)
-    monkeypatch.setattr(hardware.os, "getloadavg", lambda: (3.2, 0.0, 0.0))
     monkeypatch.setattr(hardware, "busy_cores", lambda: 3.2)
     assert hardware.default_threads() == 5
-    assert session.server("llama-server").n_threads == 4
-    assert session.server("llama_cpp.server", n_threads=2).n_threads == 2
-    # batched steps get every idle core; an explicit thread count pins both
     native = session.server("llama-server")
-    assert native.n_threads_batch == hardware.batch_threads() == 5
+    assert native.n_threads == native.n_threads_batch == 5
     command = native.command()
-    assert command[command.index("-tb") + 1] == "5"
+    assert command[command.index("-t") + 1] == command[command.index("-tb") + 1] == "5"
+    # an explicit thread count pins both, for comparisons at one thread count
     pinned = session.server("llama_cpp.server", n_threads=2)
+    assert pinned.n_threads == 2
     assert pinned.command()[pinned.command().index("--n_threads_batch") + 1] == "2"
-
-
-@pytest.mark.parametrize(
-    ("cores", "busy", "threads"),
-    [(2, 0.0, 2), (2, 0.9, 1), (8, 3.2, 5), (1, 0.0, 1), (16, 40.0, 1)],
-)
-def test_batched_steps_may_use_the_spare_core_but_not_busy_ones(cores, busy, threads):
-    assert hardware.batch_threads(cores, busy) == threads
-    assert hardware.batch_threads(cores, busy) >= hardware.default_threads(cores, busy)
 
 
 def test_a_share_of_cores_caps_every_thread_default_and_a_bad_one_is_named(monkeypatch):
     monkeypatch.setattr(hardware.psutil, "cpu_count", lambda logical=True: 8)
-    monkeypatch.setattr(hardware.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    monkeypatch.setattr(hardware, "busy_cores", lambda: 0.0)
     monkeypatch.setenv(hardware.CORES_VARIABLE, "3")
     assert hardware.physical_cores() == 3
-    assert hardware.default_threads() == hardware.batch_threads(busy=0.0) == 3
+    assert hardware.default_threads() == 3
     monkeypatch.setenv(hardware.CORES_VARIABLE, "64")
     assert hardware.physical_cores() == 8  # never more than the machine has
     for bad in ("0", "two", "-1", "1.5"):

@@ -40,7 +40,7 @@ class Hardware:
 
     def as_rows(self) -> list[tuple[str, str]]:
         """Rows for the summary table that setup() prints."""
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        busy = busy_cores()
         gpu = "none"
         if self.gpu_name:
             major, minor = self.compute_capability or (0, 0)
@@ -51,7 +51,8 @@ class Hardware:
             ("RAM", f"{self.ram_gb:.1f} GB"),
             (
                 "llama.cpp threads",
-                f"{default_threads(self.cpu_physical_cores, load)} (1-min load {load:.1f})",
+                f"{default_threads(self.cpu_physical_cores, busy)} (other programs busy on"
+                f" {busy:.1f} cores now)",
             ),
             ("GPU", gpu),
             ("bf16", "yes" if self.bf16 else "no"),
@@ -84,23 +85,22 @@ def physical_cores() -> int:
     return min(machine, int(share))
 
 
-def default_threads(cores: int | None = None, load_1min: float | None = None) -> int:
-    """llama.cpp's default thread count: the physical cores that other programs leave idle.
+def default_threads(cores: int | None = None, busy: float | None = None) -> int:
+    """llama.cpp's default thread count, for decoding and prompts alike: the physical cores
+    that other programs leave idle right now.
 
-    Decoding is memory bound, so hyper-threads do not help. And llama.cpp's threads wait
-    for each other at every step: one that shares its core with another program stalls
-    them all (16 tokens on a busy 2-core machine: 40.7 s with 2 threads, 0.42 s with 1).
-    So a machine with 2 cores or fewer keeps one for everything else, and the 1-minute load
-    average (runnable programs) takes its share off the rest; never fewer than 1 thread.
-    `cores` and `load_1min` default to this machine's.
+    Decoding is memory bound, so hyper-threads do not help, but every physical core does
+    (notebook 07's sweep). llama.cpp's threads wait for each other at every step, so one
+    that shares its core with another program stalls them all (16 tokens on a busy 2-core
+    machine: 40.7 s with 2 threads, 0.42 s with 1): cores that are busy when a model or
+    server starts (busy_cores, a short sample) are left out. Never fewer than 1 thread.
+    `cores` and `busy` default to this machine's.
     """
     if cores is None:
         cores = physical_cores()
-    if load_1min is None:
-        load_1min = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    idle = round(cores - load_1min)  # cores the other programs leave free
-    ceiling = cores - 1 if cores <= 2 else cores
-    return max(1, min(ceiling, idle))
+    if busy is None:
+        busy = busy_cores()
+    return max(1, min(cores, round(cores - busy)))
 
 
 def busy_cores(interval_s: float = 0.25) -> float:
@@ -108,18 +108,6 @@ def busy_cores(interval_s: float = 0.25) -> float:
     1-minute load average, which still counts work that ended a minute ago (in a notebook,
     often its own previous cell)."""
     return psutil.cpu_percent(interval=interval_s) / 100 * machine_cores()
-
-
-def batch_threads(cores: int | None = None, busy: float | None = None) -> int:
-    """llama.cpp threads for batched steps (a prompt, or several sequences decoded at once):
-    every physical core that is idle right now (busy_cores), without default_threads()'s
-    spare core. A batch gives each thread many tokens of work per step, so the wait at the
-    step's barrier costs a small share of it; one token at a time it is most of the step."""
-    if cores is None:
-        cores = physical_cores()
-    if busy is None:
-        busy = busy_cores()
-    return max(1, min(cores, round(cores - busy)))
 
 
 def runtime() -> str:

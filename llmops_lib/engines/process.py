@@ -28,7 +28,7 @@ import openai
 import psutil
 
 from ..core.errors import InputError, positive, whole
-from ..core.hardware import batch_threads, default_threads
+from ..core.hardware import default_threads
 from ..planning.gguf_header import check_gguf
 from ..planning.tools import shown_command
 
@@ -87,16 +87,6 @@ def remove_orphaned_workdirs() -> list[Path]:
     return removed
 
 
-def server_threads() -> int:
-    """llama.cpp threads for a server: every physical core but one.
-
-    The spare core is left to the clients on the same machine (the notebook, a load test)
-    and to the server's own HTTP side: a llama.cpp thread that has to share its core
-    stalls all the others at each step.
-    """
-    return max(1, default_threads() - 1)
-
-
 def free_port(host: str = HOST) -> int:
     """A TCP port that nothing listens on right now (the OS picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -135,13 +125,9 @@ class ServerProcess:
     ) -> None:
         self.model_path = check_gguf(model_path)
         self.n_ctx = whole("n_ctx", n_ctx)
-        self.n_threads = whole("n_threads", n_threads or server_threads())
-        # Batched steps (prompts, several sequences at once) get every idle core by default;
-        # an explicit n_threads pins both, for comparisons at one thread count.
-        self.n_threads_batch = whole(
-            "n_threads_batch",
-            n_threads_batch or (n_threads if n_threads is not None else batch_threads()),
-        )
+        self.n_threads = whole("n_threads", n_threads or default_threads())
+        # Prompts and batched decoding get the same threads (llama-server's own default).
+        self.n_threads_batch = whole("n_threads_batch", n_threads_batch or self.n_threads)
         self._auto_port = port is None
         self.port = free_port() if port is None else check_port(port)
         self.startup_timeout_s = positive("startup_timeout_s", startup_timeout_s)

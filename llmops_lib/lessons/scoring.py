@@ -82,26 +82,56 @@ def confusion(df: pd.DataFrame, column: str = "prediction") -> pd.DataFrame:
     return table
 
 
-def _decide(p: pd.Series, threshold: float) -> pd.Series:
+def _decide(p: pd.Series, threshold: float | pd.Series) -> pd.Series:
     return p.ge(threshold).map({True: POSITIVE, False: NEGATIVE})
 
 
-def accuracy_table(df: pd.DataFrame, threshold: float) -> pd.DataFrame:
+def thresholds_by_language(calibration: pd.DataFrame) -> dict[str, float]:
+    """calibrate_threshold() on each language's calibration rows alone.
+
+    A small model's P(Yes) can sit in a different range per language (the tiny one leans to
+    "Ja" in German), so one threshold may fit one language and decide the other by its
+    language alone; each threshold then rests on that language's rows only.
+    """
+    check_columns("calibration", calibration, ("lang", "truth", "p_positive"))
+    return {
+        str(lang): calibrate_threshold(rows["p_positive"], rows["truth"])
+        for lang, rows in calibration.groupby("lang")
+    }
+
+
+def accuracy_table(
+    df: pd.DataFrame, threshold: float, per_language: dict[str, float] | None = None
+) -> pd.DataFrame:
     """Accuracy per language and overall of the forced answer's first word, and of P(Yes) at
-    0.5 and at `threshold`; `texts` counts the rows and `neutral answers` is a share."""
+    0.5 and at `threshold` (and at each language's own threshold, if `per_language` gives
+    them); `texts` counts the rows and `neutral answers` is a share."""
     check_columns("df", df, ("lang", "truth", "prediction", "p_positive"))
     fraction("threshold", threshold)
+    own = None
+    if per_language is not None:
+        missing = sorted(set(df["lang"]) - set(per_language))
+        if missing:
+            raise InputError(
+                f"per_language has no threshold for {missing}: give one per language of df "
+                "(thresholds_by_language() on calibration rows of every language)"
+            )
+        own = df["lang"].map(
+            {lang: fraction(f"per_language[{lang!r}]", t) for lang, t in per_language.items()}
+        )
     groups = dict(list(df.groupby("lang"))) | {"all": df}
-    thresholds = {"P(Yes) >= 0.5": 0.5, f"P(Yes) >= {threshold:.3f}": threshold}
     rows = {}
     for name, g in groups.items():
+        cutoffs = {"P(Yes) >= 0.5": 0.5, f"P(Yes) >= {threshold:.3f}": threshold}
+        if own is not None:
+            cutoffs["P(Yes) >= its language's"] = own.loc[g.index]
         rows[name] = {
             "texts": len(g),
             "forced answer": accuracy(g, "prediction"),
             "neutral answers": float((g["prediction"] == NEUTRAL).mean()),
         } | {
             label: float((_decide(g["p_positive"], t) == g["truth"]).mean())
-            for label, t in thresholds.items()
+            for label, t in cutoffs.items()
         }
     return pd.DataFrame(rows).T.astype({"texts": int})
 
