@@ -196,7 +196,9 @@ def test_the_thread_default_leaves_busy_cores_alone(cores, busy, threads):
     assert hardware.default_threads(cores, busy) == threads
 
 
-def test_servers_take_the_thread_default_for_prompts_and_decoding(session, monkeypatch):
+def test_servers_take_the_idle_cores_and_a_python_server_leaves_one_to_its_http_side(
+    session, monkeypatch
+):
     monkeypatch.delenv(hardware.CORES_VARIABLE, raising=False)  # the machine's 8 cores, all
     monkeypatch.setattr(hardware.psutil, "cpu_count", lambda logical=True: 8)
     monkeypatch.setattr(hardware, "busy_cores", lambda: 3.2)
@@ -205,6 +207,8 @@ def test_servers_take_the_thread_default_for_prompts_and_decoding(session, monke
     assert native.n_threads == native.n_threads_batch == 5
     command = native.command()
     assert command[command.index("-t") + 1] == command[command.index("-tb") + 1] == "5"
+    python = session.server("llama_cpp.server")
+    assert python.n_threads == python.n_threads_batch == process.python_server_threads() == 4
     # an explicit thread count pins both, for comparisons at one thread count
     pinned = session.server("llama_cpp.server", n_threads=2)
     assert pinned.n_threads == 2

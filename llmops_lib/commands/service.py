@@ -54,8 +54,7 @@ from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from ..core import results
 from ..core.backend import LocalModel, Message, chunk_text
 from ..core.errors import InputError, whole
-from ..core.hardware import default_threads
-from ..engines.process import HOST, ServerProcess, check_port
+from ..engines.process import HOST, ServerProcess, check_port, python_server_threads
 
 MAX_PROMPT_CHARS = 16_000  # all message contents together; a 2k-token context holds ~8k chars
 MAX_MESSAGES = 64
@@ -972,6 +971,7 @@ class ServiceServer(ServerProcess):
 
     name = "llmops_lib.commands.service"
     ready_path = "/health"
+    threads_default = staticmethod(python_server_threads)  # FastAPI beside the model
 
     def __init__(
         self,
@@ -1068,7 +1068,7 @@ def main(argv: list[str] | None = None) -> None:
     # The same threads for the prompt as for decoding: llama-cpp-python's default for the
     # prompt is every core, and those extra threads then spin beside the decoding one
     # (measured: a 32-token answer took 16-43 s instead of 2.3 s on a busy 2-core machine).
-    threads = args.n_threads or default_threads()
+    threads = args.n_threads or python_server_threads()
     app = create_app(
         lambda: session.model(
             args.role, n_ctx=args.n_ctx, n_threads=threads, n_threads_batch=threads

@@ -102,6 +102,18 @@ def port_is_free(port: int, host: str = HOST) -> bool:
         return sock.connect_ex((host, port)) != 0
 
 
+def python_server_threads() -> int:
+    """llama.cpp threads for a server whose HTTP side is Python in the model's own process
+    (llama_cpp.server, the course's service): the idle physical cores but one.
+
+    Its event loop and per-token Python work need a core of their own. With every core
+    decoding, notebook 03 measured llama_cpp.server at under half the speed of the same
+    engine in process, and its throughput halved at 8 users; with one core left free the
+    server cost nothing measurable. llama-server is C++ throughout and takes every idle core.
+    """
+    return max(1, default_threads() - 1)
+
+
 class ServerProcess:
     """A model server as a child process on 127.0.0.1, used as a context manager.
 
@@ -113,6 +125,7 @@ class ServerProcess:
 
     name: str  # the program, as error messages name it
     ready_path: str  # answers 200 once the model is loaded
+    threads_default: Callable[[], int] = staticmethod(default_threads)  # when n_threads is None
 
     def __init__(
         self,
@@ -125,7 +138,7 @@ class ServerProcess:
     ) -> None:
         self.model_path = check_gguf(model_path)
         self.n_ctx = whole("n_ctx", n_ctx)
-        self.n_threads = whole("n_threads", n_threads or default_threads())
+        self.n_threads = whole("n_threads", n_threads or self.threads_default())
         # Prompts and batched decoding get the same threads (llama-server's own default).
         self.n_threads_batch = whole("n_threads_batch", n_threads_batch or self.n_threads)
         self._auto_port = port is None

@@ -17,7 +17,7 @@ from ..core.errors import InputError, whole
 from ..planning.provision import verify_gguf
 from ..planning.tools import tool_path
 from .llamacpp import default_gpu_layers
-from .process import HOST, ServerProcess
+from .process import HOST, ServerProcess, python_server_threads
 
 
 def gpu_layers(n_gpu_layers: int | None) -> int:
@@ -33,6 +33,7 @@ class LocalServer(ServerProcess):
 
     name = "llama_cpp.server"
     ready_path = "/v1/models"
+    threads_default = staticmethod(python_server_threads)  # its HTTP side is Python
 
     def __init__(
         self,
@@ -71,7 +72,8 @@ class LlamaServer(ServerProcess):
 
     `n_ctx` is the context of ONE sequence: the server gets n_ctx * n_parallel, which it
     splits evenly over its slots. Threads: `n_threads` decode one sequence, `n_threads_batch`
-    run the batched steps (prompts, and the slots decoding together), where more cores pay.
+    run the batched steps (prompts, and the slots decoding together); both default to every
+    idle core (hardware.default_threads).
     `--jinja`: the GGUF's own chat template, rendered like llama-cpp-python renders it
     in-process.
 
