@@ -220,7 +220,9 @@ def test_bench_runs_the_transformers_backend_too(session):
 @pytest.mark.model
 def test_bench_command_prints_library_vs_raw_summary(session, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    summary = bench_cli.main(["--rounds", "2", "--max-tokens", "8", "--threads", "1"])
+    summary = bench_cli.main(
+        ["--rounds", "2", "--max-tokens", "8", "--threads", "1", "--bench-reps", "1"]
+    )
     printed = capsys.readouterr().out
     assert json.loads(printed[: printed.rindex("}") + 1]) == summary
     assert summary["prompt_tokens"] > 0 and summary["generated_tokens"] > 0

@@ -60,6 +60,16 @@ def full(tmp_path):
         ],
     )
     write_csv(tmp_path, "bench-07-20260102-000000.csv", [{"config": "old", "generated_tps": 1.0}])
+    write_csv(
+        tmp_path,
+        "08_prediction_log-20260102-000000.csv",
+        {
+            "model": ["SetFit"] * 3 + ["LLM P(Yes)"] * 2,
+            "truth": ["positive", "negative", "negative", "positive", "negative"],
+            "predicted": ["positive", "negative", "positive", "negative", "negative"],
+            "latency_ms": [5.0, 7.0, 9.0, 1000.0, 3000.0],
+        },
+    )
     pd.DataFrame(
         {"file_mb": [240.0, 120.0, 60.0], "kld": [0.0, 0.01, 0.9]}, index=["F16", "Q8_0", "Q2_K"]
     ).to_csv(tmp_path / "quantization-09-20260102-000000.csv")
@@ -90,6 +100,11 @@ def test_collect_takes_the_figures_that_answer_the_question(full):
     assert value["LLM guard, both checks of a request"] == 200.0  # blocked one has no chat
     assert value["guard checks / chat time"] == 0.5
     assert value["measured, 2 threads"] == 70.0 and value["roofline, 2 threads"] == 100.0
+    held_out = table[table["notebook"] == "08"].set_index(["topic", "measure"])["value"]
+    assert held_out[("accuracy", "08 held-out: SetFit")] == pytest.approx(2 / 3)
+    assert held_out[("accuracy", "08 held-out: LLM P(Yes)")] == 0.5
+    assert held_out[("ms per text", "08 held-out: SetFit")] == 7.0  # each model's median
+    assert held_out[("ms per text", "08 held-out: LLM P(Yes)")] == 2000.0
     serving = table[table["topic"] == "serving tokens/s"]["measure"].tolist()
     assert serving == [
         "llama_cpp.server, 1 user(s)",
@@ -99,11 +114,11 @@ def test_collect_takes_the_figures_that_answer_the_question(full):
         "service (notebook 10), 4 user(s)",
         "llama-server -np N (notebook 10), 8 user(s)",
     ]
-    assert set(table["notebook"]) == {"01", "02", "03", "06", "07", "09", "10"}
+    assert set(table["notebook"]) == {"01", "02", "03", "06", "07", "08", "09", "10"}
     kld = table[table["topic"] == "KL divergence vs F16"].set_index("measure")["value"]
     assert kld.to_dict() == {"Q8_0 (120 MB)": 0.01, "Q2_K (60 MB)": 0.9}  # F16 itself: none
     accuracy = table[table["topic"] == "accuracy"].set_index("measure")
-    assert accuracy["n"].tolist() == [80, 2, 2]  # the texts each accuracy was measured on
+    assert accuracy["n"].tolist() == [80, 2, 2, 3, 2]  # the texts each accuracy was measured on
     assert (accuracy["low"] < accuracy["value"]).all() and (
         accuracy["value"] < accuracy["high"]
     ).all()

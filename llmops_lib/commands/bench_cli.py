@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument("--max-tokens", type=_count, default=64)
     parser.add_argument("--rounds", type=_count, default=25, help="interleaved library/raw pairs")
+    parser.add_argument("--bench-reps", type=_count, default=3, help="llama-bench repetitions")
     args = parser.parse_args(argv)
 
     session = setup(quiet=True)
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         n_prompt=summary["prompt_tokens"],
         n_gen=args.max_tokens,
         n_depth=(0, summary["prompt_tokens"]),  # decode after the prompt, as the library does
-        reps=3,
+        reps=args.bench_reps,
     )
     tg = llama_bench.phase_tps(raw)["generated"]
     summary.update(llama_bench_tg_tps=tg, library_llama_bench_ratio=summary["library_tps"] / tg)

@@ -70,6 +70,19 @@ def _llm_classifier(path: Path) -> list[Figure]:
     ]
 
 
+def _held_out(path: Path) -> list[Figure]:
+    """08's prediction log: each model's accuracy on the texts it scored, and its median time."""
+    df = pd.read_csv(path)
+    _columns(df, path, ["model", "truth", "predicted", "latency_ms"])
+    rows: list[Figure] = []
+    for model, log in df.groupby("model", sort=False):
+        right = (log["predicted"] == log["truth"]).mean()
+        rows.append(("accuracy", f"08 held-out: {model}", right, "", len(log)))
+    for model, log in df.groupby("model", sort=False):
+        rows.append(("ms per text", f"08 held-out: {model}", log["latency_ms"].median(), "ms"))
+    return rows
+
+
 def _quantization(path: Path) -> list[Figure]:
     """09's table: each type's KL divergence from F16, the quality its file size costs."""
     df = pd.read_csv(path, index_col=0)
@@ -158,6 +171,7 @@ SOURCES: tuple[Source, ...] = (
     ),
     Source("guard-audit", ".jsonl", "06", "guard overhead", _guard),
     Source("bench-07", ".csv", "07", "decode speed vs roofline", _decode),
+    Source("08_prediction_log", ".csv", "08", "accuracy on 08's held-out texts", _held_out),
     Source("quantization-09", ".csv", "09", "quality of each quantization type", _quantization),
 )
 
@@ -255,8 +269,8 @@ def plot(table: pd.DataFrame):
     import matplotlib.pyplot as plt
 
     panels = [
-        ("accuracy", "share correct", "01, 02", False),
-        ("ms per text", "ms (log scale)", "01/06, 02", True),
+        ("accuracy", "share correct", "01, 02, 08", False),
+        ("ms per text", "ms (log scale)", "02, 06, 08", True),
         ("serving tokens/s", "tokens/s, all users", "03", False),
         ("decode tokens/s", "tokens/s, one stream", "07", False),
     ]
