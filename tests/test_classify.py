@@ -74,7 +74,8 @@ def test_yes_no_probabilities_are_probabilities(tiny):
         p = classify.p_positive(tiny, msgs)
         assert 0 <= p <= 1
         p_negative = probs[NEGATIVE] / (probs[POSITIVE] + probs[NEGATIVE])
-        assert p + p_negative == pytest.approx(1)
+        # p's call reuses the cached prompt: the same sums, computed in another order
+        assert p + p_negative == pytest.approx(1, abs=1e-5)
 
 
 @pytest.mark.model

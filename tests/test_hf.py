@@ -102,6 +102,10 @@ def test_bitsandbytes_on_cpu_shrinks_the_footprint_as_planned(cpu, tiny_fp32, pr
         assert model.weight_bytes() < tiny_fp32.weight_bytes()
         reply = model.chat(MESSAGES, max_tokens=4)
         assert reply["usage"]["completion_tokens"] >= 1
+        model.chat(MESSAGES, max_tokens=4)  # the same prompt again
+        reused = model.timings().prompt_tokens < reply["usage"]["prompt_tokens"]
+        # LLM.int8's outliers depend on the tokens of each pass: it recomputes every prompt
+        assert reused == (precision != "int8")
 
 
 @pytest.mark.model
@@ -112,6 +116,7 @@ def test_same_prompt_and_tokens_as_llama_cpp(tiny_fp32, tiny_chat):
 
 @pytest.mark.model
 def test_chat_returns_an_openai_style_completion(tiny_fp32):
+    tiny_fp32.reset()  # nothing cached: timings count the whole prompt
     reply = tiny_fp32.chat(MESSAGES, max_tokens=8)
     choice = reply["choices"][0]
     assert choice["message"]["role"] == "assistant"
@@ -123,6 +128,27 @@ def test_chat_returns_an_openai_style_completion(tiny_fp32):
     timings = tiny_fp32.timings()
     assert timings.prompt_tokens == usage["prompt_tokens"]
     assert timings.generated_tokens == usage["completion_tokens"] - 1  # first comes from prefill
+
+
+@pytest.mark.model
+def test_a_cached_prefix_is_not_processed_again_and_changes_nothing(tiny_fp32):
+    """The last call's KV cache serves the next prompt's shared prefix, as llama.cpp's does:
+    the same probabilities and answer as from scratch, with fewer prompt tokens processed."""
+    other = [MESSAGES[0], {"role": "user", "content": "Name a river in Germany."}]
+    words = {"yes": ["Yes"], "no": ["No"]}
+    tiny_fp32.reset()
+    fresh_probs = tiny_fp32.next_token_probs(MESSAGES, words)
+    tiny_fp32.reset()
+    fresh = tiny_fp32.chat(MESSAGES, max_tokens=8)
+    assert tiny_fp32.timings().prompt_tokens == fresh["usage"]["prompt_tokens"]
+
+    tiny_fp32.reset()
+    tiny_fp32.chat(other, max_tokens=8)  # shares the system turn with MESSAGES
+    assert tiny_fp32.next_token_probs(MESSAGES, words) == pytest.approx(fresh_probs, rel=1e-4)
+    again = tiny_fp32.chat(MESSAGES, max_tokens=8)  # all but the last prompt token cached
+    assert again["choices"][0]["message"] == fresh["choices"][0]["message"]
+    assert again["usage"] == fresh["usage"]  # usage counts the whole prompt
+    assert tiny_fp32.timings().prompt_tokens == 1
 
 
 @pytest.mark.model
