@@ -347,23 +347,25 @@ class HFModel:
         """
         cache, cached = self._cache, self._cached_ids
         self._cache, self._cached_ids = None, []  # the call extends it; _keep() puts it back
-        if self.precision == "int8":
-            return None, 0
         common = 0
         for old, new in zip(cached, ids[:-1], strict=False):  # lengths differ
             if old != new:
                 break
             common += 1
         if cache is None or common == 0:
-            from transformers import DynamicCache
-            from transformers.cache_utils import DynamicLayer
-
-            cache = DynamicCache(config=self.model.config)
-            if not all(type(layer) is DynamicLayer for layer in cache.layers):
-                return None, 0
-            return cache, 0
+            return self._empty_cache(), 0
         cache.crop(common - cache.get_seq_length())  # negative: the tokens to remove
         return cache, common
+
+    def _empty_cache(self) -> Any:
+        """A new KV cache, or None for a model that recomputes every prompt (_cached_prefix)."""
+        if self.precision == "int8":
+            return None
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        cache = DynamicCache(config=self.model.config)
+        return cache if all(type(layer) is DynamicLayer for layer in cache.layers) else None
 
     def _keep(self, cache: Any, ids: list[int]) -> None:
         """Keep `cache` for the next call; `ids` are the tokens it was computed from."""

@@ -74,13 +74,15 @@ def _held_out(path: Path) -> list[Figure]:
     """08's prediction log: each model's accuracy on the texts it scored, and its median time."""
     df = pd.read_csv(path)
     _columns(df, path, ["model", "truth", "predicted", "latency_ms"])
-    rows: list[Figure] = []
-    for model, log in df.groupby("model", sort=False):
-        right = (log["predicted"] == log["truth"]).mean()
-        rows.append(("accuracy", f"08 held-out: {model}", right, "", len(log)))
-    for model, log in df.groupby("model", sort=False):
-        rows.append(("ms per text", f"08 held-out: {model}", log["latency_ms"].median(), "ms"))
-    return rows
+    logs = list(df.groupby("model", sort=False))
+    accuracy: list[Figure] = [
+        ("accuracy", f"08 held-out: {m}", (log["predicted"] == log["truth"]).mean(), "", len(log))
+        for m, log in logs
+    ]
+    timing: list[Figure] = [
+        ("ms per text", f"08 held-out: {m}", log["latency_ms"].median(), "ms") for m, log in logs
+    ]
+    return accuracy + timing
 
 
 def _quantization(path: Path) -> list[Figure]:
