@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from dataclasses import replace
 
-from .core import hardware
+from .core import hardware, hf_noise
 from .planning import profiles
 from .session import Session
 
@@ -51,9 +50,7 @@ def setup(profile: str | None = None, quiet: bool = False, wants_gpu: bool = Fal
     download fails loudly instead of reaching the network. `wants_gpu`: the notebook's
     lesson needs a GPU; without one a banner says so (also when `quiet`).
     """
-    # tqdm.auto (inside huggingface_hub, transformers, datasets) warns in a Jupyter kernel
-    # without ipywidgets, then uses its text bar anyway: a warning that teaches nothing.
-    warnings.filterwarnings("ignore", message="IProgress not found")
+    hf_noise.ignore_iprogress()  # tqdm.auto's ipywidgets warning teaches nothing (core.hf_noise)
     hw = hardware.detect(check_token=False)
     chosen = profiles.resolve(profile, hw)
     if chosen.offline:

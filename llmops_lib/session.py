@@ -61,6 +61,19 @@ class Session:
         """Load any catalog model on `backend` (what model() does for a role)."""
         return registry.engine(backend).model(catalog.get(model), self.hardware, precision, kwargs)
 
+    def train(self, role: str, texts: Any, labels: Any, **kwargs: Any) -> Any:
+        """A classifier fine-tuned from the role's model on (texts, labels): SetFit for the
+        encoder (keyword arguments as engines.encoder.train: iterations, seed, progress)."""
+        choice = self.choice(role)
+        return registry.engine(choice.backend).trained(choice.spec, texts, labels, **kwargs)
+
+    def offload_unavailable(self) -> str | None:
+        """Why llama.cpp cannot put layers on a GPU here (a CPU-only build of llama-cpp-python,
+        no CUDA GPU), or None when n_gpu_layers can offload."""
+        from .engines.llamacpp import offload_unavailable
+
+        return offload_unavailable()
+
     def server(self, engine: str = "llama_cpp.server", role: str = "chat", **kwargs: Any):
         """A local server (not started yet; use it in a `with` block) for the role's GGUF.
 

@@ -21,6 +21,7 @@ import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from llmops_lib.core.backend import NO_TIMINGS, ROLES, Message, Timings, check_chat_args, chunk_text
@@ -63,6 +64,8 @@ class FakeChat:
         self.token_delay_s = token_delay_s
         self._weight_bytes = weight_bytes
         self.name = name
+        self.path = Path(f"{name}.gguf")
+        self.load_s = 0.0
         self.calls: list[dict[str, Any]] = []  # every chat() call's arguments, in order
         self._cache: list[str] = []  # prompt + reply tokens of the last call
         self._timings = NO_TIMINGS
@@ -98,6 +101,24 @@ class FakeChat:
 
     def count_tokens(self, messages: list[Message]) -> int:
         return len(self.tokenize(self.prompt_text(messages)))
+
+    @property
+    def grammars(self) -> bool:
+        """None here, as on transformers: a caller's parser is all that checks an answer."""
+        return False
+
+    def complete(
+        self, prompt: str, max_tokens: int = 32, grammar: str | None = None
+    ) -> tuple[str, str]:
+        """The scripted reply to `prompt` (seen as one user message), cut at max_tokens;
+        the call is recorded in `calls` with its prompt and grammar."""
+        self._check_open()
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            raise ValueError(f"max_tokens={max_tokens!r}: needs a whole number >= 1.")
+        self.calls.append({"prompt": prompt, "max_tokens": max_tokens, "grammar": grammar})
+        words = self.tokenize(self._reply([{"role": "user", "content": prompt}]))
+        self._timings = Timings(len(self.tokenize(prompt)), 0.0, min(len(words), max_tokens), 0.0)
+        return " ".join(words[:max_tokens]), "length" if len(words) > max_tokens else "stop"
 
     def weight_bytes(self) -> int:
         return self._weight_bytes

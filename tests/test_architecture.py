@@ -143,6 +143,27 @@ def test_imports_point_down_or_sideways(module):
     assert not upward, f"{module} imports from a higher layer: {upward}"
 
 
+# What a lesson may take from engines/: llama.cpp's command-line tools (llama_bench,
+# quantize), programs it runs on a GGUF path with nothing to load in this process. A model,
+# a server or a client of one comes from the session (which asks the registry) or from a
+# running server (`ServerProcess.endpoint()`), never from a lesson itself, so a lesson runs
+# on whichever engine the profile names.
+LESSON_ENGINE_IMPORTS = {"llama_bench", "quantize"}
+
+
+@pytest.mark.parametrize("module", [m for m in sorted(MODULES) if layer_of(m) == "lessons"])
+def test_lessons_load_models_only_through_the_session(module):
+    source = MODULES[module].read_text(encoding="utf-8")
+    engines = {
+        target.removeprefix("engines.")
+        for target in imported_modules(source, _package(module))
+        if layer_of(target) == "engines"
+    }
+    assert engines <= LESSON_ENGINE_IMPORTS, (
+        f"{module} loads through {engines - LESSON_ENGINE_IMPORTS}"
+    )
+
+
 def test_the_rule_catches_an_upward_import():
     lazy = "def f():\n    from ..lessons.nb05.chat import Conversation\n"
     assert imported_modules(lazy, ["engines"]) == {"lessons.nb05.chat"}

@@ -23,7 +23,9 @@ from llmops_lib.core.errors import InputError
 from llmops_lib.engines import llama_bench
 from llmops_lib.lessons import classify, loadtest, scoring
 from llmops_lib.lessons.nb05 import chat
-from llmops_lib.lessons.nb06 import guard, guard_code
+from llmops_lib.lessons.nb06 import guard_code, verdicts
+from llmops_lib.lessons.nb06.audit import AuditLog
+from llmops_lib.lessons.nb06.pipeline import GuardedChat
 from llmops_lib.lessons.nb07 import bench
 from llmops_lib.planning import catalog, gguf_header, launch, memory, roofline, sharding
 
@@ -260,7 +262,7 @@ def test_setup_works_or_says_why(monkeypatch, profile):
 @FAST
 @given(either(st.sampled_from(["safe", "unsafe\nS1", "unsafe\nS99", "\n\nsafe"])))
 def test_a_guard_verdict_is_read_or_refused(text):
-    verdict = works_or_input_error(guard.parse_verdict, text)
+    verdict = works_or_input_error(verdicts.parse_verdict, text)
     if verdict is not None:
         assert verdict.safe == (text.strip() == "safe")
 
@@ -388,7 +390,7 @@ class _Returns:
 
 
 VERDICTS = st.builds(
-    guard.Verdict,
+    verdicts.Verdict,
     safe=ANYTHING,
     categories=st.one_of(st.just(()), st.tuples(st.text(max_size=3))),
     raw=either(st.text(max_size=4)),
@@ -401,11 +403,11 @@ VERDICTS = st.builds(
 def test_whatever_a_guard_returns_a_reply_is_shown_only_on_a_real_safe_verdict(
     tmp_path, returned, user
 ):
-    audit = guard.AuditLog(tmp_path / f"audit-{len(list(tmp_path.iterdir()))}.jsonl")
-    pipeline = guard.GuardedChat(FakeChat(lambda m: "fine"), _Returns(returned), audit=audit)
+    audit = AuditLog(tmp_path / f"audit-{len(list(tmp_path.iterdir()))}.jsonl")
+    pipeline = GuardedChat(FakeChat(lambda m: "fine"), _Returns(returned), audit=audit)
     result = works_or_input_error(pipeline.ask, user)
     if result is not None:
-        real_safe = isinstance(returned, guard.Verdict) and returned.safe is True
+        real_safe = isinstance(returned, verdicts.Verdict) and returned.safe is True
         assert result.shown <= real_safe  # never shown on anything else
         assert len(audit.records()) == 1  # and always audited
 

@@ -10,9 +10,9 @@ from llmops_lib.core.datasets import (
     SETS,
     load_assessments,
     load_new_traffic,
-    score,
     split,
 )
+from llmops_lib.lessons.scoring import plot_confusion, score
 
 
 def test_dataset_shape_and_balance():
@@ -94,3 +94,15 @@ def test_new_traffic_differs_from_the_assessments_on_purpose():
     assert set(new["label"]) == set(LABELS) and not set(new["text"]) & set(old["text"])
     assert (new["lang"] == "de").mean() > 0.6 > (old["lang"] == "de").mean()
     assert new["text"].str.len().min() > old["text"].str.len().max()
+
+
+def test_the_confusion_plot_has_one_matrix_per_language_with_the_counts():
+    test = load_assessments().head(40)
+    predicted = ["positive"] * len(test)  # everything positive: the negatives all land wrong
+    fig = plot_confusion(test, predicted, title="all positive")
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == [f"all positive {lang}" for lang in dict.fromkeys(test["lang"])]
+    for ax, (_, part) in zip(fig.axes, test.groupby("lang", sort=False), strict=True):
+        written = sorted(int(t.get_text()) for t in ax.texts)
+        negatives = int((part["label"] == "negative").sum())
+        assert written == sorted([len(part) - negatives, 0, negatives, 0])

@@ -9,9 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmops_lib.core.datasets import load_assessments, score, split
+from llmops_lib.core.datasets import load_assessments, split
 from llmops_lib.core.errors import InputError
 from llmops_lib.engines import encoder
+from llmops_lib.lessons.nb01 import few_shot
+from llmops_lib.lessons.scoring import score
+from llmops_lib.planning import signing
 
 # 40 held-out English texts, balanced: guessing scores 0.5 and reaches 0.70 (28 of 40)
 # with probability below 1 %. SetFit on the 5 English examples per class scored 0.85 here.
@@ -87,7 +90,7 @@ def test_latency_table_has_one_row_per_text(trained, english):
 def test_k_sweep_scores_a_classifier_it_is_given_instead_of_training(trained, monkeypatch):
     monkeypatch.setattr(encoder, "train", lambda *a, **k: pytest.fail("trained again"))
     df = load_assessments("en")  # `trained` came from split(df, 5, seed=0), as the sweep's k=5
-    sweep = encoder.k_sweep(df, [5], "unused-base", iterations=10, seed=0, trained={5: trained})
+    sweep = few_shot.k_sweep(df, [5], None, iterations=10, seed=0, trained={5: trained})
     _, test = split(df, k_per_class=5, seed=0)
     expected = score(test, trained.predict(test["text"])).loc["en", "accuracy"]
     assert sweep.loc[5, "accuracy en"] == expected
@@ -96,7 +99,7 @@ def test_k_sweep_scores_a_classifier_it_is_given_instead_of_training(trained, mo
 
 def test_k_sweep_refuses_classifiers_for_a_k_it_does_not_sweep():
     with pytest.raises(ValueError, match=r"k=\[4\], not in ks=\[2, 3\]"):
-        encoder.k_sweep(load_assessments("en"), [2, 3], "unused-base", trained={4: None})
+        few_shot.k_sweep(load_assessments("en"), [2, 3], None, trained={4: None})
 
 
 @pytest.mark.parametrize(
@@ -169,16 +172,16 @@ def test_load_refuses_folders_this_machine_did_not_sign_before_unpickling(tmp_pa
     folder, marker = tmp_path / "crafted", tmp_path / "code-ran"
     folder.mkdir()
     (folder / "model_head.pkl").write_bytes(pickle.dumps(RunsCode(marker)))
-    with pytest.raises(encoder.UntrustedFolderError, match="no readable .*trust=True"):
+    with pytest.raises(signing.UntrustedFolderError, match="no readable .*trust=True"):
         encoder.EncoderClassifier.load(folder)
-    encoder.sign_folder(folder)
-    encoder.check_folder(folder)  # signed here: accepted
+    signing.sign_folder(folder)
+    signing.check_folder(folder)  # signed here: accepted
     monkeypatch.setenv("LLMOPS_CACHE", str(tmp_path / "other-machine"))
-    with pytest.raises(encoder.UntrustedFolderError, match="not written on this machine"):
+    with pytest.raises(signing.UntrustedFolderError, match="not written on this machine"):
         encoder.EncoderClassifier.load(folder)
     monkeypatch.setenv("LLMOPS_CACHE", str(tmp_path / "cache"))
     (folder / "config.json").write_text("{}")  # a file added after the save
-    with pytest.raises(encoder.UntrustedFolderError, match="files changed"):
+    with pytest.raises(signing.UntrustedFolderError, match="files changed"):
         encoder.EncoderClassifier.load(folder)
     assert not marker.exists()  # nothing was unpickled
 
@@ -203,7 +206,7 @@ def test_a_head_swapped_after_the_check_is_never_unpickled(tmp_path, monkeypatch
     folder, marker = tmp_path / "saved", tmp_path / "code-ran"
     folder.mkdir()
     joblib.dump({"head": "the trained one"}, folder / "model_head.pkl")
-    encoder.sign_folder(folder)
+    signing.sign_folder(folder)
     _swap_on_load(
         monkeypatch, folder, marker, lambda path, **_: joblib.load(f"{path}/model_head.pkl")
     )
@@ -223,7 +226,7 @@ def test_a_real_classifier_loads_the_checked_bytes_despite_a_swap(trained, engli
         loaded = encoder.EncoderClassifier.load(folder)
     assert not marker.exists()
     assert loaded.predict(test["text"][:5]) == trained.predict(test["text"][:5])
-    with pytest.raises(encoder.UntrustedFolderError, match="files changed"):
+    with pytest.raises(signing.UntrustedFolderError, match="files changed"):
         encoder.EncoderClassifier.load(folder)  # the swap itself is caught on the next load
 
 
@@ -261,7 +264,7 @@ def test_verdict_separation_tells_grouped_labels_from_mixed_ones():
     frame = pd.DataFrame({"lang": ["en"] * 8 + ["de"] * 8, "label": ["positive", "negative"] * 8})
     grouped = np.where(frame["label"].to_numpy()[:8, None] == "positive", [1.0, 0.0], [0.0, 1.0])
     mixed = rng.normal(size=(8, 2))
-    table = encoder.verdict_separation({"space": np.vstack([grouped, mixed])}, frame)
+    table = few_shot.verdict_separation({"space": np.vstack([grouped, mixed])}, frame)
     assert table.loc["space", "en"] > 0.9
     assert abs(table.loc["space", "de"]) < 0.3
 
@@ -269,4 +272,4 @@ def test_verdict_separation_tells_grouped_labels_from_mixed_ones():
 def test_verdict_separation_refuses_embeddings_of_other_rows():
     frame = pd.DataFrame({"lang": ["en"] * 4, "label": ["positive", "negative"] * 2})
     with pytest.raises(InputError, match="3 embeddings, 4 rows"):
-        encoder.verdict_separation({"space": np.zeros((3, 2))}, frame)
+        few_shot.verdict_separation({"space": np.zeros((3, 2))}, frame)

@@ -51,8 +51,10 @@ def test_an_option_is_refused_by_name_and_engine_before_the_files_are_found(monk
 
 
 def test_an_engine_without_a_loader_says_what_to_do_instead():
-    with pytest.raises(InputError, match="setfit, which is not a chat engine.*model_path"):
+    with pytest.raises(InputError, match="setfit, which is not a chat engine.*session.train"):
         registry.engine("setfit").model(catalog.get("all-minilm-l6-v2"), None, None, {})
+    with pytest.raises(InputError, match="llamacpp, which trains no classifier"):
+        registry.engine("llamacpp").trained(catalog.get("smollm2-135m-instruct"), ["a"], ["b"])
 
 
 @pytest.mark.model
@@ -67,8 +69,16 @@ def test_a_real_engine_keeps_the_local_model_contract(request, name):
         want = [(n, p.default) for n, p in inspect.signature(expected).parameters.items()]
         got = [(n, p.default) for n, p in inspect.signature(ours).parameters.items()]
         assert got[: len(want)] == want, f"{name}.{member}: {got} does not start with {want}"
+    for attribute in backend.LocalModel.__annotations__:  # path, load_s
+        assert hasattr(model, attribute), f"{name}: no {attribute}"
+    assert model.path.exists() and model.load_s > 0
     reply = model.chat(MESSAGES, max_tokens=3)
     assert reply["usage"]["completion_tokens"] <= 3 and isinstance(reply_text(reply), str)
+    text, finish = model.complete(model.prompt_text(MESSAGES), max_tokens=3)
+    assert isinstance(text, str) and finish in ("stop", "length")
+    # a grammar holds the answer to its one sentence, where the engine obeys grammars
+    constrained, _ = model.complete(model.prompt_text(MESSAGES), 4, grammar='root ::= "blue"')
+    assert (constrained == "blue") == model.grammars, (name, constrained)
     assert reply["usage"]["prompt_tokens"] == model.count_tokens(MESSAGES)
     # llama.cpp counts the first token in its prompt pass; the others count it as decoded
     assert 1 <= model.timings().generated_tokens <= reply["usage"]["completion_tokens"]

@@ -40,6 +40,7 @@ def test_fake_has_every_member_of_the_scoring_protocol_with_its_parameters():
         got = list(inspect.signature(ours).parameters.items())
         assert [(n, p.default) for n, p in got] == [(n, p.default) for n, p in expected], name
         assert callable(getattr(fake, name))
+    assert all(hasattr(fake, name) for name in backend.LocalModel.__annotations__)
 
 
 def test_tokens_are_words_and_the_template_adds_its_markers():

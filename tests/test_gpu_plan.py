@@ -27,7 +27,10 @@ def test_every_gpu_step_of_the_t4_lessons_fits_or_is_refused_before_loading(note
 
 def test_02_plans_the_classifier_in_each_precision_the_notebook_loads():
     table = gpu_plan.peaks("02")
-    planned = {p: round(hf.plan(LLAMA_8B, p, gpu_plan.T4, 2048).total_gb, 1) for p in hf.QUANTIZED}
+    planned = {
+        p: round(memory.machine_plan(LLAMA_8B, p, gpu_plan.T4, 2048).total_gb, 1)
+        for p in hf.QUANTIZED
+    }
     assert table.loc["7 · precision sweep: int8", "planned GB"] == planned["int8"]
     assert table.loc["under the hood: raw nf4", "planned GB"] == planned["nf4"]
     # fp16 (16 GB of weights alone) is the one step hf.check refuses on a T4

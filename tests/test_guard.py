@@ -10,17 +10,10 @@ import tempfile
 import pytest
 from fakes import FakeChat
 
+from llmops_lib.engines import encoder
 from llmops_lib.lessons.nb06 import guard_classifier, guard_code
-from llmops_lib.lessons.nb06.guard import (
-    AuditLog,
-    GuardedChat,
-    GuardedReply,
-    LlamaCppGuard,
-    Verdict,
-    parse_verdict,
-    replies_table,
-    verdict_grammar,
-)
+from llmops_lib.lessons.nb06.audit import AuditLog
+from llmops_lib.lessons.nb06.guard import ModelGuard
 from llmops_lib.lessons.nb06.guard_prompts import (
     LLAMA_GUARD_2,
     LLAMA_GUARD_3,
@@ -29,6 +22,8 @@ from llmops_lib.lessons.nb06.guard_prompts import (
     judged_role,
     policy_for,
 )
+from llmops_lib.lessons.nb06.pipeline import GuardedChat, GuardedReply, replies_table
+from llmops_lib.lessons.nb06.verdicts import Verdict, parse_verdict, verdict_grammar
 
 USER = "How do I bake sourdough bread?"
 REPLY = "Feed the starter, mix flour and water, let it rise overnight, bake at 230 C."
@@ -490,7 +485,8 @@ def guard_model(session, one_thread):
 
 @pytest.mark.model
 def test_real_tiny_guard_under_the_grammar_gives_well_formed_verdicts(guard_model):
-    guard = LlamaCppGuard(guard_model, LLAMA_GUARD_3)
+    guard = ModelGuard(guard_model, LLAMA_GUARD_3)
+    assert guard.constrained and "grammar" in guard.name
     for messages in (conversation(USER), conversation(USER, REPLY)):
         verdict = guard.judge(messages)
         assert verdict.problem is None, verdict.raw  # the grammar allows nothing else
@@ -498,13 +494,9 @@ def test_real_tiny_guard_under_the_grammar_gives_well_formed_verdicts(guard_mode
 
 @pytest.mark.model
 def test_real_tiny_guard_saying_unsafe_blocks_the_reply(guard_model, audit):
-    # Push the real model towards 'unsafe' and towards stopping as soon as the grammar
-    # allows, so its verdict is a complete 'unsafe' + code line chosen by the model.
-    # its first token is enough: once it is chosen, the grammar only allows the rest of it
-    unsafe = guard_model.tokenize("unsafe")
-    assert unsafe[0] not in guard_model.tokenize("safe"), "the bias must not favour 'safe'"
-    bias = {unsafe[0]: 30.0, guard_model.llm.token_eos(): 30.0}
-    output_guard = LlamaCppGuard(guard_model, LLAMA_GUARD_3, logit_bias=bias)
+    # A grammar whose only sentences are 'unsafe' verdicts: the real model picks the codes.
+    output_guard = ModelGuard(guard_model, LLAMA_GUARD_3)
+    output_guard.grammar = 'root ::= "unsafe\\n" code\ncode ::= "S1" | "S9" | "S10"\n'
     # the chat model is not under test here: the fake's reply is what the guard judges
     chat = fake_chat("The sea is wide and blue.")
     pipeline = GuardedChat(chat, StubGuard("safe"), output_guard, audit=audit, max_tokens=24)
@@ -514,6 +506,19 @@ def test_real_tiny_guard_saying_unsafe_blocks_the_reply(guard_model, audit):
     assert not result.shown and result.blocked_by == "output"
     assert len(chat.calls) == 1 and "The sea is wide" not in result.text
     assert len(audit.records()) == 1
+
+
+def test_the_guard_hands_its_grammar_to_the_engine_and_still_parses_strictly():
+    model = fake_chat("unsafe S1")  # the fake obeys no grammar: its words come back joined
+    guard = ModelGuard(model, LLAMA_GUARD_3, max_tokens=4)
+    verdict = guard.judge(conversation(USER))
+    assert model.calls[-1]["grammar"] == verdict_grammar(LLAMA_GUARD_3)
+    assert model.calls[-1]["prompt"] == guard.prompt(conversation(USER))
+    assert not verdict.safe and verdict.problem == "not a Llama Guard verdict"
+    assert not guard.constrained and "parser only" in guard.name
+    cut = ModelGuard(fake_chat("safe and more words"), LLAMA_GUARD_3, constrain=False, max_tokens=1)
+    assert cut.judge(conversation(USER)).problem == "answer cut off at max_tokens=1"
+    assert cut.model.calls[-1]["grammar"] is None
 
 
 # --- the offline prompt guard ----------------------------------------------------------
@@ -557,9 +562,7 @@ def prompt_guard_scored(session):
     recall - FPR = 0.92 on the held-out prompts (recall 0.96, FPR 0.04), far above the
     0.5 asserted, so more would only cost time.
     """
-    clf = guard_classifier.train(
-        guard_classifier.load_prompts("train"), session.model_path("encoder"), iterations=1
-    )
+    clf = guard_classifier.train(guard_classifier.load_prompts("train"), session, iterations=1)
     return clf, guard_classifier.evaluate(clf, guard_classifier.load_prompts("test"))
 
 
@@ -698,24 +701,25 @@ def test_verdict_dataclass_round_trips_to_the_log():
 
 @pytest.mark.model
 def test_transformers_guard_reads_the_real_tiny_model_strictly(tiny_hf):
-    from llmops_lib.lessons.nb06.guard import TransformersGuard
-
-    verdict = TransformersGuard(tiny_hf, LLAMA_GUARD_3, max_tokens=8).judge(conversation(USER))
+    guard = ModelGuard(tiny_hf, LLAMA_GUARD_3, max_tokens=8)
+    assert not guard.constrained  # transformers has no grammar: the parser is the only net
+    verdict = guard.judge(conversation(USER))
     assert verdict.raw  # the model's own words, kept verbatim
     # no grammar here: only an exact 'safe' may pass, anything else must fail closed
     assert verdict.safe == (verdict.raw.strip() == "safe")
     assert verdict.safe or verdict.problem or verdict.categories
 
 
-def test_prompt_guard_training_draws_no_progress_bar(monkeypatch):
+def test_prompt_guard_training_draws_no_progress_bar(monkeypatch, session):
     # notebook 06 prints the training time itself: a bar there is a stored frame of noise
     seen = {}
 
     def fake_train(texts, labels, base, iterations, seed, progress=True):
+        assert base == session.model_path("encoder")  # the session's encoder, via the registry
         seen.update(texts=list(texts), iterations=iterations, progress=progress)
         return "classifier"
 
-    monkeypatch.setattr(guard_classifier.encoder, "train", fake_train)
+    monkeypatch.setattr(encoder, "train", fake_train)
     rows = guard_classifier.load_prompts("train")
-    assert guard_classifier.train(rows, "base", iterations=1) == "classifier"
+    assert guard_classifier.train(rows, session, iterations=1) == "classifier"
     assert seen == {"texts": rows["text"].tolist(), "iterations": 1, "progress": False}

@@ -23,6 +23,8 @@ from llmops_lib.core.errors import InputError
 from llmops_lib.engines.endpoint import Endpoint, EndpointError, connect
 from llmops_lib.engines.process import HOST, free_port
 from llmops_lib.lessons import loadtest
+from llmops_lib.lessons.nb03 import serving as serving_lesson
+from llmops_lib.lessons.nb10 import bursts
 
 
 @pytest.fixture
@@ -165,8 +167,8 @@ def test_path_ratios_divide_the_rows_each_comparison_names():
         names=["path", "answer"],
     )  # fmt: skip
     paths = pd.DataFrame({"tokens/s": [100.0, 90.0, 80.0, 40.0, 120.0, 60.0]}, index=index)
-    ratios = loadtest.path_ratios(paths)
-    assert list(ratios.index) == list(loadtest.PATH_RATIOS)
+    ratios = serving_lesson.path_ratios(paths)
+    assert list(ratios.index) == list(serving_lesson.PATH_RATIOS)
     assert ratios["HTTP + server around the Python engine"] == 0.8
     assert ratios["one event per token, Python server"] == 0.5
     assert ratios["one event per token, C++ server"] == 0.5
@@ -179,11 +181,11 @@ def test_batching_gain_is_the_ratio_of_the_two_levels():
     def level(one: float, four: float) -> pd.DataFrame:
         return pd.DataFrame({"tokens_per_s": [one, four]}, index=pd.Index([1, 4], name="users"))
 
-    gain = loadtest.batching_gain({"queue": level(50, 55), "batch": level(40, 80)})
+    gain = serving_lesson.batching_gain({"queue": level(50, 55), "batch": level(40, 80)})
     assert gain.loc["batch"].tolist() == [40, 80, 2.0]
     assert gain.loc["queue", "gain"] == pytest.approx(1.1)
     with pytest.raises(ValueError, match="'x' has no load level for 1 and 8 users"):
-        loadtest.batching_gain({"x": level(1, 2)}, users=8)
+        serving_lesson.batching_gain({"x": level(1, 2)}, users=8)
 
 
 def _frame(**columns):
@@ -199,22 +201,24 @@ BAD_CALLS = {
     "level figures of NaN time": lambda: loadtest.level_figures([], 1, math.nan),
     "level figures of a string": lambda: loadtest.level_figures("abc", 1, 1.0),
     "level figures of None": lambda: loadtest.level_figures(None, 1, 1.0),
-    "burst summary of an empty table": lambda: loadtest.burst_summary(_frame()),
-    "burst summary of a list": lambda: loadtest.burst_summary([200, 429]),
-    "burst of no clients": lambda: loadtest.burst("http://127.0.0.1:9", 0),
-    "burst with no time": lambda: loadtest.burst("http://127.0.0.1:9", 1, timeout_s=0),
-    "burst to a number": lambda: loadtest.burst(5, 1),
-    "burst of a text body": lambda: loadtest.burst("http://127.0.0.1:9", 1, body="hi"),
-    "path ratios of an empty table": lambda: loadtest.path_ratios(_frame()),
-    "path ratios without the rows": lambda: loadtest.path_ratios(_frame(**{"tokens/s": [1.0]})),
-    "batching gain of nothing": lambda: loadtest.batching_gain({}),
-    "batching gain of a list": lambda: loadtest.batching_gain([1]),
-    "batching gain without tokens/s": lambda: loadtest.batching_gain({"a": _frame(x=[1])}),
+    "burst summary of an empty table": lambda: bursts.burst_summary(_frame()),
+    "burst summary of a list": lambda: bursts.burst_summary([200, 429]),
+    "burst of no clients": lambda: bursts.burst("http://127.0.0.1:9", 0),
+    "burst with no time": lambda: bursts.burst("http://127.0.0.1:9", 1, timeout_s=0),
+    "burst to a number": lambda: bursts.burst(5, 1),
+    "burst of a text body": lambda: bursts.burst("http://127.0.0.1:9", 1, body="hi"),
+    "path ratios of an empty table": lambda: serving_lesson.path_ratios(_frame()),
+    "path ratios without the rows": lambda: serving_lesson.path_ratios(
+        _frame(**{"tokens/s": [1.0]})
+    ),
+    "batching gain of nothing": lambda: serving_lesson.batching_gain({}),
+    "batching gain of a list": lambda: serving_lesson.batching_gain([1]),
+    "batching gain without tokens/s": lambda: serving_lesson.batching_gain({"a": _frame(x=[1])}),
     "plot of nothing": lambda: loadtest.plot({}),
     "plot of a table without figures": lambda: loadtest.plot(_frame(x=[1])),
     "save of a string": lambda: loadtest.save("x"),
-    "serving paths with no repeats": lambda: loadtest.serving_paths("m.gguf", [], repeats=0),
-    "serving paths of a string": lambda: loadtest.serving_paths("m.gguf", "hello"),
+    "serving paths with no repeats": lambda: serving_lesson.serving_paths(None, [], repeats=0),
+    "serving paths of a string": lambda: serving_lesson.serving_paths(None, "hello"),
     "a level without an endpoint": lambda: loadtest.run_level(None, 1),
 }
 
@@ -229,7 +233,7 @@ def test_empty_or_malformed_input_is_a_named_input_error(case):
 def test_a_burst_at_an_address_where_nothing_listens_names_it():
     url = f"http://{HOST}:{free_port()}"
     with pytest.raises(EndpointError, match=f"Cannot connect to {url}"):
-        loadtest.burst(url, 2, timeout_s=5)
+        bursts.burst(url, 2, timeout_s=5)
 
 
 def test_watch_metrics_adds_what_the_services_metrics_showed_at_each_level():
@@ -251,12 +255,12 @@ def test_watch_metrics_adds_what_the_services_metrics_showed_at_each_level():
 
 def test_serving_path_ratios_are_put_in_words_against_the_noise():
     ratios = pd.Series({"http": 0.99, "sse": 0.93, "c++": 1.20, "none": math.nan})
-    words = loadtest.in_words(ratios)
+    words = serving_lesson.in_words(ratios)
     assert words["http"] == "0.99x: no measurable difference"
     assert words["sse"] == "0.93x: 7% slower" and words["c++"] == "1.20x: 20% faster"
     assert words["none"] == "not measured"
     with pytest.raises(InputError, match="noise"):
-        loadtest.in_words(ratios, noise=2)
+        serving_lesson.in_words(ratios, noise=2)
 
 
 def test_the_highest_gain_is_shown_with_its_single_user_rank():
@@ -264,7 +268,7 @@ def test_the_highest_gain_is_shown_with_its_single_user_rank():
         {"tokens/s, 1 user": [41.5, 63.7, 45.8], "tokens/s, 4 users": [57.0, 99.0, 89.3]},
         index=["one thread", "all cores", "course default"],
     ).assign(gain=lambda d: d.iloc[:, 1] / d.iloc[:, 0])
-    assert loadtest.fastest(gains) == [
+    assert serving_lesson.fastest(gains) == [
         "fastest, tokens/s, 1 user: all cores (63.7)",
         "fastest, tokens/s, 4 users: all cores (99.0)",
         "highest gain: course default (1.95x), number 2 of 3 for 1 user",

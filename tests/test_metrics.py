@@ -8,7 +8,7 @@ import math
 import pytest
 
 from llmops_lib.core.errors import InputError
-from llmops_lib.engines import metrics
+from llmops_lib.lessons import metrics
 
 
 def page(buckets: dict[str, float], requests: float) -> metrics.Scrape:

@@ -104,3 +104,15 @@ def test_under_the_hood_cells_stay_short(path):
             lines = "".join(follower["source"]).splitlines()
             code = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
             assert len(code) <= 12, f"{path.name}: a raw-engine cell of {len(code)} code lines"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_results_are_saved_through_a_declared_kind(path):
+    """A notebook saves a result through its lesson's `results.Kind` (kind.save_frame(df),
+    loadtest.save(df, loadtest.KIND)), never under a name typed in the cell: the wrap-up
+    reads the same declared kinds, so writer and reader cannot spell the name two ways."""
+    typed = re.compile(r"results\.save(_frame|_dir)?\(|loadtest\.save\([^)]*stem=")
+    for cell in load(path)["cells"]:
+        if cell["cell_type"] == "code":
+            source = "".join(cell["source"])
+            assert not typed.search(source), f"{path.name}: a result named in the cell: {source}"

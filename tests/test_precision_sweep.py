@@ -16,11 +16,11 @@ import pytest
 import torch
 from fakes import FakeChat
 
-from llmops_lib.core import datasets
+from llmops_lib.core import datasets, hardware
 from llmops_lib.engines import hf
 from llmops_lib.lessons import gpu_plan
 from llmops_lib.lessons.nb02 import precision_sweep
-from llmops_lib.planning import catalog, profiles
+from llmops_lib.planning import catalog, memory, profiles
 from llmops_lib.session import Session
 
 LLAMA_8B = catalog.get("llama-3.1-8b-instruct")
@@ -109,7 +109,7 @@ def test_the_t4_sweep_holds_one_8b_model_at_a_time(t4, texts):
     gpu = FakeGPU(gpu_plan.T4_USABLE_GB)
     table = sweep(gpu, t4, texts)
     assert list(table.index) == ["fp16", "int8", "nf4"]
-    planned = hf.plan(LLAMA_8B, "fp16", t4).total_gb
+    planned = memory.machine_plan(LLAMA_8B, "fp16", t4).total_gb
     assert f"needs about {planned:.1f} GB" in table.loc["fp16", "note"]  # refused, not loaded
     # int8 (11.2 GB planned) and nf4 (7.1 GB) together would not fit in 15 GB.
     assert table.loc[["int8", "nf4"], "note"].eq("").all(), table["note"].to_dict()
@@ -149,7 +149,7 @@ def test_other_errors_are_not_hidden_as_rows(t4, texts):
     ],
 )
 def test_what_counts_as_out_of_memory(err, oom):
-    assert hf.is_out_of_memory(err) is oom
+    assert hardware.is_out_of_memory(err) is oom
 
 
 @pytest.mark.parametrize(

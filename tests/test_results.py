@@ -249,3 +249,20 @@ def test_write_atomic_dir_publishes_whole_folders_only(tmp_path):
     with pytest.raises(RuntimeError, match="crashed"):
         results.write_atomic_dir(tmp_path / "broken", fail)
     assert files(tmp_path) == ["model"]  # nothing half-written
+
+
+def test_a_kind_saves_under_its_name_and_finds_its_newest_file(tmp_path, same_second):
+    kind = results.Kind("bench-07", ".csv", "07", "decode speed", formats=(".xlsx",))
+    df = pd.DataFrame({"x": [1, 2]})
+    first = kind.save_frame(df, tmp_path)
+    second = kind.save_frame(df, tmp_path)
+    assert [p.suffix for p in first] == [".xlsx", ".csv"]
+    assert kind.newest(tmp_path) == second[1] != first[1]  # the reader takes the last run
+    other = results.Kind("bench-07-raw", ".csv", "07", "not this one")
+    assert other.newest(tmp_path) is None  # an exact name: no prefix match
+
+
+@pytest.mark.parametrize("stem, suffix", [("../up", ".csv"), ("bench", "csv"), ("", ".csv")])
+def test_a_kind_with_a_bad_name_is_refused_where_it_is_declared(stem, suffix):
+    with pytest.raises(results.InputError, match="Result (stem|suffix)"):
+        results.Kind(stem, suffix, "07", "anything")

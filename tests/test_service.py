@@ -27,9 +27,9 @@ from fastapi.testclient import TestClient
 from llmops_lib.commands import service
 from llmops_lib.core import results
 from llmops_lib.core.errors import InputError
-from llmops_lib.engines import metrics
 from llmops_lib.engines.process import HOST, free_port, port_is_free
-from llmops_lib.lessons import loadtest
+from llmops_lib.lessons import metrics
+from llmops_lib.lessons.nb10 import bursts
 
 SERVICE_URL_ENV = "LLMOPS_SERVICE_URL"  # a running service (the container) to test instead
 FAKE_CTX = 256
@@ -267,8 +267,8 @@ def test_a_client_that_leaves_mid_stream_frees_its_place(slow_service):
 
 def test_a_burst_beyond_the_queue_is_answered_in_part_and_refused_at_once(slow_service):
     url, queue = slow_service  # one generating, one waiting; 0.05 s a token
-    outcomes = loadtest.burst(url, 6, {"prompt": "one two three", "max_tokens": 8})
-    summary = loadtest.burst_summary(outcomes)
+    outcomes = bursts.burst(url, 6, {"prompt": "one two three", "max_tokens": 8})
+    summary = bursts.burst_summary(outcomes)
     assert summary["requests"].to_dict() == {200: 2, 429: 4}
     assert summary.loc[429, "max_s"] < summary.loc[200, "p50_s"]  # refused without waiting
     assert queue.snapshot()["admitted"] == 0
@@ -276,7 +276,7 @@ def test_a_burst_beyond_the_queue_is_answered_in_part_and_refused_at_once(slow_s
 
 def test_a_burst_records_a_client_that_got_no_answer_in_time_as_status_0(slow_service):
     url, _ = slow_service  # "You said: one two three": 5 tokens, 0.25 s
-    outcomes = loadtest.burst(url, 1, {"prompt": "one two three"}, timeout_s=0.1)
+    outcomes = bursts.burst(url, 1, {"prompt": "one two three"}, timeout_s=0.1)
     assert outcomes["status"].tolist() == [0]
 
 
@@ -514,7 +514,7 @@ def test_the_metrics_stay_correct_under_concurrent_load():
     with serving(model, 2) as (url, app, _):
         before = metrics.scrape(url)
         with metrics.Sampler(url, interval_s=0.01) as sampler:
-            crowd = loadtest.burst(url, 24, {"prompt": "one two three four", "max_tokens": 8})
+            crowd = bursts.burst(url, 24, {"prompt": "one two three four", "max_tokens": 8})
         after = sampler.scrapes[-1]
     statuses = crowd["status"].value_counts().to_dict()
     assert set(statuses) == {200, 429} and sampler.errors == []
@@ -623,8 +623,8 @@ def test_over_the_context_is_a_readable_400_through_the_openai_client(http, serv
 @pytest.mark.model
 def test_fifty_concurrent_clients_get_answers_or_429_never_an_error(http, service_url):
     start = time.monotonic()
-    outcomes = loadtest.burst(service_url, 50, {"prompt": "Say a number.", "max_tokens": 4})
-    print(loadtest.burst_summary(outcomes), f"\n50 clients: {time.monotonic() - start:.1f} s")
+    outcomes = bursts.burst(service_url, 50, {"prompt": "Say a number.", "max_tokens": 4})
+    print(bursts.burst_summary(outcomes), f"\n50 clients: {time.monotonic() - start:.1f} s")
     statuses = outcomes["status"]
     assert set(statuses) <= {200, 429}
     assert (statuses == 200).sum() >= 3  # the one generating and the two waiting

@@ -45,7 +45,7 @@ def test_tiny_model_files_come_from_packages_without_network(no_network):
 
 
 def test_model_refuses_a_role_that_is_not_a_chat_engine(session):
-    with pytest.raises(ValueError, match="setfit.*model_path\\('encoder'\\)"):
+    with pytest.raises(ValueError, match="setfit.*session.train\\('encoder'"):
         session.model("encoder")
     with pytest.raises(UnknownNameError, match="'translator'.*chat, classifier"):
         session.model("translator")

@@ -194,3 +194,21 @@ def test_course_map_reads_stored_run_times(tmp_path):
         course.course_map(tmp_path / "absent")
     with pytest.raises(ValueError, match="No notebook numbered '42'"):
         course.notebook("42")
+
+
+def test_every_declared_kind_has_a_name_of_its_own_and_a_notebook_of_the_course():
+    import importlib
+    import pkgutil
+
+    import llmops_lib.lessons
+
+    kinds = []
+    for info in pkgutil.walk_packages(llmops_lib.lessons.__path__, "llmops_lib.lessons."):
+        module = importlib.import_module(info.name)
+        kinds += [v for v in vars(module).values() if isinstance(v, results.Kind)]
+    kinds = list({id(k): k for k in kinds}.values())  # a kind imported elsewhere counts once
+    stems = [k.stem for k in kinds]
+    assert len(stems) == len(set(stems)), sorted(stems)
+    assert {s.kind.stem for s in wrapup.SOURCES} <= set(stems)  # the wrap-up reads declared kinds
+    for kind in kinds:
+        assert course.notebook(kind.notebook)  # an unknown notebook number is an error

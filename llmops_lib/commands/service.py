@@ -54,6 +54,7 @@ from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from ..core import results
 from ..core.backend import LocalModel, Message, chunk_text
 from ..core.errors import InputError, whole
+from ..core.hardware import threads
 from ..engines.process import HOST, ServerProcess, check_port, python_server_threads
 
 MAX_PROMPT_CHARS = 16_000  # all message contents together; a 2k-token context holds ~8k chars
@@ -1068,10 +1069,10 @@ def main(argv: list[str] | None = None) -> None:
     # The same threads for the prompt as for decoding: llama-cpp-python's default for the
     # prompt is every core, and those extra threads then spin beside the decoding one
     # (measured: a 32-token answer took 16-43 s instead of 2.3 s on a busy 2-core machine).
-    threads = args.n_threads or python_server_threads()
+    n_threads = threads(args.n_threads, python_server_threads)
     app = create_app(
         lambda: session.model(
-            args.role, n_ctx=args.n_ctx, n_threads=threads, n_threads_batch=threads
+            args.role, n_ctx=args.n_ctx, n_threads=n_threads, n_threads_batch=n_threads
         ),
         model_name=session.choice(args.role).model,
         queue_size=args.queue,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import InputError
@@ -76,8 +77,29 @@ class ChatBackend(Protocol):
 class LocalModel(ChatBackend, Protocol):
     """A chat model in this process: it knows its context, its tokens and its weights."""
 
+    path: Path  # the file or folder it was loaded from
+    load_s: float  # seconds the load took
+
     @property
     def n_ctx(self) -> int: ...
+
+    @property
+    def grammars(self) -> bool:
+        """Whether complete() obeys a grammar (llama.cpp's GBNF). An engine without them
+        ignores the grammar and answers unconstrained, so a caller reads the answer as
+        strictly as ever: the grammar makes a bad answer impossible, never the parser idle."""
+        ...
+
+    def complete(
+        self, prompt: str, max_tokens: int = 32, grammar: str | None = None
+    ) -> tuple[str, str]:
+        """A greedy completion of a finished prompt (no chat template applied, BOS added
+        unless the prompt writes it): its text and finish reason ('stop' or 'length').
+
+        The prompt's special tokens are parsed and its PLAIN-marked parts (core.plain_text)
+        tokenized as text, so a judged message cannot write the prompt's control tokens.
+        """
+        ...
 
     def prompt_text(self, messages: list[Message]) -> str:
         """The exact prompt string the model's chat template builds from `messages`."""

@@ -8,7 +8,6 @@ llmops_lib/data/README.md: every assessment is made up for this course.
 
 from __future__ import annotations
 
-from collections.abc import Sized
 from importlib import resources
 from pathlib import Path
 
@@ -81,51 +80,6 @@ def split(df: pd.DataFrame, k_per_class: int, seed: int = 0) -> tuple[pd.DataFra
     )
     test = df[df["set"] == "eval"]
     return train, test
-
-
-def score(test: pd.DataFrame, predicted: list[str]) -> pd.DataFrame:
-    """Accuracy and F1 per language (and overall) of `predicted` labels for `test` rows.
-
-    F1 is for the class "positive" (aid recommended), the decision an assessor acts on.
-    Any classifier's predictions fit in, so the encoder and the LLM lessons compare alike.
-    """
-    from sklearn.metrics import accuracy_score, f1_score
-
-    check_columns("test", test, ("label", "lang"))
-    if not isinstance(predicted, Sized) or isinstance(predicted, str):
-        raise InputError(f"predicted is a {type(predicted).__name__}; pass one label per row.")
-    if len(predicted) != len(test):
-        raise InputError(f"Got {len(predicted)} predictions for {len(test)} test rows.")
-    frame = test.assign(predicted=list(predicted))
-    rows = []
-    for name, part in [*frame.groupby("lang", sort=False), ("all", frame)]:
-        rows.append(
-            {
-                "lang": name,
-                "n": len(part),
-                "accuracy": accuracy_score(part["label"], part["predicted"]),
-                "f1": f1_score(part["label"], part["predicted"], pos_label="positive"),
-            }
-        )
-    return pd.DataFrame(rows).set_index("lang").round(3)
-
-
-def plot_confusion(test: pd.DataFrame, predicted: list[str], title: str = ""):
-    """One confusion matrix per language, side by side; returns the matplotlib Figure."""
-    import matplotlib.pyplot as plt
-    from sklearn.metrics import ConfusionMatrixDisplay
-
-    frame = test.assign(predicted=list(predicted))
-    langs = list(dict.fromkeys(frame["lang"]))
-    fig, axes = plt.subplots(1, len(langs), figsize=(4 * len(langs), 3.6), squeeze=False)
-    for ax, lang in zip(axes[0], langs, strict=True):
-        part = frame[frame["lang"] == lang]
-        ConfusionMatrixDisplay.from_predictions(
-            part["label"], part["predicted"], labels=list(LABELS), ax=ax, colorbar=False
-        )
-        ax.set_title(f"{title} {lang}".strip())
-    fig.tight_layout()
-    return fig
 
 
 def text_path(name: str) -> Path:

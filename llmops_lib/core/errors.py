@@ -20,6 +20,10 @@ class InputError(ValueError):
     """An argument the library cannot use: wrong type, out of range, empty, malformed."""
 
 
+class PrecisionError(InputError):
+    """A precision this machine cannot run, or a model that does not fit; says what would."""
+
+
 class UnknownNameError(InputError):
     """A model, profile, role, precision or tool name that the library does not know."""
 
@@ -122,3 +126,12 @@ def check_columns(name: str, frame: object, columns: Sequence[str]) -> None:
             f"{', '.join(map(str, columns))}; got a {type(frame).__name__} without "
             f"{', '.join(map(str, missing))}."
         )
+
+
+class EndpointError(RuntimeError):
+    """An endpoint did not answer or refused a request; the message names the URL."""
+
+    def __init__(self, message: str, url: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status = status

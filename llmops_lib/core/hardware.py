@@ -10,12 +10,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
-from .errors import InputError
+from .errors import InputError, whole
 
 CORES_VARIABLE = "LLMOPS_CORES"
 
@@ -103,6 +104,14 @@ def default_threads(cores: int | None = None, busy: float | None = None) -> int:
     return max(1, min(cores, round(cores - busy)))
 
 
+def threads(n_threads: int | None, default: Callable[[], int] | None = None) -> int:
+    """The threads a caller asked for, or `default()` (default_threads) for None: the one
+    rule of every engine and tool, so 0 means the same everywhere (refused, never "auto")."""
+    if n_threads is None:
+        return (default or default_threads)()
+    return whole("n_threads", n_threads)
+
+
 def busy_cores(interval_s: float = 0.25) -> float:
     """Physical cores' worth of CPU that programs use right now: a short sample, unlike the
     1-minute load average, which still counts work that ended a minute ago (in a notebook,
@@ -166,3 +175,32 @@ def detect(check_token: bool = True) -> Hardware:
         bf16=bool(cc and cc >= (8, 0)),
         hf_token=has_hf_token() if check_token else False,
     )
+
+
+def release() -> None:
+    """Free the memory of models nothing refers to any more, now: collect them, then hand
+    the GPU's cached blocks back to the driver.
+
+    Why collect: bitsandbytes' 4-bit weights sit in reference cycles, so `del model` alone
+    leaves them in memory until the garbage collector happens to run (seen on a CPU with
+    bitsandbytes 0.50.2), and a T4 holds one 8B model, not two. Call it after dropping a
+    model and before loading the next; HFModel does both itself.
+    """
+    import gc
+
+    gc.collect()
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """True when `err` says an allocation failed: torch's OutOfMemoryError (CUDA), a CUDA
+    extension's RuntimeError saying "out of memory" (bitsandbytes' kernels), a MemoryError."""
+    import torch
+
+    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()

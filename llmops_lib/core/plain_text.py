@@ -63,3 +63,9 @@ def tokenize_marked(
     for piece, content in pieces(prompt):
         tokens += tokenize(piece, add_bos and not tokens, not content)
     return tokens
+
+
+def writes_bos(prompt: str, bos: str | None) -> bool:
+    """Whether a finished prompt already starts with BOS, so its tokenizer must not add a
+    second one (Llama Guard 3's template writes <|begin_of_text|> itself; 2's does not)."""
+    return bool(bos) and prompt.lstrip().startswith(bos)

@@ -11,6 +11,11 @@ write fails or is interrupted, and those of a killed process on the next save in
 a temporary whose writer still holds its lock (a container sharing the folder, whose process
 ids mean nothing here) is never removed.
 `write_atomic` and `write_atomic_dir` do the same for a name the caller chose.
+
+A `Kind` is one kind of result, declared once beside the lesson that writes it: its stem,
+the suffix readers look for, the notebook that writes it and what it holds. The notebook
+saves through it (`kind.save_frame(df)`) and the wrap-up finds it through it
+(`kind.newest()`), so writer and reader cannot spell the name two ways.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -43,6 +49,40 @@ _FRAME_WRITERS: dict[str, Callable[[pd.DataFrame, Path, bool], None]] = {
     ".csv": lambda df, path, index: df.to_csv(path, index=index),
     ".xlsx": lambda df, path, index: df.to_excel(path, index=index),
 }
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of results file: what its writer and its readers both go by.
+
+    `suffix` is the format readers take (a table may be saved in more: `formats`);
+    `notebook` is the number of the notebook that writes it, e.g. "07".
+    """
+
+    stem: str
+    suffix: str
+    notebook: str
+    what: str  # what it holds, for a reader's message when there is none yet
+    formats: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_stem(self.stem)
+        _check_suffixes((self.suffix, *self.formats))
+
+    def save(self, write: Callable[[Path], None], directory: str | Path | None = None) -> Path:
+        """`save(stem, suffix, write)` under this kind's name."""
+        return save(self.stem, self.suffix, write, directory)
+
+    def save_frame(
+        self, df: pd.DataFrame, directory: str | Path | None = None, index: bool = True
+    ) -> list[Path]:
+        """`save_frame` under this kind's name, in its suffix and any other `formats`."""
+        formats = (*self.formats, self.suffix) if self.formats else (self.suffix,)
+        return save_frame(df, self.stem, formats, directory, index)
+
+    def newest(self, directory: str | Path | None = None) -> Path | None:
+        """The newest file of this kind in results/ (or `directory`), None if there is none."""
+        return newest(self.stem, self.suffix, directory)
 
 
 def save(
@@ -135,6 +175,17 @@ def _save_files(
 
 
 def _check_name(stem: str, writers: dict[str, Callable[[Path], None]]) -> None:
+    _check_stem(stem)
+    _check_suffixes(writers)
+    for write in writers.values():
+        if not callable(write):
+            raise TypeError(
+                f"write must be a function that fills the temporary path it is given, "
+                f"got {type(write).__name__}."
+            )
+
+
+def _check_stem(stem: str) -> None:
     if (
         not isinstance(stem, str)
         or not stem.strip()
@@ -145,14 +196,12 @@ def _check_name(stem: str, writers: dict[str, Callable[[Path], None]]) -> None:
             f"Result stem {stem!r} must be a plain file name such as 'bench-07': no folder, "
             "no '..', not hidden. To save somewhere else, pass the folder as directory=."
         )
-    for suffix, write in writers.items():
+
+
+def _check_suffixes(suffixes: Iterable[str]) -> None:
+    for suffix in suffixes:
         if not isinstance(suffix, str) or (suffix and not re.fullmatch(r"\.\w+", suffix)):
             raise InputError(f"Result suffix {suffix!r} must look like '.csv' (or be '').")
-        if not callable(write):
-            raise TypeError(
-                f"write must be a function that fills the temporary path it is given, "
-                f"got {type(write).__name__}."
-            )
 
 
 def _folder(directory: str | Path | None) -> Path:

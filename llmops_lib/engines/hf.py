@@ -14,30 +14,21 @@ import logging
 import threading
 import time
 import uuid
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
-
+from ..core import hf_noise
 from ..core.backend import NO_TIMINGS, Timings, check_chat_args
-from ..core.errors import InputError, unknown
-from ..core.hardware import Hardware
-from ..core.plain_text import mark_contents, tokenize_marked
+from ..core.errors import InputError, PrecisionError, whole
+from ..core.hardware import Hardware, release
+from ..core.plain_text import mark_contents, tokenize_marked, writes_bos
 from ..planning import memory
 from ..planning.catalog import ModelSpec
 
-# transformers' bars import tqdm.auto, which warns in a notebook without ipywidgets that it
-# falls back to text bars: nothing a learner can act on, so it stays out of the outputs.
-warnings.filterwarnings("ignore", message="IProgress not found")
+hf_noise.ignore_iprogress()  # transformers' bars import tqdm.auto (see core.hf_noise)
 
-TRANSFORMERS_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "nf4")
 QUANTIZED = ("int8", "nf4")
-
-
-class PrecisionError(ValueError):
-    """A precision this machine cannot run, or a model that does not fit; says what would."""
 
 
 def device_for(hw: Hardware) -> str:
@@ -46,70 +37,11 @@ def device_for(hw: Hardware) -> str:
 
 
 def compute_dtype(precision: str, hw: Hardware):
-    """The torch dtype the model computes in (and keeps its unquantized weights in).
-
-    fp32/fp16/bf16 say it themselves. int8/nf4 only store the Linear weights compressed
-    and compute in a float type: bfloat16 on GPUs that have it (compute capability >= 8.0),
-    float16 on older ones like the T4, float32 on a CPU (slow 16-bit there; and Gemma's
-    activations overflow float16). LLM.int8 casts the inputs of its int8 matmuls to float16
-    itself, whatever this is.
-    """
+    """The torch dtype the model computes in (and keeps its unquantized weights in): the
+    planner's `memory.compute_type`, so what is planned is what loads."""
     import torch
 
-    _require_known(precision)
-    fixed = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if precision in fixed:
-        return fixed[precision]
-    if not hw.has_gpu:
-        return torch.float32
-    return torch.bfloat16 if hw.bf16 else torch.float16
-
-
-def _require_known(precision: str) -> None:
-    if precision not in TRANSFORMERS_PRECISIONS:
-        raise unknown(precision, "transformers precision", TRANSFORMERS_PRECISIONS)
-
-
-def _budget_gb(hw: Hardware) -> float:
-    """Memory a model may use: the GPU's, or the RAM available right now on a CPU."""
-    if hw.has_gpu:
-        return float(hw.gpu_vram_gb)
-    return psutil.virtual_memory().available / 1e9
-
-
-def plan(spec: ModelSpec, precision: str, hw: Hardware, context_tokens: int = 2048) -> memory.Plan:
-    """The planner's verdict for this machine, with the unquantized parts in compute dtype."""
-    keep_bytes = compute_dtype(precision, hw).itemsize
-    return memory.plan(spec, precision, _budget_gb(hw), context_tokens, keep_bytes=keep_bytes)
-
-
-def release() -> None:
-    """Free the memory of models nothing refers to any more, now: collect them, then hand
-    the GPU's cached blocks back to the driver.
-
-    Why collect: bitsandbytes' 4-bit weights sit in reference cycles, so `del model` alone
-    leaves them in memory until the garbage collector happens to run (seen on a CPU with
-    bitsandbytes 0.50.2), and a T4 holds one 8B model, not two. Call it after dropping a
-    model and before loading the next; HFModel does both itself.
-    """
-    import gc
-
-    gc.collect()
-    if importlib.util.find_spec("torch") is not None:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-
-def is_out_of_memory(err: BaseException) -> bool:
-    """True when `err` says an allocation failed: torch's OutOfMemoryError (CUDA), a CUDA
-    extension's RuntimeError saying "out of memory" (bitsandbytes' kernels), a MemoryError."""
-    import torch
-
-    if isinstance(err, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
+    return getattr(torch, memory.compute_type(precision, hw))
 
 
 def bitsandbytes_devices() -> set[str]:
@@ -129,11 +61,11 @@ def check(spec: ModelSpec, precision: str, hw: Hardware, context_tokens: int = 2
     kernel for this device; the memory planner's verdict. Each error names the nearest
     precision that would work.
     """
-    _require_known(precision)
+    memory.compute_type(precision, hw)  # an unknown precision is named with the known ones
     device = device_for(hw)
     where = hw.gpu_name if hw.has_gpu else "this CPU (free RAM)"
     no_bf16 = hw.has_gpu and not hw.bf16
-    usable = [p for p in TRANSFORMERS_PRECISIONS if not (p == "bf16" and no_bf16)]
+    usable = [p for p in memory.TRANSFORMERS_PRECISIONS if not (p == "bf16" and no_bf16)]
     if device not in bitsandbytes_devices():
         usable = [p for p in usable if p not in QUANTIZED]
 
@@ -141,10 +73,11 @@ def check(spec: ModelSpec, precision: str, hw: Hardware, context_tokens: int = 2
         # the usable precisions, closest in bits to the one asked for first
         bits = memory.bits_per_weight(precision)
         for candidate in sorted(usable, key=lambda p: abs(memory.bits_per_weight(p) - bits)):
-            fit = plan(spec, candidate, hw, context_tokens)
+            fit = memory.machine_plan(spec, candidate, hw, context_tokens)
             if fit.fits:
                 return f"nearest option that fits: precision={candidate!r}, {fit.verdict}."
-        return f"no precision of {', '.join(TRANSFORMERS_PRECISIONS)} fits; use a smaller model."
+        known = ", ".join(memory.TRANSFORMERS_PRECISIONS)
+        return f"no precision of {known} fits; use a smaller model."
 
     if precision == "bf16" and hw.has_gpu and not hw.bf16:
         major, minor = hw.compute_capability or (0, 0)
@@ -158,7 +91,7 @@ def check(spec: ModelSpec, precision: str, hw: Hardware, context_tokens: int = 2
             f"{precision} needs a bitsandbytes build with kernels for {device!r}; installed: "
             f"{sorted(bitsandbytes_devices()) or 'none'} (`pip install bitsandbytes`). {nearest()}"
         )
-    planned = plan(spec, precision, hw, context_tokens)
+    planned = memory.machine_plan(spec, precision, hw, context_tokens)
     if not planned.fits:
         raise PrecisionError(
             f"{spec.title} in {precision} needs about {planned.total_gb:.1f} GB "
@@ -282,7 +215,6 @@ class HFModel:
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
-        from transformers.utils import logging as tf_logging
 
         self.spec = spec
         self.precision = precision
@@ -292,18 +224,13 @@ class HFModel:
         release()  # what earlier cells dropped goes before this model arrives
         start = time.perf_counter()
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        bars = tf_logging.is_progress_bar_enabled()
-        tf_logging.disable_progress_bar()  # a bar per tensor group of a local folder is noise
-        try:
+        with hf_noise.no_transformers_bars():  # a bar per tensor group of a local folder is noise
             self.model = AutoModelForCausalLM.from_pretrained(
                 self.path,
                 dtype=compute_dtype(precision, hw),
                 quantization_config=quantization_config(precision, hw),
                 device_map=self.device,
             )
-        finally:
-            if bars:
-                tf_logging.enable_progress_bar()
         self.model.eval()
         self.load_s = time.perf_counter() - start
         self._n_ctx = n_ctx
@@ -438,12 +365,21 @@ class HFModel:
         finish_reason = "stop" if new and new[-1] in self._stop_ids() else "length"
         return new, self.tokenizer.decode(new, skip_special_tokens=True), finish_reason
 
-    def complete(self, prompt: str, max_tokens: int = 32, add_bos: bool = True) -> tuple[str, str]:
+    @property
+    def grammars(self) -> bool:
+        """No grammar here: complete() answers unconstrained (see backend.LocalModel)."""
+        return False
+
+    def complete(
+        self, prompt: str, max_tokens: int = 32, grammar: str | None = None
+    ) -> tuple[str, str]:
         """Greedy plain completion of a finished prompt (a guard's): text and finish reason.
 
-        No chat template is applied; `add_bos=False` when the prompt already writes BOS.
-        PLAIN-marked parts of the prompt (a guard's judged texts) are tokenized as text.
+        No chat template; BOS added unless the prompt writes it; PLAIN-marked parts (a
+        guard's judged texts) tokenized as text. `grammar` is ignored (`grammars` is False).
         """
+        whole("max_tokens", max_tokens)
+        add_bos = not writes_bos(prompt, self.tokenizer.bos_token)
         ids = self._ids_tensor(self.prompt_ids(prompt, add_bos))
         gen = self._generation(ids, max_tokens, 0.0)
         with self._torch.inference_mode():

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..core.errors import InputError, check_columns, non_empty, positive, whole
-from ..core.hardware import default_threads
+from ..core.hardware import threads
 from ..planning.gguf_header import check_gguf
 from ..planning.tools import kv_cache_flags, missing, shown_command, skipped, tool_path
 
@@ -43,7 +43,7 @@ def llama_bench(
     and returns those rows with no figures (NaN) instead of raising.
     """
     model = check_gguf(model_path)
-    threads = whole("n_threads", default_threads() if n_threads is None else n_threads)
+    n = threads(n_threads)
     whole("n_prompt", n_prompt, minimum=0)
     whole("n_gen", n_gen)
     whole("reps", reps)
@@ -58,9 +58,9 @@ def llama_bench(
             (f"pp{p}" if p else f"tg{g}") + (f"@d{d}" if d else "") for p, g, d in tests
         ]
         table[["n_prompt", "n_gen", "n_depth"]] = tests
-        table["n_threads"] = threads
+        table["n_threads"] = n
         return table
-    cmd = [str(tool_path("llama-bench")), "-m", str(model), "-t", str(threads)]
+    cmd = [str(tool_path("llama-bench")), "-m", str(model), "-t", str(n)]
     cmd += ["-p", str(n_prompt), "-n", str(n_gen), "-r", str(reps), "-o", "json"]
     cmd += ["-d", ",".join(map(str, n_depth))]
     cmd += cache

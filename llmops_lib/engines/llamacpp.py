@@ -15,8 +15,8 @@ from typing import Any
 
 from ..core.backend import Timings, check_chat_args
 from ..core.errors import InputError, whole
-from ..core.hardware import default_threads
-from ..core.plain_text import mark_contents, tokenize_marked
+from ..core.hardware import threads
+from ..core.plain_text import mark_contents, tokenize_marked, writes_bos
 from ..planning.gguf_header import trained_context
 from ..planning.provision import verify_gguf
 
@@ -111,7 +111,7 @@ def chat_formatter(llm: Any, chat_template: str | None = None) -> Any:
 
     template = chat_template or llm.metadata.get("tokenizer.chat_template")
     if not template:
-        raise ValueError(
+        raise InputError(
             f"{Path(llm.model_path).name} carries no chat template (a base model?); pass "
             "chat_template= with a Jinja template, or use an instruction-tuned GGUF."
         )
@@ -169,7 +169,7 @@ class LlamaCppModel:
                 f"n_ctx={n_ctx!r} does not fit {self.path.name}, which was trained for "
                 f"{trained} tokens; use a whole number in 1..{trained}."
             )
-        self.n_threads = whole("n_threads", n_threads or default_threads())
+        self.n_threads = threads(n_threads)
         # Prefill too: llama-cpp-python would otherwise run it on every logical core.
         llama_kwargs.setdefault("n_threads_batch", self.n_threads)
         self.n_gpu_layers = default_gpu_layers() if n_gpu_layers is None else n_gpu_layers
@@ -233,6 +233,33 @@ class LlamaCppModel:
             **kwargs,
         )
 
+    @property
+    def grammars(self) -> bool:
+        """llama.cpp samples under a GBNF grammar: only tokens that keep it valid."""
+        return True
+
+    def complete(
+        self, prompt: str, max_tokens: int = 32, grammar: str | None = None
+    ) -> tuple[str, str]:
+        """A greedy completion of a finished prompt (a guard's): text and finish reason.
+
+        No chat template; BOS added unless the prompt writes it; PLAIN-marked parts
+        tokenized as text. `grammar` is GBNF: the answer can only be one of its sentences.
+        """
+        from llama_cpp import LlamaGrammar
+
+        whole("max_tokens", max_tokens)
+        add_bos = not writes_bos(prompt, self.formatter.bos_token)
+        restart_timings(self.llm)
+        out = self.llm.create_completion(
+            tokenize_plain(self.llm, prompt, add_bos),
+            max_tokens=max_tokens,
+            temperature=0.0,
+            grammar=LlamaGrammar.from_string(grammar, verbose=False) if grammar else None,
+        )
+        choice = out["choices"][0]
+        return choice["text"], choice["finish_reason"]
+
     def weight_bytes(self) -> int:
         """Bytes of the model's tensors as loaded (what each generated token reads)."""
         return int(self.llm._model.size())
@@ -254,12 +281,14 @@ class LlamaCppModel:
         """Forget the cached tokens, so the next chat() processes its whole prompt again.
 
         llama-cpp-python reuses the cached prefix of an identical prompt; a benchmark that
-        repeats one prompt would otherwise time the prefill of a single token.
+        repeats one prompt would otherwise time the prefill of a single token. The counters
+        start again too, so timings() then covers a call made on `llm` itself.
         """
         self.llm.reset()
+        restart_timings(self.llm)
 
     def timings(self) -> Timings:
-        """llama.cpp's counters since the last chat() call started."""
+        """llama.cpp's counters since the last call (or reset()) started."""
         return engine_timings(self.llm)
 
     def close(self) -> None:

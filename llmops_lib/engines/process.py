@@ -22,15 +22,18 @@ import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import openai
 import psutil
 
 from ..core.errors import InputError, positive, whole
-from ..core.hardware import default_threads
+from ..core.hardware import default_threads, threads
 from ..planning.gguf_header import check_gguf
 from ..planning.tools import shown_command
+
+if TYPE_CHECKING:
+    from .endpoint import Endpoint
 
 HOST = "127.0.0.1"
 WORKDIR_PREFIX = "llmops-server-"  # + the starting process's pid: whose server it was
@@ -138,7 +141,7 @@ class ServerProcess:
     ) -> None:
         self.model_path = check_gguf(model_path)
         self.n_ctx = whole("n_ctx", n_ctx)
-        self.n_threads = whole("n_threads", n_threads or self.threads_default())
+        self.n_threads = threads(n_threads, self.threads_default)
         # Prompts and batched decoding get the same threads (llama-server's own default).
         self.n_threads_batch = whole("n_threads_batch", n_threads_batch or self.n_threads)
         self._auto_port = port is None
@@ -224,6 +227,13 @@ class ServerProcess:
             return "(no log)"
         text = self.log_path.read_text(encoding="utf-8", errors="replace")
         return "\n".join(text.splitlines()[-lines:])
+
+    def endpoint(self, timeout_s: float = 10.0) -> Endpoint:
+        """A checked client of this running server for the chat contract (endpoint.connect),
+        the server kept on it as `.server`."""
+        from .endpoint import connect
+
+        return connect(self.base_url, timeout_s=timeout_s, server=self)
 
     def client(self, **kwargs: Any) -> openai.OpenAI:
         """An openai.OpenAI client for this server (no key needed on 127.0.0.1)."""

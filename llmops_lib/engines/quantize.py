@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..core import results
 from ..core.errors import InputError, unknown, whole
-from ..core.hardware import default_threads
+from ..core.hardware import threads
 from ..planning.gguf_header import check_gguf, file_start
 from ..planning.tools import kv_cache_flags, tool_path
 
@@ -120,11 +120,6 @@ def _raise_known_errors(name: str, log: str, n_ctx: int | None = None) -> None:
         )
 
 
-def _threads(n_threads: int | None) -> int:
-    """The threads to use: the physical cores unless the caller chose (checked)."""
-    return whole("n_threads", default_threads() if n_threads is None else n_threads)
-
-
 def check_type(qtype: str) -> str:
     """The quantization type, or UnknownNameError listing the ones llama-quantize knows."""
     if qtype not in QUANT_TYPES:
@@ -170,7 +165,7 @@ def quantize_args(
     options: list[str | Path | int] = ["--allow-requantize"] if allow_requantize else []
     if imatrix is not None:
         options += ["--imatrix", check_gguf(imatrix)]
-    return [*options, source, target, qtype, _threads(n_threads)]
+    return [*options, source, target, qtype, threads(n_threads)]
 
 
 def make_imatrix(
@@ -300,7 +295,7 @@ def kl_divergence_args(
         "-b",
         n_ctx,
         "-t",
-        _threads(n_threads),
+        threads(n_threads),
     ] + cache_args(kv_type)
 
 
@@ -355,10 +350,9 @@ def _reading_args(
     whole("n_ctx", n_ctx)
     if not isinstance(chunks, int) or (chunks < 1 and chunks != -1):
         raise InputError(f"chunks={chunks!r} must be a whole number >= 1, or -1 for all.")
-    threads = _threads(n_threads)
     # One chunk per batch: the KV cache holds one context, not eight (llama.cpp's default).
     size = ["-c", n_ctx, "-b", n_ctx]
-    return ["-m", model, "-f", text, *size, "--chunks", chunks, "-t", threads]
+    return ["-m", model, "-f", text, *size, "--chunks", chunks, "-t", threads(n_threads)]
 
 
 def parse_perplexity(log: str, n_ctx: int | None = None) -> dict[str, float]:
@@ -381,7 +375,7 @@ def parse_perplexity(log: str, n_ctx: int | None = None) -> dict[str, float]:
 def parse_kl_divergence(log: str) -> dict[str, float]:
     """llama-perplexity --kl-divergence's statistics block -> one number per key."""
     if "Perplexity statistics" not in log and "kl_divergence: computing over" in log:
-        raise ValueError(
+        raise InputError(
             f"llama-perplexity scored fewer than {MIN_KLD_TOKENS} tokens and printed no KL "
             "statistics; write the reference with more chunks or a larger n_ctx."
         )

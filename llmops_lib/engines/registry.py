@@ -38,9 +38,9 @@ def _keywords(*callables: Callable[..., Any], fixed: set[str]) -> frozenset[str]
 class Engine:
     """How a backend name turns a catalog model into local files and a loaded model.
 
-    `load` is None for an engine the lessons train on rather than chat with (SetFit);
-    `options` is read on first use (llama.cpp's own keywords need llama_cpp imported, which
-    on Colab installs it).
+    `load` is None for an engine the lessons train on rather than chat with (SetFit), which
+    has `train` instead; `options` is read on first use (llama.cpp's own keywords need
+    llama_cpp imported, which on Colab installs it).
     """
 
     name: str
@@ -49,6 +49,7 @@ class Engine:
     load: Callable[[Path, ModelSpec, Hardware, str | None, dict[str, Any]], LocalModel] | None
     check: Callable[[ModelSpec, Hardware, str | None, dict[str, Any]], None]
     hint: str = ""  # what to do instead, where `load` is None
+    train: Callable[..., Any] | None = None  # (base path, texts, labels, **options) -> classifier
 
     def refuse_unknown(self, options: dict[str, Any]) -> None:
         valid = self.options()
@@ -67,6 +68,12 @@ class Engine:
         self.refuse_unknown(options)
         self.check(spec, hw, precision, options)
         return self.load(self.files(spec), spec, hw, precision, options)
+
+    def trained(self, spec: ModelSpec, texts: Any, labels: Any, **options: Any) -> Any:
+        """A classifier fine-tuned from `spec` on (texts, labels), for a trainable engine."""
+        if self.train is None:
+            raise InputError(f"{spec.title} runs on {self.name}, which trains no classifier.")
+        return self.train(self.files(spec), texts, labels, **options)
 
 
 def _llamacpp_options() -> frozenset[str]:
@@ -116,6 +123,12 @@ def _no_check(spec: ModelSpec, hw: Hardware, precision: str | None, options: dic
     return None
 
 
+def _setfit_train(base: Path, texts: Any, labels: Any, **options: Any) -> Any:
+    from .encoder import train
+
+    return train(texts, labels, base, **options)
+
+
 ENGINES = {
     "llamacpp": Engine(
         "llamacpp", lambda spec: provision.gguf_path(spec), _llamacpp_options, _llamacpp_load,
@@ -126,8 +139,8 @@ ENGINES = {
     ),
     "setfit": Engine(
         "setfit", lambda spec: provision.encoder_path(spec), frozenset, None, _no_check,
-        hint="for an encoder use session.model_path('encoder') with "
-        "llmops_lib.engines.encoder.train().",
+        hint="fine-tune it with session.train('encoder', texts, labels).",
+        train=_setfit_train,
     ),
 }  # fmt: skip
 

@@ -16,9 +16,15 @@ import time
 
 import pandas as pd
 
+from ..core import results
 from ..core.backend import ScoringModel, reply_text
 from ..core.errors import InputError, check_columns, fraction, lookup, whole
 from ..core.progress import bar
+
+# Notebook 02's scored assessments (a spreadsheet to open, and the CSV the wrap-up reads).
+ASSESSMENTS = results.Kind(
+    "02_assessments", ".csv", "02", "LLM classifier accuracy and latency", formats=(".xlsx",)
+)
 
 POSITIVE, NEGATIVE, NEUTRAL = "positive", "negative", "neutral"
 LABELS = (POSITIVE, NEGATIVE, NEUTRAL)

@@ -17,7 +17,6 @@ import pandas as pd
 
 from ..core.errors import lookup
 from ..core.hardware import Hardware
-from ..engines import hf
 from ..planning import memory, profiles, roofline
 from ..planning.catalog import ModelSpec
 from ..planning.provision import tiny_chat
@@ -47,11 +46,11 @@ class Held:
 
     what: str
     gb: float
-    checked: bool = False  # hf.check refuses it before loading when it does not fit
+    checked: bool = False  # the transformers engine refuses it before loading when it does not fit
 
 
 def _transformers(spec: ModelSpec, precision: str, hw: Hardware) -> Held:
-    plan = hf.plan(spec, precision, hw, N_CTX)
+    plan = memory.machine_plan(spec, precision, hw, N_CTX)
     return Held(f"{spec.title} in {precision} on transformers", plan.total_gb, checked=True)
 
 
@@ -104,7 +103,7 @@ def peaks(notebook: str, profile: str = "colab-t4", hw: Hardware = T4) -> pd.Dat
     """One row per step of `notebook` ("02" or "07") that uses the GPU: what it holds there
     at its peak on `profile`, the planned GB (weights + KV cache for the default context
     + overhead, from memory.py) and whether that fits in `hw`'s GPU memory. A step the
-    planner says does not fit is refused by hf.check before anything loads."""
+    planner says does not fit is refused by the transformers engine's check before it loads."""
     session = Session(profile=profiles.get(profile), hardware=hw)
     steps = lookup(STEPS, notebook, "GPU notebook")(session)
     rows = []

@@ -17,20 +17,34 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from ..core import results
-from ..core.backend import check_chat_args, chunk_text
-from ..core.errors import InputError, check_columns, fraction, non_empty, positive, whole
+from ..core.errors import EndpointError, InputError, check_columns, non_empty, positive, whole
 from ..core.progress import bar as progress_bar
-from ..engines import metrics
-from ..engines.endpoint import Endpoint, EndpointError, connect
-from ..engines.process import ServerProcess
 from ..planning.tools import ToolsNotBuiltError, skipped
+from . import metrics
+
+if TYPE_CHECKING:  # types only
+    from tqdm import tqdm
+
+    from ..engines.endpoint import Endpoint
+    from ..engines.process import ServerProcess
+
+# The load tests' tables (save()), by the notebook and the server they measured.
+LOADTEST = results.Kind("loadtest", ".csv", "03", "serving, one request at a time")
+LOADTEST_BATCHED = results.Kind(
+    "loadtest-llama-server", ".csv", "03", "serving with continuous batching"
+)
+SERVICE_LOAD = results.Kind(
+    "10-loadtest-service", ".csv", "10", "serving through the course's service"
+)
+SERVICE_BATCHED = results.Kind(
+    "10-loadtest-llama-server", ".csv", "10", "serving with continuous batching, beside the service"
+)
 
 PROMPTS = (
     "Name three uses of a hospital triage system.",
@@ -268,7 +282,7 @@ def run(
 def _server_endpoint(start: Callable[[int], ServerProcess], users: int) -> Iterator[Endpoint]:
     """A client of the fresh server `start(users)`, which is stopped on leaving."""
     with start(users) as srv:
-        yield connect(srv.base_url)
+        yield srv.endpoint()
 
 
 def per_level_servers(
@@ -315,69 +329,13 @@ def metrics_page(start: Callable[[], ServerProcess]) -> metrics.Scrape | None:
     where its llama.cpp tool is not built."""
     try:
         with start() as server:
-            endpoint = connect(server.base_url)
+            endpoint = server.endpoint()
             endpoint.chat([{"role": "user", "content": PROMPTS[0]}], max_tokens=8)
             endpoint.close()
             return metrics.scrape(server.url)
     except ToolsNotBuiltError as err:
         print(f"skipped: {err}")
         return None
-
-
-def burst(
-    url: str,
-    clients: int,
-    body: dict[str, Any] | None = None,
-    path: str = "/generate",
-    timeout_s: float = 120.0,
-) -> pd.DataFrame:
-    """`clients` POSTs released at the same instant; one row each: HTTP status (0: no
-    answer within `timeout_s`), seconds, Retry-After. What a bounded queue does with a
-    crowd: some answered, the rest told at once to come back (429), none left hanging."""
-    import httpx
-
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        raise InputError(f"url={url!r}: needs the service's http:// address.")
-    whole("clients", clients)
-    positive("timeout_s", timeout_s)
-    body = {"prompt": PROMPTS[0], "max_tokens": 16} if body is None else body
-    if not isinstance(body, dict):
-        raise InputError(f"body: needs a JSON object (a dict), got {type(body).__name__}.")
-    if not isinstance(path, str) or not path.startswith("/"):
-        raise InputError(f"path={path!r}: needs a path such as /generate.")
-    start = threading.Barrier(clients)
-
-    def one(client: httpx.Client, i: int) -> dict[str, Any]:
-        start.wait(timeout=timeout_s)
-        t0 = time.perf_counter()
-        try:
-            response = client.post(path, json=body)
-        except httpx.ConnectError as err:  # nothing listens: a wrong URL, not a busy service
-            raise EndpointError(f"Cannot connect to {url} ({err}); is it running?", url) from None
-        except httpx.TransportError:  # a timeout, or the connection dropped: no answer
-            status, retry = 0, "nan"
-        else:
-            status, retry = response.status_code, response.headers.get("Retry-After", "nan")
-        return {
-            "client": i,
-            "status": status,
-            "seconds": time.perf_counter() - t0,
-            "retry_after_s": float(retry),
-        }
-
-    limits = httpx.Limits(max_connections=clients)
-    with (
-        httpx.Client(base_url=url, timeout=timeout_s, limits=limits) as client,
-        ThreadPoolExecutor(max_workers=clients, thread_name_prefix=THREAD_PREFIX) as pool,
-    ):
-        rows = list(pool.map(lambda i: one(client, i), range(clients)))
-    return pd.DataFrame(rows).set_index("client")
-
-
-def burst_summary(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per HTTP status: how many, and their median and worst time to an answer."""
-    check_columns("burst_summary()", frame, ["status", "seconds"])
-    return frame.groupby("status")["seconds"].agg(requests="count", p50_s="median", max_s="max")
 
 
 def user_threads_alive() -> int:
@@ -425,164 +383,10 @@ def plot(summary: pd.DataFrame | dict[str, pd.DataFrame], title: str = "Load tes
     return fig
 
 
-def save(summary: pd.DataFrame, stem: str = "loadtest") -> Path:
-    """Write the summary to a new timestamped CSV in results/ (never over an earlier run)."""
+def save(summary: pd.DataFrame, kind: results.Kind = LOADTEST) -> Path:
+    """Write the summary as a new timestamped file of `kind` in results/ (never over an
+    earlier run): LOADTEST, LOADTEST_BATCHED (03), SERVICE_LOAD, SERVICE_BATCHED (10)."""
     check_columns("save()", summary, ["requests", "failed"])
-    return results.save_frame(summary, stem)[0]
-
-
-def _one_request(backend: Any, messages: list[dict[str, str]], max_tokens: int, stream: bool):
-    """(generated tokens, seconds to first text or None, total seconds) of one greedy request."""
-    start = time.perf_counter()
-    first = None
-    if stream:
-        tokens = 0
-        for chunk in backend.chat(messages, max_tokens=max_tokens, stream=True):
-            if chunk_text(chunk):  # llama.cpp's servers send one token per chunk
-                first = first or time.perf_counter() - start
-                tokens += 1
-    else:
-        tokens = backend.chat(messages, max_tokens=max_tokens)["usage"]["completion_tokens"]
-    return tokens, first, time.perf_counter() - start
-
-
-def serving_paths(
-    model_path: str | Path,
-    messages: list[dict[str, str]],
-    max_tokens: int = 48,
-    n_threads: int = 1,
-    repeats: int = 3,
-) -> pd.DataFrame:
-    """One user, one request at a time, along each path from llama.cpp to the client.
-
-    The same GGUF, threads and greedy request: llama-cpp-python in this process (no HTTP),
-    its server `llama_cpp.server`, and llama.cpp's C++ `llama-server`, each asked for the
-    whole answer and for a stream of one SSE event per token. Where the tokens/s part ways
-    says where a server's lead comes from: the engine, HTTP, or the per-token streaming.
-    Medians of `repeats` requests after one warm-up. Without a built llama-server its rows
-    stay, with no figures, and a line says why.
-    """
-    from ..engines.llamacpp import LlamaCppModel
-    from ..engines.servers import LlamaServer, LocalServer
-
-    whole("repeats", repeats)
-    whole("n_threads", n_threads)
-    check_chat_args(messages, max_tokens)  # before three engines are loaded, not after one
-    rows = []
-
-    def measure(path: str, backend: Any) -> None:
-        for stream in (False, True):
-            _one_request(backend, messages, max_tokens, stream)  # warm-up
-            runs = [_one_request(backend, messages, max_tokens, stream) for _ in range(repeats)]
-            tokens = int(np.median([r[0] for r in runs]))
-            total = float(np.median([r[2] for r in runs]))
-            ttft = float(np.median([r[1] for r in runs])) * 1000 if stream else math.nan
-            way = "streamed (SSE)" if stream and path != "in process" else "streamed"
-            rows.append((path, way if stream else "whole answer", tokens, ttft, total))
-
-    with LlamaCppModel(model_path, n_ctx=2048, n_threads=n_threads) as model:
-        measure("in process", model)
-    with LocalServer(model_path, n_ctx=2048, n_threads=n_threads) as server:
-        measure("llama_cpp.server", connect(server.base_url))
-    try:
-        with LlamaServer(model_path, n_parallel=1, n_ctx=2048, n_threads=n_threads) as server:
-            measure("llama-server", connect(server.base_url))
-    except ToolsNotBuiltError as err:  # the rows stay, with no figures
-        print(f"skipped: {err}")
-        rows += [
-            ("llama-server", a, 0, math.nan, math.nan) for a in ("whole answer", "streamed (SSE)")
-        ]
-    table = pd.DataFrame(rows, columns=["path", "answer", "tokens", "first token ms", "total s"])
-    table["tokens/s"] = table["tokens"] / table["total s"]
-    return table.set_index(["path", "answer"])
-
-
-# What each ratio of serving_paths() isolates: (numerator row, denominator row) of its table.
-PATH_RATIOS = {
-    "HTTP + server around the Python engine": (
-        ("llama_cpp.server", "whole answer"),
-        ("in process", "whole answer"),
-    ),
-    "one event per token, Python server": (
-        ("llama_cpp.server", "streamed (SSE)"),
-        ("llama_cpp.server", "whole answer"),
-    ),
-    "one event per token, C++ server": (
-        ("llama-server", "streamed (SSE)"),
-        ("llama-server", "whole answer"),
-    ),
-    "C++ server vs Python engine in process": (
-        ("llama-server", "whole answer"),
-        ("in process", "whole answer"),
-    ),
-}
-
-
-def path_ratios(paths: pd.DataFrame) -> pd.Series:
-    """tokens/s of one serving path over another's (PATH_RATIOS): below 1, what the first
-    adds costs speed; above 1, it gains."""
-    check_columns("path_ratios()", paths, ["tokens/s"])
-    missing = {row for pair in PATH_RATIOS.values() for row in pair} - set(paths.index)
-    if missing:
-        raise InputError(
-            f"path_ratios() needs serving_paths()'s table; it lacks {sorted(missing)}."
-        )
-    tps = paths["tokens/s"]
-    return pd.Series(
-        {what: tps[a] / tps[b] for what, (a, b) in PATH_RATIOS.items()},
-        name="x the tokens/s",
-    )
-
-
-def in_words(ratios: pd.Series, noise: float = 0.05) -> pd.Series:
-    """Each ratio of path_ratios() in words, so a re-run cannot contradict the prose: within
-    `noise` of 1 (the spread of a few medians on a shared machine) "no measurable
-    difference", else how much faster or slower."""
-    fraction("noise", noise)
-
-    def word(ratio: float) -> str:
-        if not math.isfinite(ratio):
-            return "not measured"
-        if abs(ratio - 1) <= noise:
-            return f"{ratio:.2f}x: no measurable difference"
-        return f"{ratio:.2f}x: {abs(ratio - 1):.0%} {'faster' if ratio > 1 else 'slower'}"
-
-    return ratios.map(word)
-
-
-def fastest(gains: pd.DataFrame) -> list[str]:
-    """batching_gain()'s table read: the fastest configuration for one user and for many,
-    and the one with the highest gain with its one-user rank (a gain is a ratio: a slow
-    single user alone can make it high)."""
-    check_columns("fastest()", gains, ["gain"])
-    one, many = gains.columns[0], gains.columns[1]
-    best_gain = gains["gain"].idxmax()
-    rank = int(gains[one].rank(ascending=False)[best_gain])
-    return [
-        f"fastest, {one}: {gains[one].idxmax()} ({gains[one].max():.1f})",
-        f"fastest, {many}: {gains[many].idxmax()} ({gains[many].max():.1f})",
-        f"highest gain: {best_gain} ({gains.loc[best_gain, 'gain']:.2f}x), "
-        f"number {rank} of {len(gains)} for 1 user",
-    ]
-
-
-def batching_gain(tables: dict[str, pd.DataFrame], users: int = 4) -> pd.DataFrame:
-    """Per server configuration: aggregate tokens/s with 1 user and with `users`, and their
-    ratio (what continuous batching gains on this machine; N users could at best give N×)."""
-    if not isinstance(tables, dict) or not tables:
-        raise InputError("batching_gain() needs {name: load-test summary}, at least one.")
-    whole("users", users)
-    rows = {}
-    for name, table in tables.items():
-        check_columns(f"batching_gain() of {name!r}", table, ["tokens_per_s"])
-        tps = table["tokens_per_s"]
-        if 1 not in tps.index or users not in tps.index:
-            raise InputError(
-                f"{name!r} has no load level for 1 and {users} users: {list(tps.index)}"
-            )
-        rows[name] = {
-            "tokens/s, 1 user": tps[1],
-            f"tokens/s, {users} users": tps[users],
-            "gain": tps[users] / tps[1],
-        }
-    return pd.DataFrame(rows).T
+    if not isinstance(kind, results.Kind):
+        raise InputError(f"kind={kind!r}: pass one of loadtest's kinds, e.g. loadtest.LOADTEST.")
+    return kind.save_frame(summary)[0]

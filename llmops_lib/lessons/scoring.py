@@ -1,10 +1,13 @@
 """Score classifications against the truth: calibrate a threshold, accuracy, confusion.
 
 Works on the table `classify.classify()` returns (columns truth, prediction, prediction_p,
-p_positive, lang).
+p_positive, lang), and `score`/`plot_confusion` on any classifier's labels for rows of the
+shipped assessments (the encoder's), so every lesson scores and draws alike.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sized
 
 import numpy as np
 import pandas as pd
@@ -137,16 +140,33 @@ def accuracy_table(
 
 
 def plot_confusions(df: pd.DataFrame, panels: dict[str, str]):
-    """One truth x prediction matrix per {column: title}, counts written in the cells.
+    """One truth x prediction matrix per {column: title} of a classify() table."""
+    return _plot_matrices([(confusion(df, column), title) for column, title in panels.items()])
+
+
+def plot_confusion(test: pd.DataFrame, predicted: list[str], title: str = ""):
+    """One confusion matrix per language of `predicted` labels for `test` rows (columns
+    label, lang: the shipped assessments), side by side; returns the matplotlib Figure."""
+    check_columns("test", test, ("label", "lang"))
+    frame = test.assign(truth=test["label"], predicted=list(predicted))
+    return _plot_matrices(
+        [
+            (confusion(part, "predicted"), f"{title} {lang}".strip())
+            for lang, part in frame.groupby("lang", sort=False)
+        ]
+    )
+
+
+def _plot_matrices(matrices: list[tuple[pd.DataFrame, str]]):
+    """Truth x prediction matrices side by side, counts written in the cells.
 
     Drawn by hand rather than with sklearn's ConfusionMatrixDisplay: a neutral answer adds
     a prediction column that has no truth row, so the matrix need not be square.
     """
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
-    for ax, (column, title) in zip(axes[0], panels.items(), strict=True):
-        matrix = confusion(df, column)
+    fig, axes = plt.subplots(1, len(matrices), figsize=(4.5 * len(matrices), 3.6), squeeze=False)
+    for ax, (matrix, title) in zip(axes[0], matrices, strict=True):
         counts = matrix.to_numpy()
         top = max(int(counts.max()), 1)  # a fixed scale from 0: equal counts are not all white
         ax.imshow(counts, cmap="Blues", vmin=0, vmax=top)
@@ -158,3 +178,30 @@ def plot_confusions(df: pd.DataFrame, panels: dict[str, str]):
             ax.text(j, i, n, ha="center", va="center", color=colour)
     fig.tight_layout()
     return fig
+
+
+def score(test: pd.DataFrame, predicted: list[str]) -> pd.DataFrame:
+    """Accuracy and F1 per language (and overall) of `predicted` labels for `test` rows.
+
+    F1 is for the class "positive" (aid recommended), the decision an assessor acts on.
+    Any classifier's predictions fit in, so the encoder and the LLM lessons compare alike.
+    """
+    from sklearn.metrics import accuracy_score, f1_score
+
+    check_columns("test", test, ("label", "lang"))
+    if not isinstance(predicted, Sized) or isinstance(predicted, str):
+        raise InputError(f"predicted is a {type(predicted).__name__}; pass one label per row.")
+    if len(predicted) != len(test):
+        raise InputError(f"Got {len(predicted)} predictions for {len(test)} test rows.")
+    frame = test.assign(predicted=list(predicted))
+    rows = []
+    for name, part in [*frame.groupby("lang", sort=False), ("all", frame)]:
+        rows.append(
+            {
+                "lang": name,
+                "n": len(part),
+                "accuracy": accuracy_score(part["label"], part["predicted"]),
+                "f1": f1_score(part["label"], part["predicted"], pos_label="positive"),
+            }
+        )
+    return pd.DataFrame(rows).set_index("lang").round(3)

@@ -91,10 +91,9 @@ def response_format(answer: type[BaseModel], style: str = "json_schema") -> dict
 
 def style_for(chat: object) -> str:
     """The `response_format` spelling `chat` understands: llama-cpp-python's for an in-process
-    model, OpenAI's for every endpoint (llama-server, the course's llama_cpp.server, vLLM)."""
-    from ..engines.llamacpp import LlamaCppModel
-
-    return "json_object" if isinstance(chat, LlamaCppModel) else "json_schema"
+    model that obeys grammars (it turns the schema into one), OpenAI's for every endpoint
+    (llama-server, the course's llama_cpp.server, vLLM)."""
+    return "json_object" if getattr(chat, "grammars", False) else "json_schema"
 
 
 @dataclass(frozen=True)

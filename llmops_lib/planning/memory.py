@@ -13,8 +13,10 @@ import numbers
 from dataclasses import dataclass
 
 import pandas as pd
+import psutil
 
 from ..core.errors import InputError, lookup, non_empty, positive, unknown, whole
+from ..core.hardware import Hardware
 from . import catalog
 from .catalog import ModelSpec
 
@@ -260,6 +262,44 @@ def plan(
         kv_gb=kv,
         overhead_gb=OVERHEAD_FRACTION * weights,
     )
+
+
+TRANSFORMERS_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "nf4")
+COMPUTE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def compute_type(precision: str, hw: Hardware) -> str:
+    """The float type (torch's name) a transformers model computes in and keeps its
+    unquantized weights in.
+
+    fp32/fp16/bf16 say it themselves. int8/nf4 only store the Linear weights compressed
+    and compute in a float type: bfloat16 on GPUs that have it (compute capability >= 8.0),
+    float16 on older ones like the T4, float32 on a CPU (slow 16-bit there; and Gemma's
+    activations overflow float16). LLM.int8 casts the inputs of its int8 matmuls to float16
+    itself, whatever this is.
+    """
+    if precision not in TRANSFORMERS_PRECISIONS:
+        raise unknown(precision, "transformers precision", TRANSFORMERS_PRECISIONS)
+    fixed = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+    if precision in fixed:
+        return fixed[precision]
+    if not hw.has_gpu:
+        return "float32"
+    return "bfloat16" if hw.bf16 else "float16"
+
+
+def _budget_gb(hw: Hardware) -> float:
+    """Memory a model may use: the GPU's, or the RAM available right now on a CPU."""
+    if hw.has_gpu:
+        return float(hw.gpu_vram_gb)
+    return psutil.virtual_memory().available / GB
+
+
+def machine_plan(spec: ModelSpec, precision: str, hw: Hardware, context_tokens: int = 2048) -> Plan:
+    """The planner's verdict for a transformers model on `hw`, with the unquantized parts
+    in its compute type."""
+    keep_bytes = COMPUTE_BYTES[compute_type(precision, hw)]
+    return plan(spec, precision, _budget_gb(hw), context_tokens, keep_bytes=keep_bytes)
 
 
 def max_context(

@@ -7,6 +7,8 @@ from typing import Any
 
 import pandas as pd
 
+from ...core.errors import PrecisionError
+from ...core.hardware import is_out_of_memory, release
 from ...core.progress import bar
 from ..classify import classify, messages
 from ..scoring import accuracy, accuracy_interval, calibrate_threshold
@@ -63,8 +65,6 @@ def compare_precisions(
     the reason instead of a crash, and so does one that runs out of memory, after what it
     had loaded is freed.
     """
-    from ...engines import hf
-
     rows = []
     for precision in bar(list(precisions), desc="precisions", unit="model"):  # one bar
         row: dict[str, Any] = {"precision": precision}
@@ -95,15 +95,15 @@ def compare_precisions(
                     "95% CI": "{:.2f} to {:.2f}".format(*accuracy_interval(scored, "prediction_p")),
                     "note": "",
                 }
-        except hf.PrecisionError as err:
+        except PrecisionError as err:
             row["note"] = str(err)
         except Exception as err:
-            if not hf.is_out_of_memory(err):
+            if not is_out_of_memory(err):
                 raise
             said = (str(err).strip().splitlines() or [type(err).__name__])[0]
             row["note"] = f"out of memory, what it had loaded was freed: {said[:160]}"
         # Leaving the except clause dropped the traceback, and with it a failed load's
         # tensors; release() collects them before the next precision loads.
-        hf.release()
+        release()
         rows.append(row)
     return pd.DataFrame(rows).set_index("precision")

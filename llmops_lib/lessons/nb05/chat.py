@@ -23,6 +23,8 @@ from ...core import errors, results
 from ...core.backend import LocalModel, check_chat_args, reply_text
 from ...core.errors import InputError
 
+CONVERSATION = results.Kind("conversation", ".json", "05", "a saved conversation")
+
 FORMAT = "llmops-conversation/1"
 
 
@@ -284,7 +286,7 @@ class Conversation:
             tmp.write_text(text, encoding="utf-8")
 
         if path is None:
-            return results.save("conversation", ".json", write)
+            return CONVERSATION.save(write)
         path = Path(path)
         if path.exists():
             raise FileExistsError(

@@ -1,7 +1,7 @@
 """An offline prompt guard: a SetFit classifier on a small encoder, benign vs. harmful.
 
 Llama Guard needs gated multi-GB weights; a sentence encoder fine-tuned with SetFit
-(encoder.train, as in notebook 01) is 90 MB, runs in milliseconds on a CPU and works
+(SetFit, as in notebook 01) is 90 MB, runs in milliseconds on a CPU and works
 where no Llama Guard exists (CI, the tiny profile). It only screens the user's prompt
 and names no categories, so it is a cheap first filter, not a replacement. It is
 trained and measured on llmops_lib/data/prompt_guard.csv, a SYNTHETIC set written
@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import io
 from importlib import resources
-from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from ...core.errors import InputError, check_columns, fraction
-from ...engines import encoder
-from .guard import Verdict
 from .guard_prompts import Category
+from .verdicts import Verdict
 
 HARMFUL = "harmful"
 BENIGN = "benign"
 # The classifier's one "category", so a refusal can say what flagged the message.
 PROMPT_GUARD_CATEGORY = Category(code="PG", name="harmful or jailbreak prompt", prompt_name="")
+
+if TYPE_CHECKING:  # the type only: lessons reach the engine through the session
+    from ...engines.encoder import EncoderClassifier
 
 
 def load_prompts(split: str | None = None) -> pd.DataFrame:
@@ -39,9 +41,9 @@ def load_prompts(split: str | None = None) -> pd.DataFrame:
 
 
 def train(
-    train_df: pd.DataFrame, base: str | Path, iterations: int = 2, seed: int = 0
-) -> encoder.EncoderClassifier:
-    """Fine-tune the encoder in `base` on the rows of `train_df` (see encoder.train).
+    train_df: pd.DataFrame, session: Any, iterations: int = 2, seed: int = 0
+) -> EncoderClassifier:
+    """Fine-tune the session's encoder on the rows of `train_df` (see encoder.train).
 
     Two iterations (288 pairs, 18 steps of 16 on the 72 shipped training prompts) are
     plenty here: one already flags 96 % of the held-out harmful prompts at 4 % false
@@ -55,12 +57,17 @@ def train(
             f"Training rows have labels {sorted(labels)}; the prompt guard needs both "
             f"{BENIGN!r} and {HARMFUL!r} (pass load_prompts('train'))."
         )
-    return encoder.train(
-        train_df["text"], train_df["label"], base, iterations, seed, progress=False
+    return session.train(
+        "encoder",
+        train_df["text"],
+        train_df["label"],
+        iterations=iterations,
+        seed=seed,
+        progress=False,
     )
 
 
-def evaluate(clf: encoder.EncoderClassifier, test_df: pd.DataFrame) -> pd.DataFrame:
+def evaluate(clf: EncoderClassifier, test_df: pd.DataFrame) -> pd.DataFrame:
     """Predictions with P(harmful) for each held-out row (columns added to `test_df`)."""
     proba = clf.predict_proba(test_df["text"])
     out = test_df.copy()
@@ -126,7 +133,7 @@ def by_kind(scored: pd.DataFrame) -> pd.DataFrame:
 
 
 class PromptGuard:
-    """The trained classifier as an input guard for guard.GuardedChat.
+    """The trained classifier as an input guard for pipeline.GuardedChat.
 
     It judges user messages only; asked to judge a reply it raises, which the pipeline
     counts as unsafe (fail closed): use an LLM guard for the output check.
@@ -134,7 +141,7 @@ class PromptGuard:
 
     name = "offline prompt guard (SetFit)"
 
-    def __init__(self, clf: encoder.EncoderClassifier, threshold: float = 0.5) -> None:
+    def __init__(self, clf: EncoderClassifier, threshold: float = 0.5) -> None:
         self.clf = clf
         self.threshold = fraction("threshold", threshold)
 

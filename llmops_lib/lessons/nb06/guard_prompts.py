@@ -19,6 +19,8 @@ from jinja2 import Template
 from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from ...core.errors import InputError
+
 
 @dataclass(frozen=True)
 class Category:
@@ -186,16 +188,16 @@ def judged_role(messages: list[dict[str, str]]) -> str:
 def guard_prompt(messages: list[dict[str, str]], policy: GuardPolicy = LLAMA_GUARD_3) -> str:
     """Render the guard prompt for a conversation of alternating user/assistant messages."""
     if not messages:
-        raise ValueError("A guard prompt needs at least one message: the user's.")
+        raise InputError("A guard prompt needs at least one message: the user's.")
     for i, m in enumerate(messages):
         # Meta's template only checks that turns alternate, so a 'tool' turn would slip in.
         if m.get("role") not in ("user", "assistant"):
-            raise ValueError(
+            raise InputError(
                 f"Message {i} has role {m.get('role')!r}; only user and assistant turns "
                 f"can be judged: {_ROLES_HINT}"
             )
         if not isinstance(m.get("content"), str) or not m["content"].strip():
-            raise ValueError(
+            raise InputError(
                 f"Message {i} ({m.get('role')!r}) has no text content; Llama Guard judges "
                 "text: pass {'role': ..., 'content': 'the text'}."
             )
@@ -203,7 +205,7 @@ def guard_prompt(messages: list[dict[str, str]], policy: GuardPolicy = LLAMA_GUA
         return policy.render(messages)
     except TemplateError as err:
         roles = [m.get("role") for m in messages]
-        raise ValueError(f"{err} Got roles {roles}: {_ROLES_HINT}") from None
+        raise InputError(f"{err} Got roles {roles}: {_ROLES_HINT}") from None
 
 
 def policy_for(model_key: str) -> GuardPolicy:

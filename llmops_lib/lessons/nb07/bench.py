@@ -24,8 +24,11 @@ from typing import Any
 import pandas as pd
 import psutil
 
+from ...core import results
 from ...core.backend import LocalModel, chunk_text
 from ...core.errors import InputError, check_columns, whole
+
+BENCH = results.Kind("bench-07", ".csv", "07", "decode speed vs roofline")  # 07's measured table
 
 # A prompt of ~180 tokens (a system prompt with background, then the question), so that
 # prefill is long enough to measure, as in a real chat or retrieval prompt.

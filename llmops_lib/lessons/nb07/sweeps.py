@@ -15,10 +15,10 @@ from typing import Any
 
 import pandas as pd
 
+from ...core import hf_noise
 from ...core.backend import Timings
 from ...core.errors import InputError, whole
 from ...core.progress import bar
-from ...engines.llamacpp import engine_timings, offload_unavailable, restart_timings
 from ...planning.provision import tiny_chat
 from .bench import MESSAGES, bench, iqr
 
@@ -45,19 +45,8 @@ def _quiet_transformers() -> Iterator[None]:
     """No per-tensor loading bars from transformers and no bitsandbytes warnings while the
     comparison runs: the fallback CPU kernel (no `kernels` package) and the int8 cast to
     fp16 are notebook 02's lesson, and here they would bury the table. Restored after."""
-    import transformers
-
-    bars = transformers.utils.logging.is_progress_bar_enabled()
-    bnb = logging.getLogger("bitsandbytes")
-    level = bnb.level
-    transformers.utils.logging.disable_progress_bar()
-    bnb.setLevel(logging.ERROR)
-    try:
+    with hf_noise.no_transformers_bars(), hf_noise.logger_level("bitsandbytes", logging.ERROR):
         yield
-    finally:
-        bnb.setLevel(level)
-        if bars:
-            transformers.utils.logging.enable_progress_bar()
 
 
 BACKEND_PRECISIONS = ("fp32", "int8", "nf4")  # transformers' side of backend_comparison
@@ -96,7 +85,7 @@ def offload_plan(n_layers: int) -> dict[str, int]:
 
 def offload_sweep(session, **bench_kw: Any) -> pd.DataFrame:
     """The chat model with none, half and all of its layers on the GPU."""
-    reason = offload_unavailable()
+    reason = session.offload_unavailable()
     if reason:
         raise RuntimeError(f"Cannot sweep n_gpu_layers: {reason}.")
     plan = offload_plan(session.spec("chat").n_layers)
@@ -135,11 +124,10 @@ def library_vs_raw(
         return lib.timings(), time.perf_counter() - start
 
     def run_raw() -> tuple[Timings, float]:
-        raw.reset()
-        restart_timings(raw)
+        lib.reset()  # raw's cache and counters: the library model reads the same Llama's
         start = time.perf_counter()
         raw.create_completion(prompt, max_tokens=max_tokens, temperature=0.0)
-        return engine_timings(raw), time.perf_counter() - start
+        return lib.timings(), time.perf_counter() - start
 
     rounds_done = []
     try:

@@ -23,8 +23,11 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from ...core import results
 from ...core.errors import InputError
 from .evaluation import confidence
+
+DRIFT_TESTS = results.Kind("08_drift_tests", ".csv", "08", "drift tests of the traffic")
 
 CONTINUOUS = ("input chars", "confidence", "latency ms")
 CATEGORICAL = ("lang", "predicted")

@@ -24,9 +24,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ...core import results
 from ...core.errors import InputError
 from ..classify import NEGATIVE, POSITIVE
 from ..scoring import wilson
+
+PREDICTION_LOG = results.Kind("08_prediction_log", ".csv", "08", "accuracy on 08's held-out texts")
+TAKEAWAYS = results.Kind("08_takeaways", ".csv", "08", "the figures behind 08's takeaways")
 
 COLOURS = ("green", "yellow", "red")
 # What a user of the assessment service is shown for each colour (the verdict, or not).

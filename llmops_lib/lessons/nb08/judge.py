@@ -28,6 +28,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict
 
 from ...core.backend import ChatBackend
+from ...core.errors import InputError
 from ...core.progress import bar
 from .. import structured
 from ..classify import NEGATIVE, POSITIVE
@@ -74,7 +75,7 @@ def messages(text: str, predicted: str, justification: str = "") -> list[dict[st
     """The judge's prompt for one prediction: criteria, steps, the case, the answer format."""
     verdicts = {POSITIVE: "recommended", NEGATIVE: "not recommended"}
     if predicted not in verdicts:
-        raise ValueError(
+        raise InputError(
             f"predicted={predicted!r}: the judge grades {POSITIVE!r} or {NEGATIVE!r} verdicts."
         )
     prompt = PROMPT.format(
@@ -94,7 +95,7 @@ def score_distribution(response: dict[str, Any]) -> dict[int, float] | None:
     choice = (response.get("choices") or [{}])[0]
     content = (choice.get("logprobs") or {}).get("content")
     if not content:
-        raise ValueError(
+        raise InputError(
             "The response has no token log-probabilities: ask with logprobs=True and "
             "top_logprobs=k (llama-cpp-python: load the model with logits_all=True)."
         )
@@ -113,7 +114,7 @@ def weighted_score(probs: dict[int, float]) -> float:
     """G-Eval's score: sum of s * P(s) over the scores, with P renormalised to sum to 1."""
     total = sum(probs.values())
     if total <= 0:
-        raise ValueError(f"probs={probs!r}: no probability on any score 1-5.")
+        raise InputError(f"probs={probs!r}: no probability on any score 1-5.")
     return sum(s * p for s, p in probs.items()) / total
 
 
@@ -135,11 +136,11 @@ def grade(
     """
     missing = {"text", "predicted", "answer"} - set(batch.columns)
     if missing:
-        raise ValueError(f"batch lacks column(s) {sorted(missing)}; pass a prediction log.")
+        raise InputError(f"batch lacks column(s) {sorted(missing)}; pass a prediction log.")
     if batch.empty:
-        raise ValueError("batch is empty; there is nothing to judge.")
+        raise InputError("batch is empty; there is nothing to judge.")
     if not SCORES[0] <= pass_at <= SCORES[-1]:
-        raise ValueError(f"pass_at={pass_at}: use a weighted score from 1 to 5, e.g. 3.5.")
+        raise InputError(f"pass_at={pass_at}: use a weighted score from 1 to 5, e.g. 3.5.")
     rows = []
     for row in bar(list(batch.itertuples()), desc="judge", disable=not progress):
         msgs = messages(row.text, row.predicted, row.answer)
@@ -154,7 +155,7 @@ def grade(
             )
         except ValueError as err:
             if "logits_all" in str(err):
-                raise ValueError(
+                raise InputError(
                     "The judge reads token probabilities: load it with "
                     'session.model("chat", logits_all=True).'
                 ) from err
@@ -190,11 +191,11 @@ def choose_pass_at(weighted: pd.Series, correct: pd.Series, fallback: float | No
     values = pd.Series(weighted).to_numpy(float)
     truth = pd.Series(correct).astype(bool).to_numpy()
     if len(values) != len(truth) or len(values) == 0 or pd.isna(values).any():
-        raise ValueError("choose_pass_at needs one weighted score per row, none missing.")
+        raise InputError("choose_pass_at needs one weighted score per row, none missing.")
     if len(set(truth)) < 2:
         if fallback is not None:
             return fallback
-        raise ValueError(
+        raise InputError(
             "choose_pass_at needs right and wrong predictions among the rows; these are all "
             + ("right." if truth.all() else "wrong.")
         )
@@ -222,12 +223,12 @@ def agreement(passed: pd.Series, correct: pd.Series, scores: pd.Series | None = 
     from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
     if len(passed) != len(correct) or len(passed) == 0:
-        raise ValueError(
+        raise InputError(
             f"agreement needs one judge verdict per prediction; got {len(passed)} verdicts "
             f"for {len(correct)} predictions."
         )
     if passed.isna().any() or correct.isna().any():
-        raise ValueError("agreement got missing (NaN) verdicts or truths; grade every row first.")
+        raise InputError("agreement got missing (NaN) verdicts or truths; grade every row first.")
     passed, correct = passed.astype(bool).to_numpy(), correct.astype(bool).to_numpy()
     both_constant = len(set(passed)) == 1 and len(set(correct)) == 1
     result = {
@@ -242,7 +243,7 @@ def agreement(passed: pd.Series, correct: pd.Series, scores: pd.Series | None = 
     if scores is not None:
         values = pd.Series(scores).to_numpy(float)
         if len(values) != len(correct) or pd.isna(values).any():
-            raise ValueError("scores needs one weighted score per prediction, none missing.")
+            raise InputError("scores needs one weighted score per prediction, none missing.")
         result["auc"] = float("nan") if len(set(correct)) == 1 else roc_auc_score(correct, values)
     return pd.Series(result)
 

@@ -16,12 +16,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from ...core import datasets
+from ...core import datasets, results
 from ...core.errors import InputError, non_empty
 from ...engines import llama_bench, quantize
 from ...planning import memory, profiles
 from ...planning.catalog import ModelSpec
 from ...planning.tools import missing, skipped
+
+KV_CACHE = results.Kind("kv-cache-09", ".csv", "09", "KV-cache types: bytes, speed, quality")
 
 REFERENCE = "f16"  # llama.cpp's default cache, the one the others are judged against
 KV_TYPES = (REFERENCE, "q8_0", "q4_0")

@@ -19,11 +19,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from ...core import datasets
+from ...core import datasets, results
+from ...core.errors import InputError
 from ...engines import llama_bench, quantize
 from ...planning import gguf_header, profiles, roofline
 from ...planning.provision import cache_dir
 from ...planning.tools import missing, shown_command, skipped
+
+QUANTIZATION = results.Kind("quantization-09", ".csv", "09", "quality of each quantization type")
 
 REFERENCE = "F16"
 EVAL_TEXT, CALIBRATION_TEXT = datasets.TEXTS  # scored on the first, calibrated on the second
@@ -162,7 +165,7 @@ def commands(
     if not files:  # quantized_files() made none: it printed why
         return {}
     if REFERENCE not in files:
-        raise ValueError(f"commands() needs the {REFERENCE} reference among {list(files)}.")
+        raise InputError(f"commands() needs the {REFERENCE} reference among {list(files)}.")
     ref, qtype = files[REFERENCE], settings.types[-1]
     logits = "reference.logits"
     steps = {
@@ -221,7 +224,7 @@ def measure(
         table.attrs["scored_tokens"] = 0
         return table
     if REFERENCE not in files:
-        raise ValueError(f"measure() needs the {REFERENCE} reference among {list(files)}.")
+        raise InputError(f"measure() needs the {REFERENCE} reference among {list(files)}.")
     if speed and (reason := missing("llama-bench")) is not None:
         print(f"speed not measured: {reason}")
         speed = False

@@ -16,7 +16,13 @@ from pathlib import Path
 import pandas as pd
 
 from ...core import course, results
-from .. import scoring
+from ...core.errors import InputError
+from .. import classify, loadtest, scoring
+from ..nb01 import few_shot
+from ..nb06 import audit
+from ..nb07 import bench
+from ..nb08 import evaluation
+from ..nb09 import quant_sweep
 
 # `n`, `low`, `high`: for an accuracy, the texts it was measured on and its 95 % Wilson
 # interval (two accuracies whose intervals overlap are not told apart by these texts).
@@ -28,22 +34,19 @@ Figure = tuple
 
 @dataclass(frozen=True)
 class Source:
-    """One kind of results file: its name, the notebook that writes it, how to read it.
+    """One kind of results file (declared by the lesson that writes it) and how to read it.
 
     `read(path)` returns Figures: (topic, measure, value, unit[, texts scored]).
     """
 
-    stem: str
-    suffix: str
-    notebook: str  # its number, e.g. "01"
-    what: str  # what it holds, for the message when it is missing
+    kind: results.Kind
     read: Callable[[Path], list[tuple[str, str, float, str]]]
 
 
 def _columns(df: pd.DataFrame, path: Path, needed: list[str]) -> None:
     missing = [c for c in needed if c not in df.columns]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"{path.name} has no column(s) {missing}: it was written by another version of "
             "its notebook; re-run that notebook to write a current file."
         )
@@ -145,36 +148,16 @@ def _decode(path: Path) -> list[Figure]:
 
 
 SOURCES: tuple[Source, ...] = (
-    Source("01-setfit-k-sweep", ".csv", "01", "encoder accuracy", _encoder),
-    Source("02_assessments", ".csv", "02", "LLM classifier accuracy and latency", _llm_classifier),
-    Source(
-        "loadtest", ".csv", "03", "serving, one request at a time", _serving("llama_cpp.server")
-    ),
-    Source(
-        "loadtest-llama-server",
-        ".csv",
-        "03",
-        "serving with continuous batching",
-        _serving("llama-server -np N"),
-    ),
-    Source(
-        "10-loadtest-service",
-        ".csv",
-        "10",
-        "serving through the course's service",
-        _serving("service (notebook 10)"),
-    ),
-    Source(
-        "10-loadtest-llama-server",
-        ".csv",
-        "10",
-        "serving with continuous batching, beside the service",
-        _serving("llama-server -np N (notebook 10)"),
-    ),
-    Source("guard-audit", ".jsonl", "06", "guard overhead", _guard),
-    Source("bench-07", ".csv", "07", "decode speed vs roofline", _decode),
-    Source("08_prediction_log", ".csv", "08", "accuracy on 08's held-out texts", _held_out),
-    Source("quantization-09", ".csv", "09", "quality of each quantization type", _quantization),
+    Source(few_shot.K_SWEEP, _encoder),
+    Source(classify.ASSESSMENTS, _llm_classifier),
+    Source(loadtest.LOADTEST, _serving("llama_cpp.server")),
+    Source(loadtest.LOADTEST_BATCHED, _serving("llama-server -np N")),
+    Source(loadtest.SERVICE_LOAD, _serving("service (notebook 10)")),
+    Source(loadtest.SERVICE_BATCHED, _serving("llama-server -np N (notebook 10)")),
+    Source(audit.AUDIT, _guard),
+    Source(bench.BENCH, _decode),
+    Source(evaluation.PREDICTION_LOG, _held_out),
+    Source(quant_sweep.QUANTIZATION, _quantization),
 )
 
 
@@ -185,20 +168,20 @@ def collect(directory: str | Path | None = None) -> tuple[pd.DataFrame, list[str
     """
     rows, missing = [], []
     for source in SOURCES:
-        nb = course.notebook(source.notebook)
-        path = results.newest(source.stem, source.suffix, directory)
+        kind = source.kind
+        path = kind.newest(directory)
         if path is None:
             missing.append(
-                f"{source.what}: no {source.stem}-*{source.suffix} in results/ yet; "
-                f"run notebook {nb.file} first."
+                f"{kind.what}: no {kind.stem}-*{kind.suffix} in results/ yet; "
+                f"run notebook {course.notebook(kind.notebook).file} first."
             )
             continue
         try:
             figures = source.read(path)
         except ValueError as err:
-            missing.append(f"{source.what}: {err}")
+            missing.append(f"{kind.what}: {err}")
             continue
-        rows += [_row(figure, source.notebook, path.name) for figure in figures]
+        rows += [_row(figure, kind.notebook, path.name) for figure in figures]
     return pd.DataFrame(rows, columns=COLUMNS), missing
 
 

@@ -1,0 +1,1 @@
+"""Notebook 01's own code (notebooks/01_past_encoder_classifier_cpu.ipynb)."""
