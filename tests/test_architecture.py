@@ -1,8 +1,9 @@
 """The import rule of ARCHITECTURE.md: a module imports only from its own layer or below.
 
-A module's layer is its folder under llmops_lib/ (`core/`, `planning/`, `engines/`,
-`lessons/`, `commands/`; the top-level files are the session); the order of the layers and
-the one hand-written list of modules are ARCHITECTURE.md's table, checked against the folders.
+A module's layer is its folder under llmops_lib/ (`core/`, `planning/`, `programs/`,
+`engines/`, `lessons/`, `commands/`; the top-level files are the session); the order of the
+layers and the one hand-written list of modules are ARCHITECTURE.md's table, checked against
+the folders.
 Lazy imports inside functions count too (they are dependencies all the same); only imports
 under `if TYPE_CHECKING:` are skipped, because they never run.
 """
@@ -143,25 +144,15 @@ def test_imports_point_down_or_sideways(module):
     assert not upward, f"{module} imports from a higher layer: {upward}"
 
 
-# What a lesson may take from engines/: llama.cpp's command-line tools (llama_bench,
-# quantize), programs it runs on a GGUF path with nothing to load in this process. A model,
-# a server or a client of one comes from the session (which asks the registry) or from a
-# running server (`ServerProcess.endpoint()`), never from a lesson itself, so a lesson runs
-# on whichever engine the profile names.
-LESSON_ENGINE_IMPORTS = {"llama_bench", "quantize"}
-
-
+# A model, a server or a client of one comes from the session (which asks the registry)
+# or from a running server (`ServerProcess.endpoint()`), never from a lesson itself, so a
+# lesson runs on whichever engine the profile names. llama.cpp's command-line tools are a
+# layer of their own below the engines (programs/): nothing of theirs loads in-process.
 @pytest.mark.parametrize("module", [m for m in sorted(MODULES) if layer_of(m) == "lessons"])
 def test_lessons_load_models_only_through_the_session(module):
     source = MODULES[module].read_text(encoding="utf-8")
-    engines = {
-        target.removeprefix("engines.")
-        for target in imported_modules(source, _package(module))
-        if layer_of(target) == "engines"
-    }
-    assert engines <= LESSON_ENGINE_IMPORTS, (
-        f"{module} loads through {engines - LESSON_ENGINE_IMPORTS}"
-    )
+    engines = {t for t in imported_modules(source, _package(module)) if layer_of(t) == "engines"}
+    assert not engines, f"{module} imports engine modules: {sorted(engines)}"
 
 
 def test_the_rule_catches_an_upward_import():

@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 import llmops_lib
 from llmops_lib.core import datasets, errors
 from llmops_lib.core.errors import InputError
-from llmops_lib.engines import llama_bench
 from llmops_lib.lessons import classify, loadtest, scoring
 from llmops_lib.lessons.nb05 import chat
 from llmops_lib.lessons.nb06 import guard_code, verdicts
@@ -28,6 +27,7 @@ from llmops_lib.lessons.nb06.audit import AuditLog
 from llmops_lib.lessons.nb06.pipeline import GuardedChat
 from llmops_lib.lessons.nb07 import bench
 from llmops_lib.planning import catalog, gguf_header, launch, memory, roofline, sharding
+from llmops_lib.programs import llama_bench
 
 NAN, INF = float("nan"), float("inf")
 LLAMA_8B = catalog.get("llama-3.1-8b-instruct")

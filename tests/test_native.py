@@ -11,11 +11,12 @@ import math
 import pytest
 
 from llmops_lib.core.errors import UnknownNameError
-from llmops_lib.engines import llama_bench, servers
+from llmops_lib.engines import servers
 from llmops_lib.engines.process import port_is_free
 from llmops_lib.lessons import loadtest
 from llmops_lib.planning import tools
 from llmops_lib.planning.profiles import get as get_profile
+from llmops_lib.programs import llama_bench
 from llmops_lib.session import Session
 
 

@@ -16,9 +16,9 @@ import pytest
 
 from llmops_lib.core import datasets
 from llmops_lib.core.errors import UnknownNameError
-from llmops_lib.engines import quantize
 from llmops_lib.lessons.nb09 import quant_sweep
 from llmops_lib.planning import gguf_header, provision, tools
+from llmops_lib.programs import quantize
 
 
 def _missing(*names: str) -> str | None:

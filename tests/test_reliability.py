@@ -19,11 +19,12 @@ from llmops_lib.core import hardware
 from llmops_lib.core.backend import check_chat_args
 from llmops_lib.core.errors import InputError
 from llmops_lib.core.plain_text import PLAIN, writes_bos
-from llmops_lib.engines import llama_bench, process, quantize
+from llmops_lib.engines import process
 from llmops_lib.engines.llamacpp import tokenize_plain
 from llmops_lib.lessons.nb06.guard import ModelGuard
 from llmops_lib.lessons.nb06.guard_prompts import conversation, guard_prompt
 from llmops_lib.planning import gguf_header
+from llmops_lib.programs import llama_bench, quantize
 
 OK = [{"role": "user", "content": "hi"}]
 

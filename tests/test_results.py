@@ -266,3 +266,18 @@ def test_a_kind_saves_under_its_name_and_finds_its_newest_file(tmp_path, same_se
 def test_a_kind_with_a_bad_name_is_refused_where_it_is_declared(stem, suffix):
     with pytest.raises(results.InputError, match="Result (stem|suffix)"):
         results.Kind(stem, suffix, "07", "anything")
+
+
+def test_replacing_swaps_a_file_whole_or_keeps_the_old_one(tmp_path):
+    target = tmp_path / "sub" / "notebook.ipynb"
+    with results.replacing(target) as part:
+        part.write_text("first")
+        assert not target.exists()  # nothing visible until the block ends
+    assert target.read_text() == "first"
+    with pytest.raises(RuntimeError), results.replacing(target) as part:
+        part.write_text("half")
+        raise RuntimeError("interrupted")
+    assert target.read_text() == "first"  # a failed rewrite leaves the old file
+    with results.replacing(target) as part:
+        part.write_text("second")
+    assert target.read_text() == "second" and files(target.parent) == ["notebook.ipynb"]

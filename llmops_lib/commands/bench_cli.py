@@ -15,9 +15,9 @@ import pandas as pd
 from .. import setup
 from ..core import results
 from ..core.errors import whole
-from ..engines import llama_bench
 from ..lessons.nb07 import sweeps
 from ..planning import roofline
+from ..programs import llama_bench
 
 
 def _count(text: str) -> int:

@@ -12,9 +12,10 @@ import argparse
 import json
 import os
 import re
-import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
+from . import results
 from .errors import InputError
 
 GITHUB_SLUG = "on-prem-llmops/llmops-course"
@@ -129,22 +130,14 @@ def rewrite_all(root: Path = ROOT, slug: str = GITHUB_SLUG, ref: str = REF) -> N
 
 
 def _write_all(texts: dict[Path, str]) -> None:
-    """Every file or none: all are written to temporary files beside them first, then each
-    renamed over its old version (a rename does not fail half-way through a file)."""
-    temps: dict[Path, Path] = {}
-    try:
+    """Every file or none: all are written beside them first (results.replacing), then each
+    renamed over its old version, its mode kept (a rename does not fail half-way)."""
+    with ExitStack() as stack:
         for path, text in texts.items():
-            handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            temps[path] = Path(name)
-            with os.fdopen(handle, "w", encoding="utf-8") as out:
-                out.write(text)
+            part = stack.enter_context(results.replacing(path))
+            part.write_text(text, encoding="utf-8")
             if path.exists():
-                os.chmod(name, path.stat().st_mode & 0o777)
-        for path, temp in temps.items():
-            os.replace(temp, path)
-    finally:
-        for temp in temps.values():
-            temp.unlink(missing_ok=True)
+                os.chmod(part, path.stat().st_mode & 0o777)
 
 
 # GitHub's rules: an owner (user or organization) is 1-39 ASCII letters, digits and single

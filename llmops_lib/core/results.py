@@ -10,7 +10,8 @@ whole or not at all and never replaces an earlier file. Temporary files are remo
 write fails or is interrupted, and those of a killed process on the next save in the folder;
 a temporary whose writer still holds its lock (a container sharing the folder, whose process
 ids mean nothing here) is never removed.
-`write_atomic` and `write_atomic_dir` do the same for a name the caller chose.
+`write_atomic` and `write_atomic_dir` do the same for a name the caller chose; `replacing`
+is the one way to rewrite a file in place (a notebook, a cached archive, a download).
 
 A `Kind` is one kind of result, declared once beside the lesson that writes it: its stem,
 the suffix readers look for, the notebook that writes it and what it holds. The notebook
@@ -142,6 +143,22 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
         write(temps[path.suffix])
         os.link(temps[path.suffix], path)  # fails if `path` exists: never overwrite
     return path
+
+
+@contextmanager
+def replacing(path: str | Path) -> Iterator[Path]:
+    """`path` + ".part" for the block to fill, renamed over `path` when the block ends
+    without an error and removed when it raises: readers see the old file or the new one,
+    never half of one. Unlike the results, this replaces; for files rewritten in place
+    (notebooks, a cache, a download), which no lock can guard on a mounted Drive."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.name + ".part")
+    try:
+        yield part
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def write_atomic_dir(path: str | Path, write: Callable[[Path], None]) -> Path:

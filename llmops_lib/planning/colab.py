@@ -53,7 +53,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core import hardware, links, progress
+from ..core import hardware, links, progress, results
 from ..core.hardware import Hardware
 from . import tools
 from .provision import cache_dir
@@ -184,15 +184,9 @@ def unusable(root: Path, variant: Variant | None, cc: tuple[int, int] | None) ->
 
 def store(root: Path, archive: Path) -> Path:
     """Keep the build `root` as one .tar at `archive` (written whole, then renamed)."""
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    tmp = archive.with_name(archive.name + ".part")
-    try:
-        with tarfile.open(tmp, "w") as tar:
-            for name in ("tools.json", "wheel", "bin"):
-                tar.add(root / name, arcname=f"{root.name}/{name}")
-        os.replace(tmp, archive)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with results.replacing(archive) as part, tarfile.open(part, "w") as tar:
+        for name in ("tools.json", "wheel", "bin"):
+            tar.add(root / name, arcname=f"{root.name}/{name}")
     return archive
 
 
@@ -246,25 +240,24 @@ def download(url: str, dest: Path) -> Path:
     when the checksum differs."""
     with urllib.request.urlopen(url + ".sha256", timeout=30) as response:
         expected = response.read().decode().split()[0].lower()
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
     digest = hashlib.sha256()
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
-            size = round(int(response.headers.get("Content-Length") or 0) / 1e6)
-            with progress.bar(total=size or None, desc=dest.name, unit="MB") as bar:
-                received = 0
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    received += len(chunk)
-                    bar.update(round(received / 1e6) - bar.n)
-    except http.client.HTTPException as err:  # e.g. IncompleteRead: the connection dropped
-        raise OSError(f"{type(err).__name__}: {err}") from err
-    if digest.hexdigest() != expected:
-        set_aside(part, f"sha256 {digest.hexdigest()[:12]}..., the release says {expected[:12]}...")
-        raise BadArchive("its sha256 differs from the release's")
-    os.replace(part, dest)
+    with results.replacing(dest) as part:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
+                size = round(int(response.headers.get("Content-Length") or 0) / 1e6)
+                with progress.bar(total=size or None, desc=dest.name, unit="MB") as bar:
+                    received = 0
+                    while chunk := response.read(1 << 20):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        received += len(chunk)
+                        bar.update(round(received / 1e6) - bar.n)
+        except http.client.HTTPException as err:  # e.g. IncompleteRead: the connection dropped
+            raise OSError(f"{type(err).__name__}: {err}") from err
+        if digest.hexdigest() != expected:
+            got = digest.hexdigest()
+            set_aside(part, f"sha256 {got[:12]}..., the release says {expected[:12]}...")
+            raise BadArchive("its sha256 differs from the release's")
     return dest
 
 

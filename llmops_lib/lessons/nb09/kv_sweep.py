@@ -18,10 +18,10 @@ import pandas as pd
 
 from ...core import datasets, results
 from ...core.errors import InputError, non_empty
-from ...engines import llama_bench, quantize
 from ...planning import memory, profiles
 from ...planning.catalog import ModelSpec
 from ...planning.tools import missing, skipped
+from ...programs import llama_bench, quantize
 
 KV_CACHE = results.Kind("kv-cache-09", ".csv", "09", "KV-cache types: bytes, speed, quality")
 

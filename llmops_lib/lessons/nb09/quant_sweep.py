@@ -21,10 +21,10 @@ import pandas as pd
 
 from ...core import datasets, results
 from ...core.errors import InputError
-from ...engines import llama_bench, quantize
 from ...planning import gguf_header, profiles, roofline
 from ...planning.provision import cache_dir
 from ...planning.tools import missing, shown_command, skipped
+from ...programs import llama_bench, quantize
 
 QUANTIZATION = results.Kind("quantization-09", ".csv", "09", "quality of each quantization type")
 

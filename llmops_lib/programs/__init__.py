@@ -1,0 +1,1 @@
+"""llama.cpp's own programs run on a GGUF file (llama-bench, llama-quantize, ...)."""
