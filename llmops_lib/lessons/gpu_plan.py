@@ -92,6 +92,7 @@ def _steps_07(session: Session) -> list[tuple[str, list[Held]]]:
         *offload,
         *backends,
         ("6 · GPU copy bandwidth", [Held("two copy buffers", copy_gb)]),
+        ("7 · the raw call: the model's own llama_cpp.Llama", [_gguf(chat, hw)]),
         ("7 · library vs llama-cpp-python (one engine)", [_gguf(chat, hw)]),
     ]
 
