@@ -25,7 +25,7 @@ import pandas as pd
 from ..core import results
 from ..core.errors import EndpointError, InputError, check_columns, non_empty, positive, whole
 from ..core.progress import bar as progress_bar
-from ..planning.tools import ToolsNotBuiltError, skipped
+from ..planning.tools import ToolsNotBuiltError, say_skipped, skipped
 from . import metrics
 
 if TYPE_CHECKING:  # types only
@@ -334,7 +334,7 @@ def metrics_page(start: Callable[[], ServerProcess]) -> metrics.Scrape | None:
             endpoint.close()
             return metrics.scrape(server.url)
     except ToolsNotBuiltError as err:
-        print(f"skipped: {err}")
+        say_skipped(str(err))
         return None
 
 

@@ -133,13 +133,18 @@ def missing(*names: str) -> str | None:
     return None
 
 
+def say_skipped(reason: str) -> None:
+    """The one line a lesson prints for a section it skips because a tool is missing."""
+    print(f"skipped: {reason}")
+
+
 def skipped(reason: str, index: Any, columns: Any) -> Any:
     """A lesson's table when its tool is missing: the reason printed on one line, then the
     table's rows and columns with no figures (NaN), `attrs["skipped"]` holding the reason,
     so the cells after it show empty figures instead of stopping the notebook."""
     import pandas as pd
 
-    print(f"skipped: {reason}")
+    say_skipped(reason)
     frame = pd.DataFrame(float("nan"), index=index, columns=columns)
     frame.attrs["skipped"] = reason
     return frame

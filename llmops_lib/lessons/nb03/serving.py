@@ -12,7 +12,7 @@ import pandas as pd
 
 from ...core.backend import check_chat_args, chunk_text
 from ...core.errors import InputError, check_columns, fraction, whole
-from ...planning.tools import ToolsNotBuiltError
+from ...planning.tools import ToolsNotBuiltError, say_skipped
 
 
 def _one_request(backend: Any, messages: list[dict[str, str]], max_tokens: int, stream: bool):
@@ -71,7 +71,7 @@ def serving_paths(
         with session.server("llama-server", n_parallel=1, **same) as server:
             measure("llama-server", server.endpoint())
     except ToolsNotBuiltError as err:  # the rows stay, with no figures
-        print(f"skipped: {err}")
+        say_skipped(str(err))
         rows += [
             ("llama-server", a, 0, math.nan, math.nan) for a in ("whole answer", "streamed (SSE)")
         ]

@@ -11,6 +11,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any, Protocol
 
+from ...core.backend import LocalModel
 from ...core.plain_text import mark_contents
 from .guard_prompts import LLAMA_GUARD_3, GuardPolicy, guard_prompt, policy_for
 from .verdicts import Verdict, parse_verdict, verdict_grammar
@@ -43,7 +44,7 @@ class ModelGuard:
 
     def __init__(
         self,
-        model: Any,
+        model: LocalModel,
         policy: GuardPolicy = LLAMA_GUARD_3,
         constrain: bool = True,
         max_tokens: int = 32,

@@ -23,7 +23,7 @@ from ...core import datasets, results
 from ...core.errors import InputError
 from ...planning import gguf_header, profiles, roofline
 from ...planning.provision import cache_dir
-from ...planning.tools import missing, shown_command, skipped
+from ...planning.tools import missing, say_skipped, shown_command, skipped
 from ...programs import llama_bench, quantize
 
 QUANTIZATION = results.Kind("quantization-09", ".csv", "09", "quality of each quantization type")
@@ -118,7 +118,7 @@ def quantized_files(
     """
     reason = missing("llama-quantize")
     if reason is not None:
-        print(f"skipped: {reason}")
+        say_skipped(reason)
         return {}
     folder = source_folder(source)
     reference = _cached(
