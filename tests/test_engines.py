@@ -57,6 +57,14 @@ def test_an_engine_without_a_loader_says_what_to_do_instead():
         registry.engine("llamacpp").trained(catalog.get("smollm2-135m-instruct"), ["a"], ["b"])
 
 
+def test_a_training_option_is_refused_by_name_before_the_files_are_found(monkeypatch):
+    monkeypatch.setattr(registry.provision, "encoder_path", pytest.fail)
+    with pytest.raises(UnknownNameError, match="setfit training option 'iteration'.*iterations"):
+        registry.engine("setfit").trained(
+            catalog.get("all-minilm-l6-v2"), ["a"], ["b"], iteration=2
+        )
+
+
 @pytest.mark.model
 @pytest.mark.parametrize("name", CHAT_ENGINES)
 def test_a_real_engine_keeps_the_local_model_contract(request, name):

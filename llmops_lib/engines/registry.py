@@ -50,6 +50,7 @@ class Engine:
     check: Callable[[ModelSpec, Hardware, str | None, dict[str, Any]], None]
     hint: str = ""  # what to do instead, where `load` is None
     train: Callable[..., Any] | None = None  # (base path, texts, labels, **options) -> classifier
+    train_options: Callable[[], frozenset[str]] = frozenset  # the keywords `train` takes
 
     def refuse_unknown(self, options: dict[str, Any]) -> None:
         valid = self.options()
@@ -73,6 +74,10 @@ class Engine:
         """A classifier fine-tuned from `spec` on (texts, labels), for a trainable engine."""
         if self.train is None:
             raise InputError(f"{spec.title} runs on {self.name}, which trains no classifier.")
+        valid = self.train_options()
+        for name in options:
+            if name not in valid:
+                raise unknown(name, f"{self.name} training option", sorted(valid))
         return self.train(self.files(spec), texts, labels, **options)
 
 
@@ -129,6 +134,12 @@ def _setfit_train(base: Path, texts: Any, labels: Any, **options: Any) -> Any:
     return train(texts, labels, base, **options)
 
 
+def _setfit_train_options() -> frozenset[str]:
+    from .encoder import train
+
+    return _keywords(train, fixed={"texts", "labels", "base"})
+
+
 ENGINES = {
     "llamacpp": Engine(
         "llamacpp", lambda spec: provision.gguf_path(spec), _llamacpp_options, _llamacpp_load,
@@ -140,7 +151,7 @@ ENGINES = {
     "setfit": Engine(
         "setfit", lambda spec: provision.encoder_path(spec), frozenset, None, _no_check,
         hint="fine-tune it with session.train('encoder', texts, labels).",
-        train=_setfit_train,
+        train=_setfit_train, train_options=_setfit_train_options,
     ),
 }  # fmt: skip
 
