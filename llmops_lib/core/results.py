@@ -78,8 +78,7 @@ class Kind:
         self, df: pd.DataFrame, directory: str | Path | None = None, index: bool = True
     ) -> list[Path]:
         """`save_frame` under this kind's name, in its suffix and any other `formats`."""
-        formats = (*self.formats, self.suffix) if self.formats else (self.suffix,)
-        return save_frame(df, self.stem, formats, directory, index)
+        return save_frame(df, self.stem, (*self.formats, self.suffix), directory, index)
 
     def newest(self, directory: str | Path | None = None) -> Path | None:
         """The newest file of this kind in results/ (or `directory`), None if there is none."""

@@ -52,11 +52,12 @@ class Engine:
     train: Callable[..., Any] | None = None  # (base path, texts, labels, **options) -> classifier
     train_options: Callable[[], frozenset[str]] = frozenset  # the keywords `train` takes
 
-    def refuse_unknown(self, options: dict[str, Any]) -> None:
-        valid = self.options()
+    def refuse_unknown(self, options: dict[str, Any], training: bool = False) -> None:
+        """An InputError naming the first option the loader (or `train`) does not take."""
+        valid, what = (self.train_options(), "training") if training else (self.options(), "engine")
         for name in options:
             if name not in valid:
-                raise unknown(name, f"{self.name} engine option", sorted(valid))
+                raise unknown(name, f"{self.name} {what} option", sorted(valid))
 
     def model(
         self, spec: ModelSpec, hw: Hardware, precision: str | None, options: dict[str, Any]
@@ -74,10 +75,7 @@ class Engine:
         """A classifier fine-tuned from `spec` on (texts, labels), for a trainable engine."""
         if self.train is None:
             raise InputError(f"{spec.title} runs on {self.name}, which trains no classifier.")
-        valid = self.train_options()
-        for name in options:
-            if name not in valid:
-                raise unknown(name, f"{self.name} training option", sorted(valid))
+        self.refuse_unknown(options, training=True)
         return self.train(self.files(spec), texts, labels, **options)
 
 
