@@ -44,10 +44,17 @@ class Session:
     def model_path(self, role: str = "chat") -> Path:
         """The local file or folder of the role's model (assembled or downloaded once)."""
         choice = self.choice(role)
-        return registry.engine(choice.backend).files(choice.spec)
+        where = registry.engine(choice.backend).locate(choice.spec)
+        if not isinstance(where, Path):
+            raise InputError(
+                f"The {role!r} role of profile {self.profile.name!r} runs on a server "
+                f"({where}): it has no local file. Use session.model({role!r}) instead."
+            )
+        return where
 
     def model(self, role: str = "chat", precision: str | None = None, **kwargs: Any) -> LocalModel:
-        """Load the role's model on its engine: llama.cpp (a GGUF) or transformers.
+        """Load the role's model on its engine: llama.cpp (a GGUF), transformers, or the
+        llama-server the `served` engine reaches at LLMOPS_ENDPOINT.
 
         `precision` overrides the profile's (transformers only); other keyword arguments are
         the engine's options (engines.registry), e.g. n_ctx or n_threads.

@@ -95,6 +95,21 @@ def tiny_hf(session):
         yield model
 
 
+@pytest.fixture(scope="session")
+def tiny_served(session, one_thread):
+    """The same GGUF on a llama-server on 127.0.0.1, loaded as the `served` profile's chat
+    model (engines.served) through LLMOPS_ENDPOINT, as a user of that profile would."""
+    import llmops_lib
+    from llmops_lib.engines.endpoint import ENDPOINT_ENV
+
+    with session.server("llama-server", n_ctx=2048, **one_thread) as server:
+        with pytest.MonkeyPatch.context() as patch:  # for the load only: other tests start
+            patch.setenv(ENDPOINT_ENV, server.base_url)  # their own servers
+            model = llmops_lib.setup(profile="served", quiet=True).model()
+        with model:
+            yield model
+
+
 @contextlib.contextmanager
 def network_blocked() -> Iterator[None]:
     """Fail any attempt to open a connection that is not to this machine."""

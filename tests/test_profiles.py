@@ -63,15 +63,18 @@ def test_every_profile_fills_every_role_with_a_catalog_model(name):
         assert choice.backend in registry.ENGINES
 
 
-def test_only_the_tiny_profile_is_offline_and_uses_packaged_models():
-    tiny = profiles.get("tiny")
-    assert tiny.offline
-    assert all(c.spec.offline for c in tiny.roles.values() if c.backend != "transformers")
-    assert not any(p.offline for n, p in profiles.PROFILES.items() if n != "tiny")
+OFFLINE = ["tiny", "served"]  # served: the tiny models, chat and guard on a local server
+
+
+def test_only_the_tiny_profiles_are_offline_and_use_packaged_models():
+    assert [n for n, p in profiles.PROFILES.items() if p.offline] == OFFLINE
+    for name in OFFLINE:
+        roles = profiles.get(name).roles.values()
+        assert all(c.spec.offline for c in roles if c.backend != "transformers")
 
 
 def test_the_offline_profile_is_the_quick_one_and_the_lessons_read_the_flag(monkeypatch):
-    assert [n for n, p in profiles.PROFILES.items() if p.quick] == ["tiny"]
+    assert [n for n, p in profiles.PROFILES.items() if p.quick] == OFFLINE
     from llmops_lib.lessons.nb09 import kv_sweep, quant_sweep
 
     quick_t4 = replace(profiles.get("colab-t4"), quick=True)

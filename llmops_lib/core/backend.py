@@ -1,7 +1,8 @@
 """The one contract every chat engine of the course meets.
 
-llama.cpp in-process (`llamacpp.LlamaCppModel`), transformers (`hf.HFModel`) and any
-OpenAI-compatible HTTP server (`endpoint.Endpoint`) all answer `chat()` with the same
+llama.cpp in-process (`llamacpp.LlamaCppModel`), transformers (`hf.HFModel`), a model on
+llama-server (`served.ServedModel`) and any OpenAI-compatible HTTP server
+(`endpoint.Endpoint`, chat only) all answer `chat()` with the same
 OpenAI-style dicts and report what a call cost as `Timings`. Lessons (a conversation, the
 classifier, the guard, the benchmark) are written against these Protocols, never against
 one engine, so a lesson runs on any of them and a unit test can hand it a fake.
@@ -75,9 +76,10 @@ class ChatBackend(Protocol):
 
 
 class LocalModel(ChatBackend, Protocol):
-    """A chat model in this process: it knows its context, its tokens and its weights."""
+    """A chat model whose context, tokens and weights a lesson can ask about: in this
+    process, or on a server that answers those questions (llama-server)."""
 
-    path: Path  # the file or folder it was loaded from
+    path: Path  # the file or folder it was loaded from (a server's: as the server names it)
     load_s: float  # seconds the load took
 
     @property
@@ -115,7 +117,8 @@ class LocalModel(ChatBackend, Protocol):
 
     def gpu_share(self) -> float:
         """Share of the weights on a GPU: 0 all on the CPU, 1 all on the GPU (which memory
-        bus a generated token reads them from: the roofline of each row)."""
+        bus a generated token reads them from: the roofline of each row); NaN where the
+        engine cannot tell (a server that does not report its offload)."""
         ...
 
     def reset(self) -> None:

@@ -96,7 +96,7 @@ class Endpoint:
     def check(self, timeout_s: float = 10.0) -> str:
         """Ask /models (bounded); return the served model id; raise EndpointError if none."""
         positive("timeout_s", timeout_s)
-        with self._readable_errors(timeout_s):
+        with self.readable_errors(timeout_s):
             models = self.client.models.list(timeout=timeout_s).data
         if not models:
             raise EndpointError(f"{self.base_url} serves no model.", self.base_url)
@@ -105,7 +105,7 @@ class Endpoint:
         return self.model
 
     @contextmanager
-    def _readable_errors(self, timeout_s: float | None = None) -> Iterator[None]:
+    def readable_errors(self, timeout_s: float | None = None) -> Iterator[None]:
         """Turn the client's exceptions into one-line errors that name the URL and a fix."""
         try:
             yield
@@ -151,31 +151,49 @@ class Endpoint:
         stream: bool = False,
         timeout_s: float | None = None,
         response_format: dict[str, Any] | None = None,
+        extra_body: dict[str, Any] | None = None,
     ) -> dict[str, Any] | Iterator[dict[str, Any]]:
         """An OpenAI-style chat completion as a dict (chunks when streaming), like the
         in-process engines; timings() then holds the server's token counts and the times.
 
         `response_format` is passed to the server as it is (structured.response_format()
-        writes one for a JSON schema).
+        writes one for a JSON schema); `extra_body`: fields of the server's own (llama-server's
+        `cache_prompt`, `grammar`).
         """
         check_chat_args(messages, max_tokens, temperature)
         if timeout_s is not None:
             positive("timeout_s", timeout_s)
+        extra = _options(timeout_s, response_format, extra_body)
         if stream:
-            return self._stream(messages, max_tokens, temperature, timeout_s, response_format)
-        extra = _options(timeout_s, response_format)
+            return self._stream(messages, max_tokens, temperature, timeout_s, extra)
         start = time.perf_counter()
-        with self._readable_errors(timeout_s):
+        with self.readable_errors(timeout_s):
             response = self._create(
                 messages, max_tokens=max_tokens, temperature=temperature, **extra
             ).model_dump()
-        usage = response.get("usage") or {}
-        self._timings = Timings(
-            usage.get("prompt_tokens") or 0,
-            0.0,  # one answer in one piece: prefill and decode cannot be told apart
-            usage.get("completion_tokens") or 0,
-            1000 * (time.perf_counter() - start),
-        )
+        self._timings = server_timings(response, time.perf_counter() - start)
+        return response
+
+    def complete(
+        self,
+        prompt: str | list[int],
+        max_tokens: int = 32,
+        extra_body: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """A greedy completion of a finished prompt (text, or token ids) from /completions,
+        as a dict; timings() then holds its counts and times."""
+        if self.model is None:
+            self.check()
+        start = time.perf_counter()
+        with self.readable_errors():
+            response = self.client.completions.create(
+                model=self.model,
+                prompt=prompt,
+                max_tokens=max_tokens,
+                temperature=0.0,
+                **_options(None, None, extra_body),
+            ).model_dump()
+        self._timings = server_timings(response, time.perf_counter() - start)
         return response
 
     def _stream(
@@ -184,10 +202,10 @@ class Endpoint:
         max_tokens: int,
         temperature: float,
         timeout_s: float | None,
-        response_format: dict[str, Any] | None,
+        extra: dict[str, Any],
     ) -> Iterator[dict[str, Any]]:
         out: list[Timings] = []
-        yield from self._events(messages, max_tokens, temperature, timeout_s, out, response_format)
+        yield from self._events(messages, max_tokens, temperature, timeout_s, out, extra)
         self._timings = out[0]
 
     def _events(
@@ -197,16 +215,15 @@ class Endpoint:
         temperature: float,
         timeout_s: float | None,
         out: list[Timings],
-        response_format: dict[str, Any] | None = None,
+        extra: dict[str, Any],
     ) -> Iterator[dict[str, Any]]:
         """Chunks as the server sends them (server-sent events); appends their Timings to
         `out` at the end (a list, not self: load-test users share one Endpoint)."""
-        extra = _options(timeout_s, response_format)
         start = time.perf_counter()
         first = None
         pieces = 0
         usage: dict[str, Any] = {}
-        with self._readable_errors(timeout_s):
+        with self.readable_errors(timeout_s):
             chunks = self._create(
                 messages,
                 max_tokens=max_tokens,
@@ -270,7 +287,9 @@ class Endpoint:
         if timeout_s is not None:
             positive("timeout_s", timeout_s)
         out: list[Timings] = []
-        events = self._events(messages, max_tokens, temperature, timeout_s, out)
+        events = self._events(
+            messages, max_tokens, temperature, timeout_s, out, _options(timeout_s, None, None)
+        )
         text = "".join(chunk_text(chunk) for chunk in events)
         t = out[0]
         return Reply(
@@ -281,12 +300,34 @@ class Endpoint:
         )
 
 
-def _options(timeout_s: float | None, response_format: dict[str, Any] | None) -> dict[str, Any]:
+def _options(
+    timeout_s: float | None,
+    response_format: dict[str, Any] | None,
+    extra_body: dict[str, Any] | None,
+) -> dict[str, Any]:
     """The optional arguments of one request, only those given."""
     extra: dict[str, Any] = {"timeout": timeout_s} if timeout_s else {}
     if response_format is not None:
         extra["response_format"] = response_format
+    if extra_body:
+        extra["extra_body"] = extra_body
     return extra
+
+
+def server_timings(response: dict[str, Any], elapsed_s: float) -> Timings:
+    """What one non-streamed answer cost: llama-server's own counters where it sends them
+    (its `timings` field), else the usage counts and the client's stopwatch, in which
+    prefill and decode cannot be told apart."""
+    own = response.get("timings")
+    if own:
+        return Timings(own["prompt_n"], own["prompt_ms"], own["predicted_n"], own["predicted_ms"])
+    usage = response.get("usage") or {}
+    return Timings(
+        usage.get("prompt_tokens") or 0,
+        0.0,
+        usage.get("completion_tokens") or 0,
+        1000 * elapsed_s,
+    )
 
 
 def _shut(sock: socket.socket) -> None:

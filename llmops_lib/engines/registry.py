@@ -1,6 +1,7 @@
 """The one table of engines: the backend names a profile may give a role, and the servers.
 
-Each engine says where its files come from (one of provision's finders), which keyword
+Each engine says where its model is (a local file or folder from one of provision's
+finders, or for `served` the URL of a running server), which keyword
 options its loader takes, and how it loads a model from that path. `Session`, `provision`'s
 callers and the profile tests read this table, so a backend name is dispatched here and
 nowhere else. An option an engine cannot take is refused by name (an `InputError` naming the
@@ -12,6 +13,7 @@ worse, ignored: llama_cpp.Llama takes `**kwargs` and drops the ones it does not 
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +46,9 @@ class Engine:
     """
 
     name: str
-    files: Callable[[ModelSpec], Path]
+    locate: Callable[[ModelSpec], Path | str]  # local files (fetched once), or a server's URL
     options: Callable[[], frozenset[str]]
-    load: Callable[[Path, ModelSpec, Hardware, str | None, dict[str, Any]], LocalModel] | None
+    load: Callable[[Any, ModelSpec, Hardware, str | None, dict[str, Any]], LocalModel] | None
     check: Callable[[ModelSpec, Hardware, str | None, dict[str, Any]], None]
     hint: str = ""  # what to do instead, where `load` is None
     train: Callable[..., Any] | None = None  # (base path, texts, labels, **options) -> classifier
@@ -69,14 +71,14 @@ class Engine:
             )
         self.refuse_unknown(options)
         self.check(spec, hw, precision, options)
-        return self.load(self.files(spec), spec, hw, precision, options)
+        return self.load(self.locate(spec), spec, hw, precision, options)
 
     def trained(self, spec: ModelSpec, texts: Any, labels: Any, **options: Any) -> Any:
         """A classifier fine-tuned from `spec` on (texts, labels), for a trainable engine."""
         if self.train is None:
             raise InputError(f"{spec.title} runs on {self.name}, which trains no classifier.")
         self.refuse_unknown(options, training=True)
-        return self.train(self.files(spec), texts, labels, **options)
+        return self.train(self.locate(spec), texts, labels, **options)
 
 
 def _llamacpp_options() -> frozenset[str]:
@@ -87,14 +89,18 @@ def _llamacpp_options() -> frozenset[str]:
     return _keywords(LlamaCppModel.__init__, Llama.__init__, fixed={"path", "model_path"})
 
 
-def _llamacpp_check(spec: ModelSpec, hw: Hardware, precision: str | None, options: dict) -> None:
-    from ..planning.colab import ensure_llama_cpp
-
+def _gguf_only(spec: ModelSpec, hw: Hardware, precision: str | None, options: dict) -> None:
     if precision not in (None, "gguf"):
         raise InputError(
             f"precision={precision!r}: a llama.cpp model runs in its GGUF's own "
             "quantization; pick another GGUF file (or a transformers role) instead."
         )
+
+
+def _llamacpp_check(spec: ModelSpec, hw: Hardware, precision: str | None, options: dict) -> None:
+    from ..planning.colab import ensure_llama_cpp
+
+    _gguf_only(spec, hw, precision, options)
     ensure_llama_cpp(hw)  # on Colab, the first llama.cpp use provisions it
 
 
@@ -138,6 +144,30 @@ def _setfit_train_options() -> frozenset[str]:
     return _keywords(train, fixed={"texts", "labels", "base"})
 
 
+def _served_url(spec: ModelSpec) -> str:
+    from .endpoint import ENDPOINT_ENV, EXAMPLE
+
+    url = os.environ.get(ENDPOINT_ENV)
+    if not url:
+        raise InputError(
+            f"{spec.title} is served: set {ENDPOINT_ENV} to the URL of a llama-server that "
+            f"serves it, e.g. {EXAMPLE} (llama-server -m <its GGUF> --jinja --port 8000)."
+        )
+    return url
+
+
+def _served_options() -> frozenset[str]:
+    from .served import ServedModel
+
+    return _keywords(ServedModel.__init__, fixed={"base_url", "spec"})
+
+
+def _served_load(url: str, spec: ModelSpec, hw: Hardware, precision, options) -> LocalModel:
+    from .served import ServedModel
+
+    return ServedModel(url, spec, **options)
+
+
 ENGINES = {
     "llamacpp": Engine(
         "llamacpp", lambda spec: provision.gguf_path(spec), _llamacpp_options, _llamacpp_load,
@@ -146,6 +176,8 @@ ENGINES = {
     "transformers": Engine(
         "transformers", lambda spec: provision.hf_dir(spec), _hf_options, _hf_load, _hf_check
     ),
+    # A GGUF on a running llama-server: the contract over HTTP (engines.served).
+    "served": Engine("served", _served_url, _served_options, _served_load, _gguf_only),
     "setfit": Engine(
         "setfit", lambda spec: provision.encoder_path(spec), frozenset, None, _no_check,
         hint="fine-tune it with session.train('encoder', texts, labels).",
@@ -193,4 +225,4 @@ def server(kind: str, spec: ModelSpec, hw: Hardware, **options: Any) -> Any:
 
     check_server(kind)
     ensure_llama_cpp(hw)  # both servers run llama.cpp, provisioned before the file is found
-    return SERVERS[kind](ENGINES[SERVED_BACKEND].files(spec), **options)
+    return SERVERS[kind](ENGINES[SERVED_BACKEND].locate(spec), **options)

@@ -22,7 +22,8 @@ class Choice:
     """A model for one role, and how to run it."""
 
     model: str  # catalog key
-    backend: str  # a name in engines.registry.ENGINES: "llamacpp", "transformers", "setfit"
+    # a name in engines.registry.ENGINES: "llamacpp", "transformers", "setfit", "served"
+    backend: str
     precision: str  # "gguf", "fp32", "fp16", "bf16", "int8" or "nf4"
 
     @property
@@ -45,21 +46,33 @@ class Profile:
 
 
 _SMOLLM2_GGUF = Choice("smollm2-135m-instruct", "llamacpp", "gguf")
+_SMOLLM2_SERVED = Choice("smollm2-135m-instruct", "served", "gguf")
 _LLAMA3_GGUF = Choice("llama-3-8b-instruct-gguf", "llamacpp", "gguf")
 _GUARD2_GGUF = Choice("llama-guard-2-8b-gguf", "llamacpp", "gguf")
+
+_TINY = Profile(
+    "tiny",
+    "offline: SmolLM2 135M Instruct (GGUF from PyPI) + MiniLM encoder; no network, no GPU",
+    {
+        "chat": _SMOLLM2_GGUF,
+        "classifier": Choice("smollm2-135m-instruct", "transformers", "fp32"),
+        "encoder": Choice("all-minilm-l6-v2", "setfit", "fp32"),
+        "guard": _SMOLLM2_GGUF,
+    },
+    offline=True,
+    quick=True,
+)
 
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in [
+        _TINY,
+        # The tiny profile with chat and guard on a running llama-server: a backend a
+        # profile names like any other (engines.served), checked in tests/test_engines.py.
         Profile(
-            "tiny",
-            "offline: SmolLM2 135M Instruct (GGUF from PyPI) + MiniLM encoder; no network, no GPU",
-            {
-                "chat": _SMOLLM2_GGUF,
-                "classifier": Choice("smollm2-135m-instruct", "transformers", "fp32"),
-                "encoder": Choice("all-minilm-l6-v2", "setfit", "fp32"),
-                "guard": _SMOLLM2_GGUF,
-            },
+            "served",
+            "tiny, with chat and guard on the llama-server at LLMOPS_ENDPOINT serving SmolLM2 135M",
+            _TINY.roles | {"chat": _SMOLLM2_SERVED, "guard": _SMOLLM2_SERVED},
             offline=True,
             quick=True,
         ),

@@ -216,8 +216,8 @@ def roofline_points(
     (prompt + half the generated tokens), in the cache type `kv_type` (llama.cpp's default
     f16). Each row is judged against the bus it read from (`bus`): `bandwidth_gbs` (the
     CPU's) for rows all on the CPU, `gpu_gbs` for rows all on the GPU (`gpu_share` 1); a row
-    split across both, or on the GPU without `gpu_gbs`, has no roofline (NaN) rather than
-    the wrong one.
+    split across both, on the GPU without `gpu_gbs`, or on a server that does not say
+    (`gpu_share` NaN), has no roofline (NaN) rather than the wrong one.
     """
     kv = [
         kv_cache_bytes(spec, max(1, round(p + g / 2)), kv_type=kv_type)
@@ -235,7 +235,10 @@ def roofline_points(
         index=summary.index,
     )
     share = summary["gpu_share"] if "gpu_share" in summary else pd.Series(0.0, summary.index)
-    points["bus"] = ["CPU" if s == 0 else "GPU" if s == 1 else "CPU+GPU" for s in share]
+    points["bus"] = [
+        "unknown" if np.isnan(s) else "CPU" if s == 0 else "GPU" if s == 1 else "CPU+GPU"
+        for s in share
+    ]
     bus_gbs = {"CPU": bandwidth_gbs, "GPU": gpu_gbs}
     points["roofline_tps"] = [
         roofline_tps(bus_gbs[bus], b) if bus_gbs.get(bus) else np.nan
