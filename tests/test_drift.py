@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from llmops_lib.lessons.nb08 import drift
+from llmops_lib.lessons.nb11 import drift
 
 
 def batch(rng: np.random.Generator, n: int, length: float = 120, german: float = 0.5):

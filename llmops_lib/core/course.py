@@ -69,8 +69,8 @@ NOTEBOOKS: tuple[Notebook, ...] = (
         "optional: Colab T4/L4 for the GPU columns",
     ),
     Notebook(
-        "08_evaluation_and_drift.ipynb",
-        "How do you know the model is still right next month?",
+        "08_evaluation.ipynb",
+        "Can a user trust one prediction, and what do labels and a judge cost?",
         "none",
     ),
     Notebook(
@@ -81,6 +81,11 @@ NOTEBOOKS: tuple[Notebook, ...] = (
     Notebook(
         "10_packaging_a_service.ipynb",
         "How do you turn a model into a service others can call?",
+        "none",
+    ),
+    Notebook(
+        "11_drift_detection.ipynb",
+        "How do you know the model is still right next month, without labels?",
         "none",
     ),
     Notebook(

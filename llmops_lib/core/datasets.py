@@ -37,7 +37,7 @@ def load_assessments(lang: str | None = None) -> pd.DataFrame:
 
 
 def load_new_traffic() -> pd.DataFrame:
-    """Assessments that differ from the training data, for notebook 08's drift detection.
+    """Assessments that differ from the training data, for notebook 11's drift detection.
 
     Same columns as `load_assessments` (set "new"): mostly German, about three times as
     long, structured as a letter (Re / Findings / Assessment / Recommendation), about aids

@@ -56,6 +56,7 @@ FIRST_ANSWER = {
     "08": "encoder.train(",
     "09": "quant_sweep.measure(",
     "10": "model.chat(question",
+    "11": "encoder.train(",
     "99": None,
 }
 

@@ -1,1 +1,1 @@
-"""Notebook 08's own code (notebooks/08_evaluation_and_drift.ipynb)."""
+"""Notebook 08's own code (notebooks/08_evaluation.ipynb)."""

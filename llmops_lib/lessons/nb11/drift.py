@@ -25,10 +25,13 @@ import pandas as pd
 
 from ...core import results
 from ...core.errors import InputError
-from .evaluation import confidence
+from ..nb08.evaluation import confidence
 
-DRIFT_TESTS = results.Kind("08_drift_tests", ".csv", "08", "drift tests of the traffic")
+DRIFT_TESTS = results.Kind("11_drift_tests", ".csv", "11", "drift tests of the traffic")
+TAKEAWAYS = results.Kind("11_takeaways", ".csv", "11", "the figures behind 11's takeaways")
 
+ALPHA = 0.05  # a batch drifts when a p-value is below ALPHA / the number of tests (Bonferroni)
+PSI_LARGE = 0.25  # the credit-scoring rule of thumb: a PSI above it is "a large shift"
 CONTINUOUS = ("input chars", "confidence", "latency ms")
 CATEGORICAL = ("lang", "predicted")
 
@@ -145,7 +148,7 @@ def univariate(
     current: pd.DataFrame,
     continuous: Sequence[str] = CONTINUOUS,
     categorical: Sequence[str] = CATEGORICAL,
-    alpha: float = 0.05,
+    alpha: float = ALPHA,
     psi_permutations: int = 200,
 ) -> pd.DataFrame:
     """One row per feature: the test, its statistic and p-value, PSI (continuous only) with
