@@ -131,17 +131,18 @@ def test_roofline_points_add_the_kv_cache_of_the_mean_context(session):
 def test_each_row_is_judged_against_the_bus_it_read_from(session):
     summary = pd.DataFrame(
         {
-            "weight_bytes": [1e9] * 3,
-            "prompt_tokens": [10] * 3,
-            "generated_tokens": [20] * 3,
-            "generated_tps": [25.0] * 3,
-            "gpu_share": [0.0, 1.0, 0.5],
+            "weight_bytes": [1e9] * 4,
+            "prompt_tokens": [10] * 4,
+            "generated_tokens": [20] * 4,
+            "generated_tps": [25.0] * 4,
+            "gpu_share": [0.0, 1.0, 0.5, math.nan],
         },
-        index=pd.Index(["cpu", "gpu", "split"], name="config"),
+        index=pd.Index(["cpu", "gpu", "split", "served"], name="config"),
     )
     spec = session.spec("chat")
     points = roofline.roofline_points(summary, spec, bandwidth_gbs=30, gpu_gbs=300)
-    assert list(points["bus"]) == ["CPU", "GPU", "CPU+GPU"]
+    assert list(points["bus"]) == ["CPU", "GPU", "CPU+GPU", "unknown"]
+    assert math.isnan(points.loc["served", "roofline_tps"])  # a server that does not say
     per_token = points["bytes_per_token"]
     assert points.loc["cpu", "roofline_tps"] == pytest.approx(30e9 / per_token["cpu"])
     assert points.loc["gpu", "roofline_tps"] == pytest.approx(300e9 / per_token["gpu"])

@@ -167,7 +167,7 @@ def test_a_setup_cell_without_the_courses_url_is_refused():
 
 @pytest.mark.parametrize("path", links.notebook_paths(), ids=lambda p: p.name[:2])
 def test_every_notebook_has_its_first_answer_cell(path):
-    assert path.name[:2] in runtime.FIRST_ANSWER, "name its first-answer cell in FIRST_ANSWER"
+    assert path.name[:2] in runtime.FIRST_ANSWER, "name its first-answer cell in core/course.py"
     nb = nbformat.read(path, as_version=4)
     index = runtime.first_answer_index(nb, path.name)
     if runtime.FIRST_ANSWER[path.name[:2]] is not None:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from llmops_lib.core import links
+from llmops_lib.core import course, links
+from llmops_lib.core.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -157,3 +158,22 @@ def test_an_installed_package_is_not_rewritten(tmp_path, monkeypatch, capsys):
     assert "not a checkout" in capsys.readouterr().err
     assert sorted(p.name for p in site.rglob("*")) == ["links.py", "llmops_lib"]  # nothing new
     assert module.read_text() == installed
+
+
+def test_the_committed_badges_links_and_readme_table_are_what_the_command_writes():
+    for path, text in links.planned_rewrites(ROOT).items():
+        stored = path.read_text(encoding="utf-8")
+        fix = f"{path.name} is stale: run python -m llmops_lib.core.links"
+        if path.suffix == ".ipynb":  # the same notebook, whatever order its keys are in
+            assert json.loads(text) == json.loads(stored), fix
+        else:
+            assert text == stored, fix
+
+
+def test_every_notebook_is_in_the_course_and_the_course_names_no_other():
+    assert [nb.file for nb in course.NOTEBOOKS] == [p.name for p in links.notebook_paths()]
+
+
+def test_a_readme_without_the_table_marks_is_refused():
+    with pytest.raises(InputError, match="lacks the marks of its notebook table"):
+        course.with_readme_table("# A README\n\n| notebook | lesson |\n")

@@ -15,7 +15,7 @@ import re
 from contextlib import ExitStack
 from pathlib import Path
 
-from . import results
+from . import course, results
 from .errors import InputError
 
 GITHUB_SLUG = "on-prem-llmops/llmops-course"
@@ -114,13 +114,16 @@ def rewrite_notebook(path: Path, slug: str = GITHUB_SLUG, ref: str = REF) -> Non
 
 
 def planned_rewrites(root: Path = ROOT, slug: str = GITHUB_SLUG, ref: str = REF) -> dict[Path, str]:
-    """The new text of colab_links.md and of every notebook; every notebook is checked
-    before anything is written."""
+    """The new text of colab_links.md, README.md's notebook table (from core/course.py) and
+    every notebook; every notebook is checked before anything is written."""
     check_slug(slug)
     check_ref(ref)
     paths = notebook_paths(root)
     texts = {path: notebook_text(path, slug, ref) for path in paths}
     texts[root / "colab_links.md"] = colab_links_markdown([p.name for p in paths], slug, ref)
+    readme = root / "README.md"
+    if readme.exists():
+        texts[readme] = course.with_readme_table(readme.read_text(encoding="utf-8"))
     return texts
 
 

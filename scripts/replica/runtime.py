@@ -20,7 +20,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError, CellTimeoutError
 from traitlets import default
 
-from llmops_lib.core import links
+from llmops_lib.core import course, links
 
 # What a runtime inherits from this machine: how to reach the package registries, no more.
 NETWORK = (
@@ -42,23 +42,10 @@ KERNEL_NAME = "colab-replica"
 # Colab's kernel class; its shell is google.colab._shell.Shell.
 KERNEL_CLASS = "google.colab._kernel.Kernel"
 # The first cell after setup whose answer comes from a model, a server or an endpoint: a
-# fragment of that cell's source, per notebook (tests/test_colab_replica.py checks each still
-# matches). 00 loads no model (its answer is the model file and its checksum); 99 uses none.
-FIRST_ANSWER = {
-    "00": 'session.model_path("chat")',
-    "01": "raw.predict(",
-    "02": "AutoModelForCausalLM.from_pretrained(",
-    "03": "endpoint.chat(",
-    "04": "create_chat_completion(",
-    "05": "model = session.model(",
-    "06": "llm(prompt",
-    "07": "sweeps.thread_sweep(",
-    "08": "encoder.train(",
-    "09": "quant_sweep.measure(",
-    "10": "model.chat(question",
-    "11": "encoder.train(",
-    "99": None,
-}
+# fragment of that cell's source, per notebook, declared beside the notebook in core/course.py
+# (tests/test_colab_replica.py checks each still matches). 00 loads no model (its answer is
+# the model file and its checksum); 99 uses none.
+FIRST_ANSWER = {nb.number: nb.first_answer for nb in course.NOTEBOOKS}
 
 
 def clean_env(home: Path, venv: Path, **extra: str) -> dict[str, str]:
