@@ -89,7 +89,12 @@ class Session:
         """
         registry.check_server(engine)  # before the role's file is fetched
         choice = self.choice(role)
-        if choice.backend != registry.SERVED_BACKEND:
+        if choice.backend == "served":
+            raise InputError(
+                f"The {role!r} role of profile {self.profile.name!r} already runs on the server "
+                f"at LLMOPS_ENDPOINT: use session.model({role!r}), or session.endpoint() to chat."
+            )
+        if choice.backend != registry.GGUF_BACKEND:
             raise InputError(
                 f"The {role!r} role of profile {self.profile.name!r} runs {choice.model} on "
                 f"{choice.backend}, but a local llama.cpp server needs a GGUF model. Serve it "

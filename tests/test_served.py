@@ -41,6 +41,8 @@ def test_a_served_role_has_no_local_file_and_takes_no_thread_option(served_sessi
         served_session.model(n_threads=2)
     with pytest.raises(InputError, match="precision='nf4'"):
         served_session.model(precision="nf4")
+    with pytest.raises(InputError, match="already runs on the server at LLMOPS_ENDPOINT"):
+        served_session.server("llama-server")
     assert served_session.model_path("classifier").is_dir()  # the local roles stay local
 
 

@@ -211,7 +211,7 @@ SERVERS: dict[str, Callable[..., Any]] = {
     "llama_cpp.server": _local_server,
     "llama-server": _llama_server,
 }
-SERVED_BACKEND = "llamacpp"
+GGUF_BACKEND = "llamacpp"
 
 
 def check_server(kind: str) -> None:
@@ -225,4 +225,4 @@ def server(kind: str, spec: ModelSpec, hw: Hardware, **options: Any) -> Any:
 
     check_server(kind)
     ensure_llama_cpp(hw)  # both servers run llama.cpp, provisioned before the file is found
-    return SERVERS[kind](ENGINES[SERVED_BACKEND].locate(spec), **options)
+    return SERVERS[kind](ENGINES[GGUF_BACKEND].locate(spec), **options)
